@@ -1,0 +1,31 @@
+"""The `defectloop` command line.
+
+Each command group lives in its own module and exposes ``register(app)``; heavy imports (torch,
+onnxruntime) happen inside the commands so that ``defectloop kafka status`` stays instant.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from defectloop.cli import evaluation, kafka_cmd, simulate, stack, training
+from defectloop.cli.errors import run_cli
+
+
+def build_cli() -> typer.Typer:
+    app = typer.Typer(
+        name="defectloop",
+        help="Keep visual defect-detection models good, everywhere, over time.",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+    )
+    for module in (kafka_cmd, stack, simulate, training, evaluation):
+        module.register(app)
+    return app
+
+
+def main() -> None:
+    sys.exit(run_cli(build_cli()))

@@ -1,0 +1,146 @@
+"""Content-addressed blob store: bytes are stored under their SHA-256.
+
+``LocalBlobStore`` (a directory; the local default) and ``S3BlobStore`` (MinIO or any S3-compatible
+store; needs the ``s3`` extra, boto3) share one interface. Writes are idempotent: putting the same
+bytes twice returns the same URI and writes once.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+from defectloop.common.errors import ConfigError, IntegrityError, NotFoundError, TransientError
+from defectloop.common.events import sha256_hex
+
+
+class BlobStore(Protocol):
+    def put(self, data: bytes, *, suffix: str = "") -> str:
+        """Store ``data``; return its URI (stable for the same bytes)."""
+
+    def get(self, uri: str) -> bytes:
+        """Bytes at ``uri``, verified against the digest in the URI."""
+
+    def exists(self, uri: str) -> bool: ...
+
+
+def _digest_from_name(name: str) -> str:
+    return Path(name).name.split(".", 1)[0]
+
+
+def _verified(uri: str, data: bytes) -> bytes:
+    expected = _digest_from_name(uri)
+    if sha256_hex(data) != expected:
+        raise IntegrityError(f"blob {uri} does not match its digest", reason="blob_corrupt")
+    return data
+
+
+class LocalBlobStore:
+    """Blobs under ``root/ab/cd/<sha256><suffix>``; atomic writes (temp file + rename)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, digest: str, suffix: str) -> Path:
+        return self.root / digest[:2] / digest[2:4] / f"{digest}{suffix}"
+
+    def put(self, data: bytes, *, suffix: str = "") -> str:
+        digest = sha256_hex(data)
+        path = self._path(digest, suffix)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        return path.as_uri()
+
+    def _local_path(self, uri: str) -> Path:
+        parsed = urlparse(uri)
+        if parsed.scheme != "file":
+            raise NotFoundError(f"not a local blob URI: {uri}", reason="missing_blob")
+        path = Path(parsed.path).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise NotFoundError(f"blob URI outside the store: {uri}", reason="missing_blob")
+        return path
+
+    def get(self, uri: str) -> bytes:
+        path = self._local_path(uri)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError as exc:
+            raise NotFoundError(f"blob not found: {uri}", reason="missing_blob") from exc
+        return _verified(uri, data)
+
+    def exists(self, uri: str) -> bool:
+        try:
+            return self._local_path(uri).exists()
+        except NotFoundError:
+            return False
+
+
+class S3BlobStore:
+    """Blobs in an S3-compatible bucket under ``prefix/ab/<sha256><suffix>``."""
+
+    def __init__(self, bucket: str, *, prefix: str = "", client: Any = None) -> None:
+        if client is None:
+            try:
+                import boto3
+            except ImportError as exc:
+                raise ConfigError(
+                    "the S3 blob store needs boto3", hint="install defectloop-common[s3]"
+                ) from exc
+            client = boto3.client("s3", endpoint_url=os.environ.get("DEFECTLOOP_S3_ENDPOINT"))
+        self._client = client
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+
+    def _key(self, digest: str, suffix: str) -> str:
+        name = f"{digest[:2]}/{digest}{suffix}"
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    def put(self, data: bytes, *, suffix: str = "") -> str:
+        key = self._key(sha256_hex(data), suffix)
+        try:
+            self._client.put_object(Bucket=self.bucket, Key=key, Body=data)
+        except Exception as exc:  # botocore errors: the store is down or refusing
+            raise TransientError(f"S3 put failed: {exc}") from exc
+        return f"s3://{self.bucket}/{key}"
+
+    def get(self, uri: str) -> bytes:
+        parsed = urlparse(uri)
+        try:
+            obj = self._client.get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))
+        except Exception as exc:
+            if "NoSuchKey" in type(exc).__name__ or "NoSuchKey" in str(exc):
+                raise NotFoundError(f"blob not found: {uri}", reason="missing_blob") from exc
+            raise TransientError(f"S3 get failed: {exc}") from exc
+        return _verified(uri, obj["Body"].read())
+
+    def exists(self, uri: str) -> bool:
+        parsed = urlparse(uri)
+        try:
+            self._client.head_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))
+        except Exception:
+            return False
+        return True
+
+
+def open_blob_store(url: str) -> LocalBlobStore | S3BlobStore:
+    """``file:///dir`` or a plain path -> local; ``s3://bucket/prefix`` -> S3."""
+    parsed = urlparse(url)
+    if parsed.scheme == "s3":
+        return S3BlobStore(parsed.netloc, prefix=parsed.path)
+    if parsed.scheme in ("file", ""):
+        return LocalBlobStore(Path(parsed.path if parsed.scheme else url))
+    raise ConfigError(f"unsupported blob store URL: {url}", hint="use file:///dir or s3://bucket")

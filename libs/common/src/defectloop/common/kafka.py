@@ -1,0 +1,193 @@
+"""Kafka plumbing for FastStream with safe defaults (see shared notes, reliability §1-2).
+
+FastStream's Kafka defaults are at-most-once (``ACK_FIRST`` = auto-commit before processing) and
+the producer is not idempotent. Here:
+
+- the producer is idempotent with ``acks=all``;
+- consumers join an explicit group, start from the earliest offset, and commit only after the
+  handler finished (``NACK_ON_ERROR``: success commits, a raised error seeks back and re-reads);
+- a message that can never be processed (schema violation, a :class:`PermanentError`, an unexpected
+  exception) goes to ``<topic>.dlq`` with its original bytes, headers and exactly one reason, and
+  only then is committed, so the partition keeps flowing and nothing is lost;
+- a :class:`TransientError` is retried with backoff in place; if it persists the message is not
+  committed (it is re-read), never dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from aiokafka import ConsumerRecord
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker, KafkaMessage
+from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
+from opentelemetry.sdk.trace import TracerProvider
+from pydantic import BaseModel, ValidationError
+
+from defectloop.common.errors import PermanentError, TransientError
+from defectloop.common.events import DeadLetter, Event, model_for_topic
+from defectloop.common.logging import get_logger
+from defectloop.common.topics import dlq_topic
+
+EventT = TypeVar("EventT", bound=Event)
+Handler = Callable[[EventT], Awaitable[None]]
+
+log = get_logger(__name__)
+
+
+def build_broker(
+    bootstrap: str,
+    *,
+    client_id: str,
+    tracer_provider: TracerProvider | None = None,
+    request_timeout_ms: int = 10_000,
+    graceful_timeout: float = 15.0,
+    linger_ms: int = 0,
+) -> KafkaBroker:
+    """A FastStream Kafka broker with an idempotent producer and trace propagation."""
+    return KafkaBroker(
+        bootstrap,
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=linger_ms,
+        request_timeout_ms=request_timeout_ms,
+        graceful_timeout=graceful_timeout,
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+        middlewares=(KafkaTelemetryMiddleware(tracer_provider=tracer_provider),),
+    )
+
+
+async def publish_event(broker: KafkaBroker, event: Event, *, topic: str | None = None) -> None:
+    """Publish ``event`` on its topic, keyed for per-site/per-camera order; waits for the ack."""
+    await broker.publish(
+        event.model_dump_json().encode(),
+        topic=topic or event.topic,
+        key=event.key(),
+        headers={"content-type": "application/json", "event-type": event.topic},
+    )
+
+
+class DeadLetterPublisher:
+    """Sends what a consumer cannot process to ``<topic>.dlq`` with one reason."""
+
+    def __init__(self, broker: KafkaBroker, service: str) -> None:
+        self._broker = broker
+        self._service = service
+
+    async def send(self, record: ConsumerRecord[Any, Any], *, reason: str, error: str) -> None:
+        headers = {
+            k: v.decode("utf-8", "replace") for k, v in (record.headers or ()) if v is not None
+        }
+        value: bytes = record.value or b""
+        key: bytes | None = record.key
+        letter = DeadLetter(
+            source_topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=key.decode("utf-8", "replace") if key is not None else None,
+            reason=reason,
+            error=error[:8192],
+            service=self._service,
+            original_headers=headers,
+            original_value_b64=base64.b64encode(value).decode(),
+            site_id=_site_from_key(key),
+        )
+        await self._broker.publish(
+            letter.model_dump_json().encode(),
+            topic=dlq_topic(record.topic),
+            key=key,
+            headers={"content-type": "application/json", "x-dlq-reason": reason},
+        )
+        log.warning(
+            "message_dead_lettered",
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            reason=reason,
+            error=error[:500],
+        )
+
+
+def _site_from_key(key: bytes | None) -> str | None:
+    if not key:
+        return None
+    return key.decode("utf-8", "replace").split("/", 1)[0] or None
+
+
+async def _call_with_retries(
+    handler: Callable[[Any], Awaitable[None]],
+    event: BaseModel,
+    *,
+    attempts: int,
+    base_delay_s: float,
+) -> None:
+    for attempt in range(1, attempts + 1):
+        try:
+            await handler(event)
+            return
+        except TransientError as exc:
+            if attempt == attempts:
+                raise
+            delay = base_delay_s * 2 ** (attempt - 1)
+            log.warning("handler_transient_error", attempt=attempt, retry_in_s=delay, error=str(exc))
+            await asyncio.sleep(delay)
+
+
+def event_subscriber(
+    broker: KafkaBroker,
+    topic: str,
+    *,
+    group_id: str,
+    service: str,
+    transient_attempts: int = 5,
+    transient_base_delay_s: float = 0.5,
+    **subscriber_options: Any,
+) -> Callable[[Handler[Any]], Handler[Any]]:
+    """Register ``handler(event)`` for ``topic`` with validation, DLQ routing and safe commits.
+
+    The handler receives the validated event model of the topic; it raises ``PermanentError`` for
+    input it can never process and ``TransientError`` for a dependency that is down.
+    """
+    model = model_for_topic(topic)
+    dead_letters = DeadLetterPublisher(broker, service)
+
+    def decorator(handler: Handler[Any]) -> Handler[Any]:
+        async def consume(message: KafkaMessage) -> None:
+            record: ConsumerRecord[Any, Any] = message.raw_message  # type: ignore[assignment]
+            try:
+                event = model.model_validate_json(record.value or b"")
+            except ValidationError as exc:
+                await dead_letters.send(record, reason="schema_violation", error=str(exc))
+                return
+            try:
+                await _call_with_retries(
+                    handler,
+                    event,
+                    attempts=transient_attempts,
+                    base_delay_s=transient_base_delay_s,
+                )
+            except TransientError:
+                raise  # not committed: the message is re-read, never dropped
+            except PermanentError as exc:
+                await dead_letters.send(record, reason=exc.reason, error=str(exc))
+            except Exception as exc:  # a bug must not block the partition: park it with the trace
+                log.exception("handler_failed", topic=topic, offset=record.offset)
+                await dead_letters.send(
+                    record, reason="unhandled_error", error=f"{type(exc).__name__}: {exc}"
+                )
+
+        consume.__name__ = f"{service}_{handler.__name__}"
+        broker.subscriber(
+            topic,
+            group_id=group_id,
+            auto_offset_reset="earliest",
+            ack_policy=AckPolicy.NACK_ON_ERROR,
+            **subscriber_options,
+        )(consume)
+        return handler
+
+    return decorator

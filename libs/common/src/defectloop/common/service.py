@@ -1,0 +1,90 @@
+"""The HTTP shell every service shares: a FastAPI app that owns the broker's lifecycle.
+
+Services build their app in ``build_app(settings)``; nothing is built at import time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from faststream.kafka import KafkaBroker
+
+from defectloop.common.kafka import build_broker
+from defectloop.common.logging import configure_logging, get_logger
+from defectloop.common.settings import ServiceSettings
+from defectloop.common.tracing import build_tracer_provider
+
+log = get_logger(__name__)
+
+Hook = Callable[[], Awaitable[None]]
+SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
+
+
+def broker_from_settings(settings: ServiceSettings) -> KafkaBroker:
+    tracer = build_tracer_provider(
+        settings.service_name, otlp_endpoint=settings.otlp_endpoint, trace_file=settings.trace_file
+    )
+    return build_broker(
+        settings.kafka_bootstrap,
+        client_id=settings.service_name,
+        tracer_provider=tracer,
+        request_timeout_ms=settings.kafka_request_timeout_ms,
+    )
+
+
+def build_service_app(
+    settings: ServiceSettings,
+    *,
+    broker: KafkaBroker | None = None,
+    on_startup: list[Hook] | None = None,
+    on_shutdown: list[Hook] | None = None,
+    **fastapi_kwargs: Any,
+) -> FastAPI:
+    """A FastAPI app whose lifespan starts/stops the broker and which serves ``GET /health``."""
+    service = settings.service_name
+    kafka = broker if broker is not None else broker_from_settings(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await kafka.start()
+        for hook in on_startup or []:
+            await hook()
+        log.info("service_started", service=service, port=settings.port)
+        try:
+            yield
+        finally:
+            for hook in on_shutdown or []:
+                await hook()
+            await kafka.stop()
+            log.info("service_stopped", service=service)
+
+    app = FastAPI(title=f"defectloop {service}", lifespan=lifespan, **fastapi_kwargs)
+    app.state.broker = kafka
+    app.state.settings = settings
+
+    @app.get("/health", tags=["ops"])
+    async def health() -> JSONResponse:
+        kafka_ok = await kafka.ping(timeout=2.0)
+        body = {"service": service, "status": "ok" if kafka_ok else "degraded", "kafka": kafka_ok}
+        return JSONResponse(body, status_code=200 if kafka_ok else 503)
+
+    return app
+
+
+def serve(build_app: Callable[[SettingsT], FastAPI], settings: SettingsT) -> None:
+    """Run a service in the foreground until SIGINT/SIGTERM (graceful shutdown)."""
+    import uvicorn
+
+    configure_logging(settings.service_name, fmt=settings.log_format, level=settings.log_level)
+    uvicorn.run(
+        build_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=20,
+    )

@@ -1,0 +1,55 @@
+"""Kafka topic names and per-topic settings: the only place a topic name is spelled out.
+
+Topic name = event type (brief §3). Dead-letter topics are ``<topic>.dlq``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+IMAGE_CAPTURED: Final = "image.captured"
+IMAGE_REJECTED: Final = "image.rejected"
+PREDICTION_MADE: Final = "prediction.made"
+ANNOTATION_COMPLETED: Final = "annotation.completed"
+METRIC_DEGRADED: Final = "metric.degraded"
+MODEL_DEPLOYED: Final = "model.deployed"
+
+EVENT_TOPICS: Final = (
+    IMAGE_CAPTURED,
+    IMAGE_REJECTED,
+    PREDICTION_MADE,
+    ANNOTATION_COMPLETED,
+    METRIC_DEGRADED,
+    MODEL_DEPLOYED,
+)
+
+DLQ_SUFFIX: Final = ".dlq"
+
+
+def dlq_topic(topic: str) -> str:
+    """The dead-letter topic of ``topic``."""
+    return f"{topic}{DLQ_SUFFIX}"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """How a topic is created: partitions, and whether it is log-compacted (latest value per key)."""
+
+    name: str
+    partitions: int
+    compacted: bool = False
+
+    def configs(self) -> dict[str, str]:
+        if self.compacted:
+            # model.deployed is a table keyed by site/role: keep the latest value per key forever.
+            return {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1"}
+        return {}
+
+
+def topic_specs(partitions: int = 6) -> list[TopicSpec]:
+    """Every topic the stack needs, DLQs included."""
+    specs = [TopicSpec(t, partitions, compacted=(t == MODEL_DEPLOYED)) for t in EVENT_TOPICS]
+    # DLQs carry little traffic; one partition keeps them in arrival order for ops.
+    specs += [TopicSpec(dlq_topic(t), 1) for t in EVENT_TOPICS]
+    return specs

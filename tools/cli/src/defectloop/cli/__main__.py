@@ -1,0 +1,3 @@
+from defectloop.cli.app import main
+
+main()

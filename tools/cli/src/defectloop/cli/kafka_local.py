@@ -1,0 +1,350 @@
+"""A real single-node Apache Kafka (KRaft, combined broker+controller) from Maven Central jars.
+
+The jars are fetched once with Maven into the user's cache; each stack has its own state directory
+(config, data, log, pid). See docs/kafka.md for the recipe and the reasons behind each setting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from defectloop.common.errors import ComponentError
+from defectloop.common.kafka_admin import ensure_topics
+from defectloop.common.paths import cache_home, state_home
+from defectloop.common.topics import topic_specs
+
+KAFKA_VERSION = os.environ.get("DEFECTLOOP_KAFKA_VERSION", "4.3.1")
+LOG4J_VERSION = os.environ.get("DEFECTLOOP_LOG4J_VERSION", "2.25.4")
+
+_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>io.defectloop</groupId>
+  <artifactId>kafka-runtime</artifactId>
+  <version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency>
+      <groupId>org.apache.kafka</groupId>
+      <artifactId>kafka_2.13</artifactId>
+      <version>{kafka}</version>
+    </dependency>
+    <!-- The slf4j 1.x -> log4j2 binding ships only in Kafka's tarball, not its POM. -->
+    <dependency>
+      <groupId>org.apache.logging.log4j</groupId>
+      <artifactId>log4j-slf4j-impl</artifactId>
+      <version>{log4j}</version>
+    </dependency>
+    <dependency>
+      <groupId>org.apache.logging.log4j</groupId>
+      <artifactId>log4j-core</artifactId>
+      <version>{log4j}</version>
+    </dependency>
+  </dependencies>
+</project>
+"""
+
+_LOG4J2 = """status = warn
+appender.console.type = Console
+appender.console.name = STDOUT
+appender.console.target = SYSTEM_OUT
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.stdout.ref = STDOUT
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+"""
+
+
+@dataclass(frozen=True)
+class KafkaLayout:
+    """Where one local broker keeps its files, and its ports."""
+
+    home: Path
+    port: int = 9092
+    controller_port: int = 9093
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def config(self) -> Path:
+        return self.home / "server.properties"
+
+    @property
+    def log4j(self) -> Path:
+        return self.home / "log4j2.properties"
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / "broker.log"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "broker.pid"
+
+
+def default_layout() -> KafkaLayout:
+    port = int(os.environ.get("DEFECTLOOP_KAFKA_PORT", "9092"))
+    return KafkaLayout(state_home() / "kafka", port=port, controller_port=port + 1)
+
+
+def jars_dir(version: str = KAFKA_VERSION) -> Path:
+    return cache_home() / "kafka" / version / "libs"
+
+
+def ensure_jars(version: str = KAFKA_VERSION) -> Path:
+    """Fetch the broker jars from Maven Central once; return the directory holding them."""
+    target = jars_dir(version)
+    if target.is_dir() and any(target.glob("kafka_2.13-*.jar")):
+        return target
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise ComponentError(
+            "Maven (mvn) is needed once to fetch Kafka's jars",
+            hint="install it: apt-get install -y maven (Java 17 is needed too)",
+        )
+    work = target.parent
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "pom.xml").write_text(_POM.format(kafka=version, log4j=LOG4J_VERSION))
+    staging = work / "libs.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    proc = subprocess.run(
+        [
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(work / "pom.xml"),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={staging}",
+            "-DincludeScope=runtime",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
+        raise ComponentError(
+            f"Maven could not fetch Kafka {version}: {' / '.join(tail)}",
+            hint="check that Maven Central is reachable and DEFECTLOOP_KAFKA_VERSION is a release",
+        )
+    staging.rename(target)  # atomic: a half-fetched directory is never mistaken for a full one
+    return target
+
+
+def _java() -> str:
+    java = shutil.which("java")
+    if java is None:
+        raise ComponentError(
+            "Java 17+ is needed to run Kafka", hint="apt-get install -y openjdk-17-jre-headless"
+        )
+    return java
+
+
+def _classpath(libs: Path) -> str:
+    return str(libs / "*")
+
+
+def _new_cluster_id() -> str:
+    # Kafka's Uuid format: 22 chars URL-safe base64, never starting with '-' (parsed as a flag).
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
+
+
+def write_config(layout: KafkaLayout) -> None:
+    layout.home.mkdir(parents=True, exist_ok=True)
+    props = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.bootstrap.servers": f"127.0.0.1:{layout.controller_port}",
+        "listeners": f"PLAINTEXT://127.0.0.1:{layout.port},CONTROLLER://127.0.0.1:{layout.controller_port}",
+        "advertised.listeners": (
+            f"PLAINTEXT://127.0.0.1:{layout.port},CONTROLLER://127.0.0.1:{layout.controller_port}"
+        ),
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "log.dirs": str(layout.data_dir),
+        "num.partitions": "6",
+        "num.recovery.threads.per.data.dir": "1",
+        "offsets.topic.replication.factor": "1",
+        "offsets.topic.num.partitions": "6",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.num.partitions": "1",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        "group.initial.rebalance.delay.ms": "0",
+        # Topics are created explicitly (partitions, compaction); a typo must not invent one.
+        "auto.create.topics.enable": "false",
+        "num.network.threads": "2",
+        "num.io.threads": "2",
+        "log.cleaner.dedupe.buffer.size": "16777216",
+        "message.max.bytes": "1048588",
+    }
+    layout.config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+    layout.log4j.write_text(_LOG4J2)
+
+
+def _format_storage(layout: KafkaLayout, libs: Path) -> None:
+    if (layout.data_dir / "meta.properties").exists():
+        return
+    layout.data_dir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        [
+            _java(),
+            "-Xmx256m",
+            f"-Dlog4j2.configurationFile={layout.log4j}",
+            "-cp",
+            _classpath(libs),
+            "kafka.tools.StorageTool",
+            "format",
+            "--standalone",
+            "-t",
+            _new_cluster_id(),
+            "-c",
+            str(layout.config),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise ComponentError(
+            f"formatting Kafka storage failed: {(proc.stderr or proc.stdout).strip()[-500:]}",
+            hint=f"remove {layout.data_dir} and retry",
+        )
+
+
+def read_pid(layout: KafkaLayout) -> int | None:
+    try:
+        pid = int(layout.pid_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid
+
+
+def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def is_running(layout: KafkaLayout) -> bool:
+    return read_pid(layout) is not None and port_open(layout.port)
+
+
+def start(layout: KafkaLayout, *, timeout_s: float = 120.0, partitions: int = 6) -> bool:
+    """Start the broker unless it runs; return True if this call started it.
+
+    Returns only when the broker accepts clients (the plaintext port opens only once the broker
+    is unfenced) and the stack's topics exist.
+    """
+    if is_running(layout):
+        asyncio.run(ensure_topics(layout.bootstrap, topic_specs(partitions)))
+        return False
+    if read_pid(layout) is None and port_open(layout.port):
+        raise ComponentError(
+            f"port {layout.port} is taken by another process",
+            hint="stop it, or set DEFECTLOOP_KAFKA_PORT to another port",
+        )
+    libs = ensure_jars()
+    write_config(layout)
+    _format_storage(layout, libs)
+    heap = os.environ.get("DEFECTLOOP_KAFKA_HEAP", "-Xms256m -Xmx1g").split()
+    log = layout.log_file.open("ab")
+    proc = subprocess.Popen(
+        [
+            _java(),
+            *heap,
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={layout.log4j}",
+            f"-Dkafka.logs.dir={layout.home}",
+            "-cp",
+            _classpath(libs),
+            "kafka.Kafka",
+            str(layout.config),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,  # survives the CLI; stopped by pid
+    )
+    log.close()
+    layout.pid_file.write_text(str(proc.pid))
+    deadline = time.monotonic() + timeout_s
+    while not port_open(layout.port):
+        if proc.poll() is not None:
+            layout.pid_file.unlink(missing_ok=True)
+            raise ComponentError(
+                f"Kafka exited during start-up (code {proc.returncode})",
+                hint=f"see {layout.log_file}",
+            )
+        if time.monotonic() > deadline:
+            stop(layout)
+            raise ComponentError(
+                f"Kafka did not accept clients within {timeout_s:.0f} s", hint=f"see {layout.log_file}"
+            )
+        time.sleep(0.2)  # polling a port for readiness, not synchronising test logic
+    asyncio.run(ensure_topics(layout.bootstrap, topic_specs(partitions)))
+    return True
+
+
+def stop(layout: KafkaLayout, *, timeout_s: float = 60.0) -> bool:
+    """Stop the broker by its pid (SIGTERM = clean shutdown; SIGKILL after ``timeout_s``)."""
+    pid = read_pid(layout)
+    if pid is None:
+        layout.pid_file.unlink(missing_ok=True)
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            break
+        time.sleep(0.2)
+    layout.pid_file.unlink(missing_ok=True)
+    return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        finished, _ = os.waitpid(pid, os.WNOHANG)
+        if finished == pid:
+            return False
+    except ChildProcessError:
+        pass  # not our child (started by an earlier CLI call): fall back to signal 0
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

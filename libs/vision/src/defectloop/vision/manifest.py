@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from defectloop.common.errors import IntegrityError, InvalidInputError, NotFoundError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "model.json"
 
@@ -125,7 +125,7 @@ class Lineage(_Frozen):
 class BundleManifest(_Frozen):
     """``model.json``: what the model is, how to feed it, how to decode it, where it came from."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = Field(default=SCHEMA_VERSION, description="Manifest schema.")
     name: str = Field(description="Model name, e.g. 'centernet-gray'.")
     version: str = Field(description="Model version, unique within the registry.")
     created_at: datetime = Field(description="UTC creation time.")

@@ -49,7 +49,8 @@ def as_gray_u8(image: npt.NDArray[np.generic]) -> npt.NDArray[np.uint8]:
             f"expected a non-empty HxW grayscale image, got shape {image.shape}",
             hint="decode PNGs as 8-bit grayscale (cv2.IMREAD_GRAYSCALE)",
         )
-    return image
+    gray: npt.NDArray[np.uint8] = image.view(np.uint8)
+    return gray
 
 
 def preprocess_into(

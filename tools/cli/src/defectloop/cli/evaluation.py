@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 from rich.console import Console
@@ -47,7 +47,7 @@ def eval_command(
     from defectloop.vision.evaluate import evaluate_bundle
     from defectloop.vision.runtime import ProviderChoice, select_providers
 
-    choice: ProviderChoice = providers  # type: ignore[assignment]
+    choice = cast(ProviderChoice, providers)
     select_providers(choice)  # fail fast with a clear error on a bad choice
     with Progress(
         TextColumn("[bold]evaluating[/bold]"),

@@ -151,7 +151,7 @@ def _obstruction(
     )
     # Out of focus, so its edge is soft.
     cover = cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), 0.01 * side + 1)
-    return cover, float(rng.uniform(15, 40))
+    return cover, float(rng.uniform(5, 20))
 
 
 def _occlude(defects: list[Defect], cover: npt.NDArray[np.float32]) -> list[Defect]:

@@ -139,7 +139,7 @@ class ImageCaptured(CameraEvent):
     width: int = Field(..., gt=0, description="Width in pixels.")
     height: int = Field(..., gt=0, description="Height in pixels.")
     bit_depth: int = Field(8, description="Bits per sample.")
-    quality: QualityMetrics
+    quality: QualityMetrics = Field(..., description="Quality measured at ingest.")
 
 
 class RejectReason(StrEnum):
@@ -164,7 +164,7 @@ class ImageRejected(CameraEvent):
 
     topic: ClassVar[str] = topics.IMAGE_REJECTED
 
-    reason: RejectReason
+    reason: RejectReason = Field(..., description="Machine-readable rejection code.")
     detail: str = Field(..., max_length=2000, description="Human-readable explanation.")
     sha256: Sha256 | None = Field(None, description="Digest of the body, when one was received.")
     size_bytes: int | None = Field(None, ge=0, description="Body size in bytes, when known.")
@@ -200,21 +200,23 @@ class PredictionMade(CameraEvent):
     prediction_id: str = Field(
         ..., description="Deterministic from image_id, model version and role: dedupe on it."
     )
-    image_id: str
+    image_id: str = Field(..., description="The image this prediction is for.")
     sha256: Sha256
-    blob_uri: str
-    width: int = Field(..., gt=0)
-    height: int = Field(..., gt=0)
+    blob_uri: str = Field(..., description="Where the image bytes are stored.")
+    width: int = Field(..., gt=0, description="Image width in pixels.")
+    height: int = Field(..., gt=0, description="Image height in pixels.")
     boxes: tuple[ScoredBox, ...] = Field(..., description="Detected defects, pixels.")
     defective: bool = Field(..., description="Image-level decision: divert the part if true.")
     decision_score: float = Field(..., ge=0, le=1, description="Highest box score (0 if none).")
-    decision_threshold: float = Field(..., ge=0, le=1)
-    model_name: str
-    model_version: str
+    decision_threshold: float = Field(
+        ..., ge=0, le=1, description="Defective when decision_score >= this threshold."
+    )
+    model_name: str = Field(..., description="Name of the model that decided.")
+    model_version: str = Field(..., description="Version of the model that decided.")
     role: ModelRole = Field(ModelRole.CHAMPION, description="champion decides; shadow only observes.")
     outlier_score: float = Field(..., ge=0, description="Distance from the training distribution.")
     outlier: bool = Field(..., description="Input is far from the training distribution.")
-    captured_at: AwareDatetime
+    captured_at: AwareDatetime = Field(..., description="When the camera took the frame (UTC).")
     queue_latency_ms: float = Field(..., ge=0, description="Capture/publish to inference start.")
     inference_latency_ms: float = Field(..., ge=0, description="Decode + model time for the batch.")
 
@@ -229,10 +231,10 @@ class AnnotationCompleted(CameraEvent):
 
     topic: ClassVar[str] = topics.ANNOTATION_COMPLETED
 
-    image_id: str
+    image_id: str = Field(..., description="The annotated image.")
     annotation_id: str = Field(..., description="Stable id of this annotation (tool ref + version).")
-    annotator: str = Field(..., min_length=1)
-    status: AnnotationStatus
+    annotator: str = Field(..., min_length=1, description="Annotator's user name.")
+    status: AnnotationStatus = Field(..., description="completed, or skipped (could not annotate).")
     boxes: tuple[Box, ...] = Field((), description="Ground-truth boxes, pixels (empty if none).")
     skip_reason: str | None = Field(None, description="Why the annotator could not annotate.")
     sampling_reason: str | None = Field(
@@ -241,8 +243,8 @@ class AnnotationCompleted(CameraEvent):
     lead_time_s: float = Field(..., ge=0, description="From task creation to annotation.")
     supersedes: str | None = Field(None, description="annotation_id this one replaces, if any.")
     tool: str = Field("label-studio", description="Annotation tool.")
-    tool_project_id: int | None = None
-    tool_task_id: int | None = None
+    tool_project_id: int | None = Field(None, description="Project id in the annotation tool.")
+    tool_task_id: int | None = Field(None, description="Task id in the annotation tool.")
 
 
 class DegradationKind(StrEnum):
@@ -257,15 +259,15 @@ class MetricDegraded(Event):
 
     topic: ClassVar[str] = topics.METRIC_DEGRADED
 
-    model_version: str | None = None
-    kind: DegradationKind
+    model_version: str | None = Field(None, description="Model deployed when it degraded.")
+    kind: DegradationKind = Field(..., description="What degraded.")
     metric: str = Field(..., description="Metric name.", examples=["f1"])
-    value: float
-    baseline: float
-    threshold: float
-    window_start: AwareDatetime
-    window_end: AwareDatetime
-    sample_size: int = Field(..., ge=0)
+    value: float = Field(..., description="Current value over the window.")
+    baseline: float = Field(..., description="Reference value (at deployment).")
+    threshold: float = Field(..., description="Value that triggers the alert.")
+    window_start: AwareDatetime = Field(..., description="Start of the measurement window.")
+    window_end: AwareDatetime = Field(..., description="End of the measurement window.")
+    sample_size: int = Field(..., ge=0, description="Samples in the window.")
     camera_id: str | None = Field(None, description="Set for per-camera data-quality incidents.")
 
 
@@ -274,13 +276,15 @@ class ModelDeployed(Event):
 
     topic: ClassVar[str] = topics.MODEL_DEPLOYED
 
-    role: ModelRole
-    model_name: str
-    model_version: str
+    role: ModelRole = Field(..., description="champion decides; challenger/shadow observe.")
+    model_name: str = Field(..., description="Model name.")
+    model_version: str = Field(..., description="Model version (registry id).")
     artifact_uri: str = Field(..., description="Bundle location (directory with model.onnx).")
     sha256: Sha256 = Field(..., description="SHA-256 of model.onnx: verified before loading.")
-    baseline_metrics: dict[str, float] = Field(default_factory=dict)
-    approved_by: str | None = None
+    baseline_metrics: dict[str, float] = Field(
+        default_factory=dict, description="Validation metrics at registration."
+    )
+    approved_by: str | None = Field(None, description="Who approved the promotion.")
     active: bool = Field(True, description="False retires the model from this role.")
 
     def key(self) -> bytes:
@@ -292,18 +296,22 @@ class DeadLetter(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    schema_version: Literal[1] = 1
-    source_topic: str
-    partition: int | None = None
-    offset: int | None = None
+    schema_version: Literal[1] = Field(1, description="Version of the envelope schema.")
+    source_topic: str = Field(..., description="Topic the message was read from.")
+    partition: int | None = Field(None, description="Its partition.")
+    offset: int | None = Field(None, description="Its offset.")
     key: str | None = Field(None, description="Original key (UTF-8, replacement on bad bytes).")
     reason: str = Field(..., description="Machine-readable reason code.", examples=["no_model"])
     error: str = Field(..., max_length=8192, description="Exception text.")
-    service: str
-    first_seen_at: AwareDatetime = Field(default_factory=utc_now)
-    original_headers: dict[str, str] = Field(default_factory=dict)
+    service: str = Field(..., description="Service that gave up on the message.")
+    first_seen_at: AwareDatetime = Field(
+        default_factory=utc_now, description="When the failure was first seen (UTC)."
+    )
+    original_headers: dict[str, str] = Field(
+        default_factory=dict, description="The original Kafka headers."
+    )
     original_value_b64: str = Field(..., description="The original message bytes, base64.")
-    site_id: str | None = None
+    site_id: str | None = Field(None, description="Site from the message key, when known.")
 
 
 EVENT_MODELS: tuple[type[Event], ...] = (

@@ -1,0 +1,137 @@
+"""The local stack's services as supervised background processes (pid files, log files)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from defectloop.common.errors import ComponentError
+from defectloop.common.paths import state_home
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    module: str
+    port: int
+
+    @property
+    def env_prefix(self) -> str:
+        return "DEFECTLOOP_" + self.name.upper().replace("-", "_") + "_"
+
+
+SERVICES: tuple[ServiceSpec, ...] = (
+    ServiceSpec("ingest", "defectloop.ingest.main", 8081),
+    ServiceSpec("inference", "defectloop.inference.main", 8082),
+    ServiceSpec("annotation-sync", "defectloop.annotation_sync.main", 8083),
+    ServiceSpec("monitor", "defectloop.monitor.main", 8084),
+    ServiceSpec("trainer", "defectloop.trainer.main", 8085),
+)
+
+
+def run_dir() -> Path:
+    return state_home() / "run"
+
+
+def log_dir() -> Path:
+    return state_home() / "logs"
+
+
+def pid_file(spec: ServiceSpec) -> Path:
+    return run_dir() / f"{spec.name}.pid"
+
+
+def service_pid(spec: ServiceSpec) -> int | None:
+    try:
+        pid = int(pid_file(spec).read_text().strip())
+        os.kill(pid, 0)
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return None
+    return pid
+
+
+def health(spec: ServiceSpec, timeout: float = 2.0) -> dict[str, object] | None:
+    try:
+        resp = httpx.get(f"http://127.0.0.1:{spec.port}/health", timeout=timeout)
+    except httpx.HTTPError:
+        return None
+    body: dict[str, object] = resp.json() if resp.headers.get("content-type", "").startswith(
+        "application/json"
+    ) else {}
+    return body if resp.status_code == 200 else None
+
+
+def start_service(spec: ServiceSpec, *, env: dict[str, str] | None = None) -> int:
+    """Start ``spec`` in the background unless it runs; return its pid."""
+    pid = service_pid(spec)
+    if pid is not None:
+        return pid
+    run_dir().mkdir(parents=True, exist_ok=True)
+    log_dir().mkdir(parents=True, exist_ok=True)
+    child_env = {
+        **os.environ,
+        "DEFECTLOOP_HOME": str(state_home()),
+        "DEFECTLOOP_LOG_FORMAT": "json",
+        "DEFECTLOOP_TRACE_FILE": str(log_dir() / "traces.jsonl"),
+        f"{spec.env_prefix}PORT": str(spec.port),
+        **(env or {}),
+    }
+    with (log_dir() / f"{spec.name}.log").open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", spec.module],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=child_env,
+            start_new_session=True,
+        )
+    pid_file(spec).write_text(str(proc.pid))
+    return proc.pid
+
+
+def wait_healthy(spec: ServiceSpec, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while health(spec) is None:
+        if service_pid(spec) is None:
+            raise ComponentError(
+                f"{spec.name} exited during start-up", hint=f"see {log_dir() / (spec.name + '.log')}"
+            )
+        if time.monotonic() > deadline:
+            raise ComponentError(
+                f"{spec.name} not healthy after {timeout_s:.0f} s",
+                hint=f"see {log_dir() / (spec.name + '.log')}",
+            )
+        time.sleep(0.3)  # readiness polling of a child process
+
+
+def stop_service(spec: ServiceSpec, timeout_s: float = 30.0) -> bool:
+    pid = service_pid(spec)
+    if pid is None:
+        pid_file(spec).unlink(missing_ok=True)
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done == pid:
+                break
+        except ChildProcessError:
+            pass
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            break
+        time.sleep(0.2)
+    pid_file(spec).unlink(missing_ok=True)
+    return True

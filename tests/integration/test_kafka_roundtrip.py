@@ -64,7 +64,9 @@ async def producer(kafka_bootstrap: str) -> AsyncIterator[tuple[KafkaBroker, InM
     await broker.stop()
 
 
-async def _dead_letters(bootstrap: str, site: str, n: int, timeout: float = 60.0) -> list[DeadLetter]:
+async def _dead_letters(
+    bootstrap: str, site: str, n: int, timeout: float = 60.0
+) -> list[DeadLetter]:
     consumer = AIOKafkaConsumer(
         topics.dlq_topic(topics.IMAGE_REJECTED),
         bootstrap_servers=bootstrap,
@@ -74,6 +76,7 @@ async def _dead_letters(bootstrap: str, site: str, n: int, timeout: float = 60.0
     await consumer.start()
     found: list[DeadLetter] = []
     try:
+
         async def _collect() -> None:
             async for record in consumer:
                 letter = DeadLetter.model_validate_json(record.value)

@@ -24,8 +24,12 @@ def test_service_reports_healthy_on_the_real_broker(
     service: str, kafka_bootstrap: str, tmp_path: object
 ) -> None:
     main = importlib.import_module(f"defectloop.{service}.main")
-    settings_cls = getattr(importlib.import_module(f"defectloop.{service}.settings"), SERVICES[service])
-    settings = settings_cls(kafka_bootstrap=kafka_bootstrap, database_url=f"sqlite:///{tmp_path}/db.sqlite")
+    settings_cls = getattr(
+        importlib.import_module(f"defectloop.{service}.settings"), SERVICES[service]
+    )
+    settings = settings_cls(
+        kafka_bootstrap=kafka_bootstrap, database_url=f"sqlite:///{tmp_path}/db.sqlite"
+    )
     with TestClient(main.build_app(settings)) as client:
         resp = client.get("/health")
     assert resp.status_code == 200
@@ -46,5 +50,7 @@ def test_importing_a_service_builds_nothing(service: str) -> None:
 
 @pytest.mark.unit
 def test_inference_imports_no_torch() -> None:
-    code = "import sys, defectloop.inference.main; assert 'torch' not in sys.modules, 'torch imported'"
+    code = (
+        "import sys, defectloop.inference.main; assert 'torch' not in sys.modules, 'torch imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

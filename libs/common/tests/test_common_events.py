@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from pydantic import ValidationError
@@ -19,7 +19,7 @@ def _captured(**overrides: object) -> events.ImageCaptured:
         image_id=events.image_id_for("A", "cam-1", SHA),
         sha256=SHA,
         blob_uri="file:///tmp/x.png",
-        captured_at=datetime(2026, 1, 1, tzinfo=timezone.utc),
+        captured_at=datetime(2026, 1, 1, tzinfo=UTC),
         width=512,
         height=512,
         quality=events.QualityMetrics(sharpness=10, brightness=100, contrast=20, uniform=False),
@@ -89,7 +89,9 @@ def test_json_round_trip_keeps_the_event() -> None:
 
 
 def test_every_event_topic_has_one_model() -> None:
-    assert {events.model_for_topic(t).topic for t in topics.EVENT_TOPICS} == set(topics.EVENT_TOPICS)
+    assert {events.model_for_topic(t).topic for t in topics.EVENT_TOPICS} == set(
+        topics.EVENT_TOPICS
+    )
 
 
 def test_topic_specs_compact_only_model_deployed_and_include_dlqs() -> None:

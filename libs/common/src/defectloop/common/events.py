@@ -133,7 +133,9 @@ class ImageCaptured(CameraEvent):
     image_id: str = Field(..., description="Deterministic id: same camera + same bytes = same id.")
     sha256: Sha256
     blob_uri: str = Field(
-        ..., description="Where the PNG bytes are stored.", examples=["file:///data/blobs/ab/cd.png"]
+        ...,
+        description="Where the PNG bytes are stored.",
+        examples=["file:///data/blobs/ab/cd.png"],
     )
     captured_at: AwareDatetime = Field(..., description="When the camera took the frame (UTC).")
     width: int = Field(..., gt=0, description="Width in pixels.")
@@ -213,7 +215,9 @@ class PredictionMade(CameraEvent):
     )
     model_name: str = Field(..., description="Name of the model that decided.")
     model_version: str = Field(..., description="Version of the model that decided.")
-    role: ModelRole = Field(ModelRole.CHAMPION, description="champion decides; shadow only observes.")
+    role: ModelRole = Field(
+        ModelRole.CHAMPION, description="champion decides; shadow only observes."
+    )
     outlier_score: float = Field(..., ge=0, description="Distance from the training distribution.")
     outlier: bool = Field(..., description="Input is far from the training distribution.")
     captured_at: AwareDatetime = Field(..., description="When the camera took the frame (UTC).")
@@ -232,7 +236,9 @@ class AnnotationCompleted(CameraEvent):
     topic: ClassVar[str] = topics.ANNOTATION_COMPLETED
 
     image_id: str = Field(..., description="The annotated image.")
-    annotation_id: str = Field(..., description="Stable id of this annotation (tool ref + version).")
+    annotation_id: str = Field(
+        ..., description="Stable id of this annotation (tool ref + version)."
+    )
     annotator: str = Field(..., min_length=1, description="Annotator's user name.")
     status: AnnotationStatus = Field(..., description="completed, or skipped (could not annotate).")
     boxes: tuple[Box, ...] = Field((), description="Ground-truth boxes, pixels (empty if none).")

@@ -133,7 +133,9 @@ async def _call_with_retries(
             if attempt == attempts:
                 raise
             delay = base_delay_s * 2 ** (attempt - 1)
-            log.warning("handler_transient_error", attempt=attempt, retry_in_s=delay, error=str(exc))
+            log.warning(
+                "handler_transient_error", attempt=attempt, retry_in_s=delay, error=str(exc)
+            )
             await asyncio.sleep(delay)
 
 
@@ -157,7 +159,7 @@ def event_subscriber(
 
     def decorator(handler: Handler[Any]) -> Handler[Any]:
         async def consume(message: KafkaMessage) -> None:
-            record: ConsumerRecord[Any, Any] = message.raw_message  # type: ignore[assignment]
+            record: ConsumerRecord[Any, Any] = message.raw_message
             try:
                 event = model.model_validate_json(record.value or b"")
             except ValidationError as exc:

@@ -26,7 +26,8 @@ async def ensure_topics(bootstrap: str, specs: list[TopicSpec]) -> list[str]:
         return [s.name for s in missing]
     except KafkaError as exc:
         raise BrokerUnavailableError(
-            f"cannot create topics on {bootstrap}: {exc}", hint="is Kafka running? `defectloop kafka status`"
+            f"cannot create topics on {bootstrap}: {exc}",
+            hint="is Kafka running? `defectloop kafka status`",
         ) from exc
     finally:
         await admin.close()

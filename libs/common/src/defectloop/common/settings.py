@@ -39,7 +39,7 @@ class ServiceSettings(BaseSettings):
         default_factory=lambda: _stack_env("BLOB_URL", None) or (state_home() / "blobs").as_uri()
     )
     log_format: Literal["auto", "json", "console"] = Field(
-        default_factory=lambda: _stack_env("LOG_FORMAT", "auto")  # type: ignore[arg-type,return-value]
+        default_factory=lambda: _stack_env("LOG_FORMAT", "auto")  # type: ignore[arg-type]
     )
     log_level: str = "INFO"
     otlp_endpoint: str | None = Field(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from defectloop.common.service import build_service_app, serve
 from defectloop.annotation_sync.settings import AnnotationSyncSettings
+from defectloop.common.service import build_service_app, serve
 
 
 def build_app(settings: AnnotationSyncSettings) -> FastAPI:

@@ -8,7 +8,9 @@ from defectloop.common.settings import ServiceSettings
 
 
 class AnnotationSyncSettings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="DEFECTLOOP_ANNOTATION_SYNC_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="DEFECTLOOP_ANNOTATION_SYNC_", extra="ignore", frozen=True
+    )
 
     service_name: str = "annotation-sync"
     port: int = 8083

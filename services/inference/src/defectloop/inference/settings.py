@@ -8,7 +8,9 @@ from defectloop.common.settings import ServiceSettings
 
 
 class InferenceSettings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="DEFECTLOOP_INFERENCE_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="DEFECTLOOP_INFERENCE_", extra="ignore", frozen=True
+    )
 
     service_name: str = "inference"
     port: int = 8082

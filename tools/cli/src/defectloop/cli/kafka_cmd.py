@@ -13,12 +13,16 @@ console = Console()
 
 
 def register(app: typer.Typer) -> None:
-    kafka = typer.Typer(help="Run a real local Apache Kafka broker (KRaft, from Maven Central jars).")
+    kafka = typer.Typer(
+        help="Run a real local Apache Kafka broker (KRaft, from Maven Central jars)."
+    )
 
     @kafka.command("start")
     def start(
         partitions: int = typer.Option(6, min=1, help="Partitions per event topic."),
-        timeout: float = typer.Option(120.0, help="Seconds to wait for the broker to accept clients."),
+        timeout: float = typer.Option(
+            120.0, help="Seconds to wait for the broker to accept clients."
+        ),
     ) -> None:
         """Start the broker (idempotent) and create the topics; returns when clients can connect."""
         layout = kafka_local.default_layout()

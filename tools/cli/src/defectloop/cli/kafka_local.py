@@ -312,7 +312,8 @@ def start(layout: KafkaLayout, *, timeout_s: float = 120.0, partitions: int = 6)
         if time.monotonic() > deadline:
             stop(layout)
             raise ComponentError(
-                f"Kafka did not accept clients within {timeout_s:.0f} s", hint=f"see {layout.log_file}"
+                f"Kafka did not accept clients within {timeout_s:.0f} s",
+                hint=f"see {layout.log_file}",
             )
         time.sleep(0.2)  # polling a port for readiness, not synchronising test logic
     asyncio.run(ensure_topics(layout.bootstrap, topic_specs(partitions)))

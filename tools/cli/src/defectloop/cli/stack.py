@@ -43,7 +43,10 @@ def status_table() -> tuple[Table, bool]:
     kafka_up = kafka_local.is_running(layout)
     all_up = kafka_up
     table.add_row(
-        "kafka", str(kafka_local.read_pid(layout) or "-"), layout.bootstrap, "up" if kafka_up else "down"
+        "kafka",
+        str(kafka_local.read_pid(layout) or "-"),
+        layout.bootstrap,
+        "up" if kafka_up else "down",
     )
     for spec in supervisor.SERVICES:
         body = supervisor.health(spec)

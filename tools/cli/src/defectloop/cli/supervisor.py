@@ -62,9 +62,9 @@ def health(spec: ServiceSpec, timeout: float = 2.0) -> dict[str, object] | None:
         resp = httpx.get(f"http://127.0.0.1:{spec.port}/health", timeout=timeout)
     except httpx.HTTPError:
         return None
-    body: dict[str, object] = resp.json() if resp.headers.get("content-type", "").startswith(
-        "application/json"
-    ) else {}
+    body: dict[str, object] = (
+        resp.json() if resp.headers.get("content-type", "").startswith("application/json") else {}
+    )
     return body if resp.status_code == 200 else None
 
 
@@ -101,7 +101,8 @@ def wait_healthy(spec: ServiceSpec, timeout_s: float = 60.0) -> None:
     while health(spec) is None:
         if service_pid(spec) is None:
             raise ComponentError(
-                f"{spec.name} exited during start-up", hint=f"see {log_dir() / (spec.name + '.log')}"
+                f"{spec.name} exited during start-up",
+                hint=f"see {log_dir() / (spec.name + '.log')}",
             )
         if time.monotonic() > deadline:
             raise ComponentError(

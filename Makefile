@@ -1,0 +1,45 @@
+# defectloop: `make demo` runs the closed-loop demo, `make test` runs the tests.
+# Both set everything up first (idempotent): uv, the workspace venv, Java/Maven, Kafka's jars.
+
+SHELL := /bin/bash
+UV := $(shell scripts/ensure-uv.sh)
+PY := .venv/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-fast lint schemas up down clean help
+
+help:
+	@echo "make demo   - set up, start Kafka + the five services, run the demo"
+	@echo "make test   - set up, lint, and run every test (unit, integration on real Kafka, slow)"
+	@echo "make setup  - only install (uv, .venv from uv.lock, Java/Maven, Kafka jars)"
+
+setup:
+	@scripts/ensure-system-deps.sh
+	@$(UV) sync --all-packages --frozen --quiet
+	@$(PY) -c "from defectloop.cli.kafka_local import ensure_jars; print('kafka jars:', ensure_jars())"
+
+demo: setup
+	.venv/bin/defectloop demo
+
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/mypy --strict libs/common/src
+	$(PY) -m defectloop.common.schemas --check
+
+test: lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+schemas: setup
+	$(PY) -m defectloop.common.schemas
+
+up: setup
+	.venv/bin/defectloop up
+
+down:
+	.venv/bin/defectloop down
+
+clean: down
+	rm -rf .defectloop

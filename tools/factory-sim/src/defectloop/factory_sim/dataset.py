@@ -38,9 +38,17 @@ DATASET_FILE = "dataset.json"
 ANNOTATIONS_FILE = "annotations.json"
 IMAGES_DIR = "images"
 
-# Fixed encoder settings: byte-identical files across runs, and fast (level 1 ~ level 9 in size
-# on noisy images).
-_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, 0]
+# Fixed encoder settings, so files are byte-identical across runs. On these noisy images the "up"
+# filter with Huffman-only deflate is ~3x faster than the defaults and still smaller than level 1;
+# OpenCV < 4.11 cannot pick the filter and falls back to its adaptive one (other bytes, same pixels).
+_PNG_PARAMS = [
+    cv2.IMWRITE_PNG_COMPRESSION,
+    1,
+    cv2.IMWRITE_PNG_STRATEGY,
+    cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY,
+]
+if hasattr(cv2, "IMWRITE_PNG_FILTER"):
+    _PNG_PARAMS += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
 
 Progress = Callable[[int, int], None]
 

@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from defectloop.cli import evaluation, kafka_cmd, simulate, stack, training
+from defectloop.cli import evaluation, gateway, kafka_cmd, simulate, stack, training
 from defectloop.cli.errors import run_cli
 
 
@@ -22,7 +22,7 @@ def build_cli() -> typer.Typer:
         pretty_exceptions_enable=False,
         add_completion=False,
     )
-    for module in (kafka_cmd, stack, simulate, training, evaluation):
+    for module in (kafka_cmd, stack, simulate, training, evaluation, gateway):
         module.register(app)
     return app
 

@@ -55,6 +55,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="processes in the pool run")
     args = parser.parse_args()
     _init()
+    load_before = os.getloadavg()[0]
 
     rows: list[dict[str, Any]] = []
     with ProcessPoolExecutor(args.workers, initializer=_init) as pool:
@@ -86,6 +87,8 @@ def main() -> None:
         "workers": args.workers,
         "cpu_count": os.cpu_count(),
         "affinity": len(os.sched_getaffinity(0)),
+        # Other work on the machine skews the numbers; the 1-minute load average tells how much.
+        "loadavg_1min_before_after": [load_before, os.getloadavg()[0]],
         "machine": platform.machine(),
         "python": platform.python_version(),
         "opencv": cv2.__version__,

@@ -158,12 +158,13 @@ def _make_one(
     else:
         if label == "scratch":
             paths = _scratch_points(rng, cx, cy, u)
-            thickness = int(rng.integers(1, 4)) + round(2 * novelty)
+            # At least 2 px at 512: a 1 px line all but vanishes when a detector halves the image.
+            thickness = int(rng.integers(2, 4)) + round(2 * novelty)
             polarity = style.scratch_polarity
-            contrast = rng.uniform(35, 70)
+            contrast = rng.uniform(45, 80)
         else:
             paths = _crack_points(rng, cx, cy, u, extra_branches=round(3 * novelty))
-            thickness = int(rng.integers(1, 3)) + round(novelty)
+            thickness = int(rng.integers(2, 3)) + round(novelty)
             polarity = style.crack_polarity
             contrast = rng.uniform(45, 90)
         polarity = -polarity if flip else polarity

@@ -56,7 +56,7 @@ def _cast(rng: np.random.Generator, size: int, tex: Texture) -> FloatImage:
     # Pits are kept small and shallow so they never pass for "spot" defects.
     pits = (rng.random((size, size)) > 0.999).astype(np.float32)
     pits = cv2.GaussianBlur(pits, (0, 0), 0.8)
-    return _unit(_unit(np.asarray(field)) - 0.8 * _unit(pits).clip(0, None))
+    return _unit(_unit(np.asarray(field)) - 2.0 * pits / pits.max())
 
 
 def _matte(rng: np.random.Generator, size: int, tex: Texture) -> FloatImage:

@@ -40,7 +40,9 @@ def test_build_context_and_dockerfile_exist(compose: dict[str, Any], service: st
 
 
 @pytest.mark.parametrize("service", SERVICES)
-def test_service_gets_its_kafka_and_database_settings(compose: dict[str, Any], service: str) -> None:
+def test_service_gets_its_kafka_and_database_settings(
+    compose: dict[str, Any], service: str
+) -> None:
     env = compose["services"][service]["environment"]
     prefix = "DEFECTLOOP_" + service.upper().replace("-", "_") + "_"
     assert env["DEFECTLOOP_KAFKA_BOOTSTRAP"] == "kafka:19092"
@@ -63,9 +65,11 @@ def test_service_waits_for_healthy_dependencies_and_is_health_checked(
 
 def test_every_health_checked_dependency_has_a_healthcheck(compose: dict[str, Any]) -> None:
     for name, spec in compose["services"].items():
-        for dep, cond in (spec.get("depends_on") or {}).items() if isinstance(
-            spec.get("depends_on"), dict
-        ) else []:
+        for dep, cond in (
+            (spec.get("depends_on") or {}).items()
+            if isinstance(spec.get("depends_on"), dict)
+            else []
+        ):
             if cond.get("condition") == "service_healthy":
                 assert "healthcheck" in compose["services"][dep], f"{name} waits on {dep}"
 

@@ -1,10 +1,54 @@
-"""Settings of the ingest service (environment prefix ``DEFECTLOOP_INGEST_``)."""
+"""Settings of the ingest service (environment prefix ``DEFECTLOOP_INGEST_``).
+
+Complex values are JSON in the environment, e.g.
+``DEFECTLOOP_INGEST_ACCEPTED_MODES='["gray8","gray16"]'`` or
+``DEFECTLOOP_INGEST_SITE_QUALITY_FLOORS='{"A": {"min_sharpness": 40}}'``.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from defectloop.common.errors import ConfigError
 from defectloop.common.settings import ServiceSettings
+
+#: Pixel formats a PNG can declare, named ``<kind><bits per sample>``.
+KNOWN_MODES = frozenset(
+    {
+        "gray1",
+        "gray2",
+        "gray4",
+        "gray8",
+        "gray16",
+        "rgb8",
+        "rgb16",
+        "palette1",
+        "palette2",
+        "palette4",
+        "palette8",
+        "graya8",
+        "graya16",
+        "rgba8",
+        "rgba16",
+    }
+)
+
+
+class QualityFloor(BaseModel):
+    """The minimum quality a site accepts. ``None`` = measured and recorded, never rejected."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    reject_uniform: bool = Field(True, description="Reject frames with no content at all.")
+    min_sharpness: float | None = Field(None, ge=0, description="Variance of the Laplacian.")
+    min_brightness: float | None = Field(None, ge=0, le=255, description="Mean pixel value.")
+    max_brightness: float | None = Field(None, ge=0, le=255, description="Mean pixel value.")
 
 
 class IngestSettings(ServiceSettings):
@@ -12,3 +56,74 @@ class IngestSettings(ServiceSettings):
 
     service_name: str = "ingest"
     port: int = 8081
+
+    # Input limits.
+    max_body_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest accepted body.")
+    max_pixels: int = Field(5_000_000, ge=1, description="Largest width x height (IHDR).")
+    max_side: int = Field(8192, ge=1, description="Largest width or height (IHDR).")
+    accepted_modes: tuple[str, ...] = Field(
+        ("gray8",), description=f"Accepted PNG pixel formats, among {sorted(KNOWN_MODES)}."
+    )
+    max_text_chunk_bytes: int = Field(
+        1024 * 1024, ge=1, description="Largest decompressed zTXt/iTXt/iCCP chunk."
+    )
+    max_chunks: int = Field(100_000, ge=3, description="Most chunks one PNG may hold.")
+
+    # Kafka.
+    publish_timeout_s: float = Field(5.0, gt=0, description="Wait for Kafka's ack at most this.")
+    kafka_connect_retry_s: float = Field(2.0, gt=0, description="Pause between connect tries.")
+    retry_after_s: int = Field(5, ge=1, description="Retry-After sent with a 503.")
+
+    # Quality.
+    quality_floor: QualityFloor = Field(
+        default_factory=QualityFloor, description="Floor of sites without their own."
+    )
+    site_quality_floors: dict[str, QualityFloor] = Field(
+        default_factory=dict, description="Per-site floors (override quality_floor)."
+    )
+    quality_floors_file: Path | None = Field(
+        None, description="YAML/JSON mapping site -> floor, merged over site_quality_floors."
+    )
+    uniform_max_contrast: float = Field(
+        2.0, ge=0, description="A frame whose pixel std is below this is uniform."
+    )
+    flat_tile_max_std: float = Field(
+        2.0, ge=0, description="A tile whose std is below this counts as obstructed."
+    )
+    near_duplicate_threshold: float = Field(
+        1.0,
+        ge=0,
+        description="Mean abs diff (0-255) of 32x32 fingerprints below which two "
+        "consecutive frames of a camera are near-duplicates.",
+    )
+    cpu_workers: int = Field(4, ge=1, description="Threads decoding and measuring images.")
+
+    @field_validator("accepted_modes")
+    @classmethod
+    def _known_modes(cls, modes: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = set(modes) - KNOWN_MODES
+        if unknown:
+            raise ValueError(f"unknown modes {sorted(unknown)}; known: {sorted(KNOWN_MODES)}")
+        return modes
+
+    def load_quality_floors(self) -> dict[str, QualityFloor]:
+        """Per-site floors: ``site_quality_floors`` overlaid with ``quality_floors_file``."""
+        floors = dict(self.site_quality_floors)
+        if self.quality_floors_file is None:
+            return floors
+        path = self.quality_floors_file
+        try:
+            text = path.read_text()
+            raw: Any = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            raise ConfigError(
+                f"cannot read quality floors {path}: {exc}",
+                hint="a YAML/JSON mapping of site id -> {min_sharpness, min_brightness, ...}",
+            ) from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"quality floors {path} is not a mapping of site -> floor")
+        try:
+            floors.update({str(k): QualityFloor.model_validate(v) for k, v in raw.items()})
+        except ValidationError as exc:
+            raise ConfigError(f"invalid quality floor in {path}: {exc}") from exc
+        return floors

@@ -1,0 +1,321 @@
+"""HTTP routes (thin): authenticate, stream the body with a limit, hand it to the pipeline."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from anyio import to_thread
+from fastapi import APIRouter, FastAPI, Header, Path, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+from sqlalchemy.engine import Engine
+
+from defectloop.common.errors import BrokerUnavailableError
+from defectloop.common.events import RejectReason
+from defectloop.common.logging import get_logger
+from defectloop.ingest import auth
+from defectloop.ingest.pipeline import Ingestor, RejectionError
+
+log = get_logger(__name__)
+
+SITE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
+CAMERA_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class IngestResponse(BaseModel):
+    image_id: str = Field(
+        ...,
+        description="Deterministic id: the same bytes from the same camera give the same id.",
+        examples=["0b8f5c1e-7d2a-5f3b-9c4e-1a2b3c4d5e6f"],
+    )
+    status: Literal["accepted", "duplicate"] = Field(
+        ...,
+        description="accepted: stored and image.captured acknowledged by Kafka now; "
+        "duplicate: these bytes were already accepted for this camera (nothing new published).",
+    )
+
+
+class ErrorDetail(BaseModel):
+    reason: str = Field(..., description="Machine-readable code.", examples=["pixel_bomb"])
+    detail: str = Field(..., description="What is wrong, for people.")
+    hint: str | None = Field(None, description="What to try next.")
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+def _example(reason: str, detail: str, hint: str | None = None) -> dict[str, Any]:
+    return {
+        "summary": reason,
+        "value": {"error": {"reason": reason, "detail": detail, "hint": hint}},
+    }
+
+
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    202: {
+        "description": "Stored, recorded and published (or a duplicate of an accepted image).",
+        "content": {
+            "application/json": {
+                "examples": {
+                    "accepted": {
+                        "value": {
+                            "image_id": "0b8f5c1e-7d2a-5f3b-9c4e-1a2b3c4d5e6f",
+                            "status": "accepted",
+                        }
+                    },
+                    "duplicate": {
+                        "value": {
+                            "image_id": "0b8f5c1e-7d2a-5f3b-9c4e-1a2b3c4d5e6f",
+                            "status": "duplicate",
+                        }
+                    },
+                }
+            }
+        },
+    },
+    401: {
+        "model": ErrorBody,
+        "description": "Missing, malformed, unknown or revoked token (reason missing_token or "
+        "invalid_token). Nothing is published.",
+        "content": {
+            "application/json": {
+                "examples": {
+                    "missing_token": _example(
+                        "missing_token",
+                        "an Authorization: Bearer <token> header is required",
+                        "create one: defectloop gateway-token",
+                    ),
+                }
+            }
+        },
+    },
+    403: {
+        "model": ErrorBody,
+        "description": "The token belongs to another site (forbidden_site) or camera "
+        "(forbidden_camera). Nothing is published.",
+        "content": {
+            "application/json": {
+                "examples": {
+                    "forbidden_site": _example(
+                        "forbidden_site", "this token may not post to this site"
+                    ),
+                }
+            }
+        },
+    },
+    413: {
+        "model": ErrorBody,
+        "description": "Body larger than max_body_bytes (too_large).",
+        "content": {
+            "application/json": {
+                "examples": {
+                    "too_large": _example("too_large", "the body exceeds 20971520 bytes"),
+                }
+            }
+        },
+    },
+    415: {
+        "model": ErrorBody,
+        "description": "Content-Type is not image/png (wrong_content_type) or the body is not a "
+        "PNG (not_png).",
+        "content": {
+            "application/json": {
+                "examples": {
+                    "not_png": _example(
+                        "not_png",
+                        "the body does not start with a PNG signature",
+                        "encode the frame as PNG",
+                    ),
+                    "wrong_content_type": _example(
+                        "wrong_content_type", "Content-Type is image/jpeg"
+                    ),
+                }
+            }
+        },
+    },
+    422: {
+        "model": ErrorBody,
+        "description": "empty, truncated, undecodable, pixel_bomb, unsupported_format, or a "
+        "quality floor: uniform_frame, too_blurry, too_dark, too_bright; invalid_request for "
+        "malformed path or headers.",
+        "content": {
+            "application/json": {
+                "examples": {
+                    "pixel_bomb": _example(
+                        "pixel_bomb",
+                        "60000x60000 exceeds the limits (5000000 pixels, 8192 per side)",
+                    ),
+                    "uniform_frame": _example(
+                        "uniform_frame", "the frame is uniform (contrast 0.00)"
+                    ),
+                }
+            }
+        },
+    },
+    503: {
+        "model": ErrorBody,
+        "description": "Kafka did not acknowledge in time (broker_unavailable); retry after "
+        "Retry-After seconds. The image is kept and published on the retry.",
+        "headers": {
+            "Retry-After": {
+                "schema": {"type": "integer"},
+                "description": "Seconds to wait before retrying.",
+            }
+        },
+        "content": {
+            "application/json": {
+                "examples": {
+                    "broker_unavailable": _example(
+                        "broker_unavailable", "Kafka did not acknowledge within 5 s", "retry later"
+                    ),
+                }
+            }
+        },
+    },
+}
+
+
+def error_response(
+    status_code: int,
+    reason: str,
+    detail: str,
+    hint: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = ErrorBody(error=ErrorDetail(reason=reason, detail=detail, hint=hint))
+    return JSONResponse(body.model_dump(), status_code=status_code, headers=headers)
+
+
+async def read_limited(request: Request, limit: int) -> bytes | None:
+    """The body, or ``None`` as soon as it exceeds ``limit`` (the rest is never read)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    buffer = bytearray()
+    async for chunk in request.stream():
+        if len(buffer) + len(chunk) > limit:
+            return None
+        buffer += chunk
+    return bytes(buffer)
+
+
+def _media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+router = APIRouter()
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="gatewayToken",
+    description="Per-site gateway token: dlg_<token id>_<secret> (defectloop gateway-token).",
+)
+
+
+@router.post(
+    "/v1/sites/{site}/cameras/{camera}/images",
+    status_code=202,
+    response_model=IngestResponse,
+    responses=_RESPONSES,
+    tags=["images"],
+    summary="Upload one camera frame (PNG)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "The PNG file, 8-bit grayscale by default.",
+            "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+        },
+    },
+)
+async def post_image(
+    request: Request,
+    site: Annotated[str, Path(max_length=64, pattern=SITE_PATTERN, description="Site id.")],
+    camera: Annotated[str, Path(max_length=64, pattern=CAMERA_PATTERN, description="Camera id.")],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+    content_type: Annotated[str | None, Header(include_in_schema=False)] = None,
+    x_captured_at: Annotated[
+        datetime | None, Header(description="When the camera took the frame (ISO 8601).")
+    ] = None,
+    x_line_id: Annotated[
+        str | None, Header(max_length=64, description="Production line of the camera.")
+    ] = None,
+) -> IngestResponse:
+    """Authenticate the gateway, validate the PNG, measure its quality, store it and publish
+    ``image.captured``. Answers 202 only after Kafka acknowledged the event."""
+    ingestor: Ingestor = request.app.state.ingestor
+    engine: Engine = request.app.state.engine
+    token = auth.bearer_token(
+        f"{credentials.scheme} {credentials.credentials}" if credentials else None
+    )
+    identity = await to_thread.run_sync(auth.authenticate, engine, token)
+    auth.authorize(identity, site, camera)
+
+    media_type = _media_type(content_type)
+    if media_type != "image/png":
+        raise await ingestor.reject(
+            site,
+            camera,
+            RejectReason.WRONG_CONTENT_TYPE,
+            f"Content-Type is {media_type or 'missing'}, expected image/png",
+        )
+    limit = ingestor.settings.max_body_bytes
+    data = await read_limited(request, limit)
+    if data is None:
+        declared = request.headers.get("content-length", "")
+        raise await ingestor.reject(
+            site,
+            camera,
+            RejectReason.TOO_LARGE,
+            f"the body exceeds {limit} bytes",
+            size_bytes=int(declared) if declared.isdigit() else None,
+        )
+    captured_at = x_captured_at
+    if captured_at is not None and captured_at.tzinfo is None:
+        captured_at = captured_at.replace(tzinfo=UTC)
+    outcome = await ingestor.ingest(site, camera, data, captured_at=captured_at, line_id=x_line_id)
+    log.info(
+        "upload_done",
+        token_id=identity.token_id,
+        site_id=site,
+        camera_id=camera,
+        image_id=outcome.image_id,
+        status=outcome.status,
+    )
+    return IngestResponse(image_id=outcome.image_id, status=outcome.status)
+
+
+def install_error_handlers(app: FastAPI, *, retry_after_s: int) -> None:
+    """Every error is ``{"error": {"reason", "detail", "hint"}}``."""
+
+    @app.exception_handler(auth.AuthError)
+    async def _auth(_: Request, exc: auth.AuthError) -> JSONResponse:
+        log.warning("gateway_auth_failed", token_id=exc.token_id, reason=exc.reason)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        hint = "create a token with: defectloop gateway-token --site <site>"
+        return error_response(exc.status_code, exc.reason, exc.detail, hint, headers)
+
+    @app.exception_handler(RejectionError)
+    async def _rejected(_: Request, exc: RejectionError) -> JSONResponse:
+        return error_response(exc.status_code, exc.reason.value, exc.detail, exc.hint)
+
+    @app.exception_handler(BrokerUnavailableError)
+    async def _broker(_: Request, exc: BrokerUnavailableError) -> JSONResponse:
+        log.warning("broker_unavailable", error=str(exc))
+        return error_response(
+            503,
+            exc.reason,
+            str(exc),
+            "the image is kept: retry the same upload later",
+            {"Retry-After": str(retry_after_s)},
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg', '')}"
+            for err in exc.errors()
+        )
+        return error_response(422, "invalid_request", problems[:2000], "check the path and headers")

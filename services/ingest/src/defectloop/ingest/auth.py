@@ -1,0 +1,142 @@
+"""Per-site gateway tokens: ``dlg_<token id>_<secret>``, stored as SHA-256, scoped to a site.
+
+The token id is public (it is logged and used for lookup); the secret is 256 random bits
+(``secrets.token_urlsafe(32)``) and never stored or logged. Comparison is constant-time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from defectloop.common.events import utc_now
+from defectloop.ingest.records import GatewayToken
+
+TOKEN_PREFIX = "dlg"
+_TOKEN_ID_HEX = 12  # 48 bits: unique enough for lookup, not a secret
+
+
+class AuthError(Exception):
+    """Authentication (401) or authorization (403) failure; carries no secret."""
+
+    def __init__(self, status_code: int, reason: str, detail: str, token_id: str | None = None):
+        super().__init__(detail)
+        self.status_code = status_code
+        self.reason = reason
+        self.detail = detail
+        self.token_id = token_id
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token_id: str
+    token: str
+    site_id: str
+    camera_id: str | None
+
+
+@dataclass(frozen=True)
+class GatewayIdentity:
+    token_id: str
+    site_id: str
+    camera_id: str | None
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> tuple[str, str]:
+    """A fresh ``(token_id, token)``."""
+    token_id = secrets.token_hex(_TOKEN_ID_HEX // 2)
+    return token_id, f"{TOKEN_PREFIX}_{token_id}_{secrets.token_urlsafe(32)}"
+
+
+def token_id_of(token: str) -> str | None:
+    """The id part of a well-formed token, else ``None``."""
+    parts = token.split("_", 2)
+    if len(parts) != 3 or parts[0] != TOKEN_PREFIX or not parts[2]:
+        return None
+    token_id = parts[1]
+    if len(token_id) != _TOKEN_ID_HEX or any(c not in "0123456789abcdef" for c in token_id):
+        return None
+    return token_id
+
+
+def issue_token(engine: Engine, site_id: str, camera_id: str | None = None) -> IssuedToken:
+    """Create and store a token for ``site_id`` (optionally one camera); the only time it is seen."""
+    token_id, token = new_token()
+    with Session(engine) as session:
+        session.add(
+            GatewayToken(
+                token_id=token_id,
+                site_id=site_id,
+                camera_id=camera_id,
+                token_sha256=hash_token(token),
+            )
+        )
+        session.commit()
+    return IssuedToken(token_id=token_id, token=token, site_id=site_id, camera_id=camera_id)
+
+
+def revoke_token(engine: Engine, token_id: str) -> bool:
+    """Revoke a token by id; ``False`` if there is no such (active) token."""
+    with Session(engine) as session:
+        row = session.get(GatewayToken, token_id)
+        if row is None or row.revoked_at is not None:
+            return False
+        row.revoked_at = utc_now()
+        session.add(row)
+        session.commit()
+        return True
+
+
+def list_tokens(engine: Engine, site_id: str | None = None) -> list[GatewayToken]:
+    with Session(engine) as session:
+        query = select(GatewayToken)
+        if site_id is not None:
+            query = query.where(GatewayToken.site_id == site_id)
+        return list(session.exec(query))
+
+
+def bearer_token(authorization: str | None) -> str:
+    """The token of an ``Authorization: Bearer <token>`` header; 401 if absent or malformed."""
+    if not authorization:
+        raise AuthError(401, "missing_token", "an Authorization: Bearer <token> header is required")
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise AuthError(401, "missing_token", "the Authorization header must be 'Bearer <token>'")
+    return value.strip()
+
+
+def authenticate(engine: Engine, token: str) -> GatewayIdentity:
+    """The gateway a token belongs to; 401 when it is unknown, malformed or revoked."""
+    token_id = token_id_of(token)
+    if token_id is None:
+        raise AuthError(401, "invalid_token", "the token is malformed")
+    with Session(engine) as session:
+        row = session.get(GatewayToken, token_id)
+    presented = hash_token(token)
+    stored = row.token_sha256 if row is not None else hash_token(secrets.token_hex(16))
+    if not hmac.compare_digest(presented, stored) or row is None:
+        raise AuthError(401, "invalid_token", "unknown token", token_id=token_id)
+    if row.revoked_at is not None:
+        raise AuthError(401, "invalid_token", "the token was revoked", token_id=token_id)
+    return GatewayIdentity(token_id=row.token_id, site_id=row.site_id, camera_id=row.camera_id)
+
+
+def authorize(identity: GatewayIdentity, site_id: str, camera_id: str) -> None:
+    """403 unless the token is scoped to ``site_id`` (and to ``camera_id`` if camera-bound)."""
+    if not hmac.compare_digest(identity.site_id.encode(), site_id.encode()):
+        raise AuthError(
+            403, "forbidden_site", "this token may not post to this site", identity.token_id
+        )
+    if identity.camera_id is not None and identity.camera_id != camera_id:
+        raise AuthError(
+            403, "forbidden_camera", "this token may not post for this camera", identity.token_id
+        )

@@ -71,7 +71,6 @@ class CenterNet(nn.Module):
         self.lateral = nn.ModuleList(
             nn.Conv2d(c, hw, 1) for c in (w, 2 * w, 4 * w, 4 * w)
         )
-        self.smooth = _conv_bn(hw, hw)
         self.trunk = _conv_bn(hw, hw)
         self.heatmap = nn.Conv2d(hw, num_classes, 1)
         self.size = nn.Conv2d(hw, 2, 1)
@@ -95,7 +94,7 @@ class CenterNet(nn.Module):
             (self.lateral[2], self.lateral[1], self.lateral[0]), (c16, c8, c4), strict=True
         ):
             p = lateral(feat) + F.interpolate(p, scale_factor=2.0, mode="nearest")
-        t = self.trunk(self.smooth(p))
+        t = self.trunk(p)  # one shared 3x3 at stride 4: the costliest layer, so only one
         # Size: exp of a clamped log keeps it positive and finite in the first unstable steps.
         size = torch.exp(self.size(t).clamp(-2.0, 7.0))
         offset = torch.sigmoid(self.offset(t))  # the contract: offset in [0, 1) cells

@@ -1,0 +1,251 @@
+"""The trainer's model registry (SQLModel): dataset versions, training runs, model versions, deployments.
+
+SQLite file ``$DEFECTLOOP_HOME/trainer.db`` by default; ``DEFECTLOOP_TRAINER_DB_URL`` overrides it
+with any SQLAlchemy URL (e.g. ``postgresql+psycopg://...``). Only portable column types are used
+(JSON documents as TEXT), so the same code runs on PostgreSQL unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Column, Text, UniqueConstraint
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Field, Session, SQLModel, create_engine, select
+
+from defectloop.common.errors import ConfigError, NotFoundError, TransientError
+from defectloop.common.paths import state_home
+
+DB_URL_ENV = "DEFECTLOOP_TRAINER_DB_URL"
+
+ROLES = ("champion", "challenger", "shadow")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class DatasetVersion(SQLModel, table=True):
+    __tablename__ = "dataset_versions"
+
+    version: str = Field(primary_key=True, max_length=64, description="sha256 of the manifest.")
+    site: str | None = Field(default=None, index=True)
+    num_images: int
+    num_train: int
+    num_val: int
+    manifest_json: str = Field(sa_column=Column(Text, nullable=False))
+    sources_json: str = Field(
+        default="[]", sa_column=Column(Text, nullable=False), description="Dataset dirs last seen."
+    )
+    created_at: datetime = Field(default_factory=_now)
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.manifest_json)
+        return data
+
+    @property
+    def sources(self) -> list[str]:
+        data: list[str] = json.loads(self.sources_json)
+        return data
+
+
+class TrainingRun(SQLModel, table=True):
+    __tablename__ = "training_runs"
+
+    id: int | None = Field(default=None, primary_key=True)
+    dataset_version: str = Field(foreign_key="dataset_versions.version", index=True)
+    dataset_dirs_json: str = Field(sa_column=Column(Text, nullable=False))
+    site: str | None = Field(default=None, index=True)
+    preset: str | None = None
+    config_json: str = Field(sa_column=Column(Text, nullable=False))
+    config_sha256: str = Field(max_length=64)
+    seed: int
+    parent_version: str | None = None
+    git_commit: str
+    lockfile_sha256: str
+    mlflow_run_id: str | None = None
+    status: str = Field(default="succeeded", description="succeeded | failed")
+    train_seconds: float | None = None
+    started_at: datetime = Field(default_factory=_now)
+    finished_at: datetime | None = None
+
+    @property
+    def dataset_dirs(self) -> list[str]:
+        data: list[str] = json.loads(self.dataset_dirs_json)
+        return data
+
+    @property
+    def config(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.config_json)
+        return data
+
+
+class ModelVersion(SQLModel, table=True):
+    __tablename__ = "model_versions"
+
+    version: str = Field(primary_key=True, max_length=128)
+    name: str = Field(index=True)
+    training_run_id: int | None = Field(default=None, foreign_key="training_runs.id")
+    dataset_version: str = Field(foreign_key="dataset_versions.version", index=True)
+    parent_version: str | None = Field(default=None, index=True)
+    site: str | None = Field(default=None, index=True)
+    git_commit: str
+    lockfile_sha256: str
+    config_sha256: str = Field(max_length=64)
+    seed: int
+    sha256: str = Field(max_length=64, description="sha256 of model.onnx.")
+    bundle_path: str
+    metrics_json: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+    author: str
+    created_at: datetime = Field(default_factory=_now)
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        data: dict[str, float] = json.loads(self.metrics_json)
+        return data
+
+
+class Deployment(SQLModel, table=True):
+    """Which model version plays which role at a site (written by promote/approve/rollback)."""
+
+    __tablename__ = "deployments"
+    __table_args__ = (UniqueConstraint("site", "role", "model_version", "requested_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    site: str = Field(index=True)
+    role: str = Field(description="champion | challenger | shadow")
+    model_version: str = Field(foreign_key="model_versions.version", index=True)
+    status: str = Field(default="requested", description="requested | approved | active | retired")
+    requested_by: str
+    approver: str | None = None
+    reason: str | None = None
+    requested_at: datetime = Field(default_factory=_now)
+    approved_at: datetime | None = None
+    activated_at: datetime | None = None
+    retired_at: datetime | None = None
+
+
+def database_url() -> str:
+    url = os.environ.get(DB_URL_ENV)
+    if url:
+        return url
+    home = state_home()
+    home.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{home / 'trainer.db'}"
+
+
+class Registry:
+    """Thin data access over the registry tables; SQLAlchemy errors become defectloop errors."""
+
+    def __init__(self, url: str | None = None) -> None:
+        self.url = url or database_url()
+        try:
+            self.engine: Engine = create_engine(self.url)
+            SQLModel.metadata.create_all(
+                self.engine,
+                tables=[
+                    t.__table__  # type: ignore[attr-defined]
+                    for t in (DatasetVersion, TrainingRun, ModelVersion, Deployment)
+                ],
+            )
+        except SQLAlchemyError as exc:
+            raise TransientError(
+                f"cannot open the trainer registry at {self.url}: {exc}",
+                hint=f"check {DB_URL_ENV} or $DEFECTLOOP_HOME",
+            ) from exc
+        except Exception as exc:  # bad URL scheme, missing driver
+            raise ConfigError(
+                f"invalid trainer registry URL {self.url!r}: {exc}",
+                hint=f"set {DB_URL_ENV} to a SQLAlchemy URL, e.g. sqlite:///trainer.db",
+            ) from exc
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        try:
+            with Session(self.engine, expire_on_commit=False) as session:
+                yield session
+        except SQLAlchemyError as exc:
+            raise TransientError(f"trainer registry error: {exc}") from exc
+
+    def upsert_dataset(self, record: DatasetVersion) -> DatasetVersion:
+        with self.session() as s:
+            existing = s.get(DatasetVersion, record.version)
+            if existing is not None:
+                # Same content, maybe new location: remember where it was seen last.
+                existing.sources_json = record.sources_json
+                s.add(existing)
+                s.commit()
+                return existing
+            s.add(record)
+            s.commit()
+            return record
+
+    def add_run(self, run: TrainingRun) -> TrainingRun:
+        with self.session() as s:
+            s.add(run)
+            s.commit()
+            s.refresh(run)
+            return run
+
+    def add_model(self, model: ModelVersion) -> ModelVersion:
+        with self.session() as s:
+            s.add(model)
+            s.commit()
+            return model
+
+    def list_models(self, *, site: str | None = None, limit: int = 100) -> list[ModelVersion]:
+        with self.session() as s:
+            query = select(ModelVersion)
+            if site is not None:
+                query = query.where(ModelVersion.site == site)
+            query = query.order_by(ModelVersion.created_at.desc()).limit(limit)  # type: ignore[attr-defined]
+            return list(s.exec(query).all())
+
+    def get_model(self, version: str) -> ModelVersion:
+        with self.session() as s:
+            model = s.get(ModelVersion, version)
+        if model is None:
+            raise NotFoundError(
+                f"model version {version} not found", hint="run `defectloop models list`"
+            )
+        return model
+
+    def get_run(self, run_id: int) -> TrainingRun:
+        with self.session() as s:
+            run = s.get(TrainingRun, run_id)
+        if run is None:
+            raise NotFoundError(f"training run {run_id} not found")
+        return run
+
+    def get_dataset(self, version: str) -> DatasetVersion:
+        with self.session() as s:
+            ds = s.get(DatasetVersion, version)
+        if ds is None:
+            raise NotFoundError(f"dataset version {version} not found")
+        return ds
+
+    def add_deployment(self, deployment: Deployment) -> Deployment:
+        if deployment.role not in ROLES:
+            raise ConfigError(f"unknown role {deployment.role!r}", hint=f"one of {', '.join(ROLES)}")
+        with self.session() as s:
+            s.add(deployment)
+            s.commit()
+            s.refresh(deployment)
+            return deployment
+
+    def deployments(self, site: str | None = None) -> list[Deployment]:
+        with self.session() as s:
+            query = select(Deployment)
+            if site is not None:
+                query = query.where(Deployment.site == site)
+            return list(s.exec(query.order_by(Deployment.requested_at)).all())  # type: ignore[arg-type]
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -2,14 +2,94 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from functools import partial
 
-from defectloop.common.service import build_service_app, serve
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from defectloop.common.blobstore import open_blob_store
+from defectloop.common.service import broker_from_settings, build_service_app, serve
+from defectloop.inference.handlers import AssignmentTracker, Stats, register_handlers
+from defectloop.inference.pipeline import Executors
+from defectloop.inference.routing import DeploymentFollower, ModelRouter, load_deployed
 from defectloop.inference.settings import InferenceSettings
 
 
 def build_app(settings: InferenceSettings) -> FastAPI:
-    return build_service_app(settings)
+    broker = broker_from_settings(settings)
+    store = open_blob_store(settings.blob_url)
+    executors = Executors(
+        decode_workers=settings.decode_workers, inference_workers=settings.inference_workers
+    )
+    loaders = ThreadPoolExecutor(settings.model_loaders, thread_name_prefix="model-load")
+    router = ModelRouter(
+        partial(
+            load_deployed,
+            providers=settings.providers,
+            intra_op_threads=settings.intra_op_threads,
+            inter_op_threads=settings.inter_op_threads,
+        ),
+        loaders,
+    )
+    follower = DeploymentFollower(
+        settings.kafka_bootstrap, router, client_id=f"{settings.service_name}-{settings.group_id}"
+    )
+    stats = Stats()
+    assignment = AssignmentTracker()
+    register_handlers(
+        broker,
+        settings,
+        router=router,
+        store=store,
+        executors=executors,
+        stats=stats,
+        assignment=assignment,
+    )
+
+    async def stop_following() -> None:
+        await follower.stop()
+
+    app = build_service_app(
+        settings,
+        broker=broker,
+        on_startup=[follower.start],
+        on_shutdown=[stop_following],
+        description="Consumes image.captured, publishes prediction.made (see docs/inference.md).",
+    )
+
+    # The thread pools outlive the broker: a batch still in flight during the graceful stop
+    # must be able to finish (and commit) rather than fail on a closed pool.
+    service_lifespan = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(a: FastAPI) -> AsyncIterator[None]:
+        try:
+            async with service_lifespan(a):
+                yield
+        finally:
+            await router.aclose()
+            executors.shutdown()
+            loaders.shutdown(wait=True, cancel_futures=True)
+
+    app.router.lifespan_context = lifespan
+    app.state.router = router
+    app.state.follower = follower
+    app.state.stats = stats
+    app.state.assignment = assignment
+
+    @app.get("/v1/models", tags=["ops"])
+    async def models() -> JSONResponse:
+        """Which model version serves which site and role, plus this process's partitions."""
+        body = router.describe()
+        body["group_id"] = settings.group_id
+        body["partitions"] = assignment.describe()
+        body["stats"] = stats.describe()
+        return JSONResponse(body)
+
+    return app
 
 
 def create_app() -> FastAPI:

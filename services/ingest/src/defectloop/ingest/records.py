@@ -71,7 +71,7 @@ def open_database(url: str) -> Engine:
     engine = make_engine(url, create_tables=False)
     SQLModel.metadata.create_all(
         engine,
-        tables=[model.__table__ for model in INGEST_TABLES],  # type: ignore[attr-defined]
+        tables=[model.__table__ for model in INGEST_TABLES],  # type: ignore[union-attr]
     )
     return engine
 

@@ -20,7 +20,7 @@ def _database_url(database_url: str | None) -> str:
 
     if database_url:
         return database_url
-    return IngestSettings().resolved_database_url()
+    return str(IngestSettings().resolved_database_url())
 
 
 def _check_id(value: str | None, pattern: str, what: str) -> None:

@@ -249,9 +249,9 @@ def settings_for(
 
 
 @asynccontextmanager
-async def running(settings: InferenceSettings) -> AsyncIterator[FastAPI]:
-    """The service app with its lifespan entered (broker started, model table being read)."""
-    app = build_app(settings)
+async def running(settings: InferenceSettings, **kwargs: Any) -> AsyncIterator[FastAPI]:
+    """The service app with its lifespan entered and its model table read."""
+    app = build_app(settings, **kwargs)
     async with app.router.lifespan_context(app):
         await asyncio.wait_for(app.state.router.ready.wait(), 60)
         yield app

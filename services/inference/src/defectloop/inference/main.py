@@ -10,7 +10,7 @@ from functools import partial
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from defectloop.common.blobstore import open_blob_store
+from defectloop.common.blobstore import BlobStore, open_blob_store
 from defectloop.common.service import broker_from_settings, build_service_app, serve
 from defectloop.inference.handlers import AssignmentTracker, Stats, register_handlers
 from defectloop.inference.pipeline import Executors
@@ -18,9 +18,10 @@ from defectloop.inference.routing import DeploymentFollower, ModelRouter, load_d
 from defectloop.inference.settings import InferenceSettings
 
 
-def build_app(settings: InferenceSettings) -> FastAPI:
+def build_app(settings: InferenceSettings, *, store: BlobStore | None = None) -> FastAPI:
+    """The service app; ``store`` overrides the blob store named by ``settings.blob_url``."""
     broker = broker_from_settings(settings)
-    store = open_blob_store(settings.blob_url)
+    store = store if store is not None else open_blob_store(settings.blob_url)
     executors = Executors(
         decode_workers=settings.decode_workers, inference_workers=settings.inference_workers
     )

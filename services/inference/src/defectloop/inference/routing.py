@@ -25,6 +25,7 @@ from urllib.parse import unquote, urlparse
 
 import onnxruntime as ort
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import ValidationError
 
 from defectloop.common import topics
@@ -348,6 +349,19 @@ def _parse_key(key: bytes | None) -> Key | None:
         return None
 
 
+async def _partitions_of(bootstrap: str, topic: str) -> list[int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    for entry in described:
+        if entry.get("topic") == topic and not entry.get("error_code"):
+            return sorted(int(p["partition"]) for p in entry.get("partitions", []))
+    return []
+
+
 class DeploymentFollower:
     """Reads ``model.deployed`` from the beginning, then follows it, feeding a router."""
 
@@ -378,8 +392,7 @@ class DeploymentFollower:
         )
         await consumer.start()
         try:
-            await consumer.topics()  # fetch metadata for every topic
-            partitions = consumer.partitions_for_topic(self._topic)
+            partitions = await _partitions_of(self._bootstrap, self._topic)
             if not partitions:
                 raise ConfigError(
                     f"topic {self._topic} does not exist",

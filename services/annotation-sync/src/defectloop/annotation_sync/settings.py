@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, Field
 from pydantic_settings import SettingsConfigDict
 
+from defectloop.common.errors import ConfigError
+from defectloop.common.paths import state_home
 from defectloop.common.settings import ServiceSettings
+
+
+class LabelStudioInstance(BaseModel):
+    """One Label Studio: its base URL and an API token (legacy ``Token`` key)."""
+
+    url: str
+    token: str
 
 
 class AnnotationSyncSettings(ServiceSettings):
@@ -14,3 +27,93 @@ class AnnotationSyncSettings(ServiceSettings):
 
     service_name: str = "annotation-sync"
     port: int = 8083
+
+    # --- Label Studio ---------------------------------------------------------------------
+    label_studio_url: str | None = Field(
+        None, description="Shared instance URL; unset = read <state>/labelstudio/info.json."
+    )
+    label_studio_token: str | None = Field(
+        None, description="API token of the shared instance; unset = from the info file."
+    )
+    label_studio_instances: dict[str, LabelStudioInstance] = Field(
+        default_factory=dict,
+        description="Strict segregation: site -> its own instance (JSON). Sites not listed use "
+        "the shared instance, or <state>/labelstudio/sites/<site>/info.json when it exists.",
+    )
+    label_studio_timeout_s: float = Field(30.0, gt=0)
+    label_studio_retries: int = Field(5, ge=1, description="Attempts per Label Studio call.")
+    label_studio_backoff_s: float = Field(0.5, gt=0, description="First retry delay (doubles).")
+    sites: list[str] = Field(
+        default_factory=list, description="Sites whose projects are ensured and polled at start."
+    )
+
+    # --- sampling ------------------------------------------------------------------------
+    random_share: float = Field(0.1, ge=0, le=1, description="Share sampled at random.")
+    uncertainty_margin: float = Field(
+        0.1, ge=0, le=1, description="|decision_score - threshold| <= margin = uncertain."
+    )
+    sample_uncertain: bool = True
+    sample_outliers: bool = True
+    overlap_share: float = Field(
+        0.1, ge=0, le=1, description="Share of sampled images sent to two annotators."
+    )
+    daily_budget: int = Field(200, ge=0, description="Images per site per UTC day.")
+    daily_budgets: dict[str, int] = Field(
+        default_factory=dict, description="Per-site overrides of daily_budget (JSON)."
+    )
+    default_campaign_target: int = Field(
+        1000, ge=0, description="Target of a site's campaign until one is set via the API."
+    )
+
+    # --- image links and webhooks ----------------------------------------------------------
+    signing_secret: str = Field(
+        "change-me-in-production",
+        min_length=8,
+        description="HMAC key for image links and the webhook secret header.",
+    )
+    link_ttl_s: int = Field(7 * 24 * 3600, gt=0, description="Lifetime of an image link.")
+    public_base_url: str | None = Field(
+        None,
+        description="Base URL of this service as annotators' browsers reach it "
+        "(default http://<host>:<port>).",
+    )
+    webhook_base_url: str | None = Field(
+        None, description="Base URL Label Studio posts webhooks to (default public_base_url)."
+    )
+    poll_interval_s: float = Field(30.0, gt=0, description="Reconciliation poll period.")
+
+    def base_url(self) -> str:
+        return (self.public_base_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    def hook_url(self) -> str:
+        return (self.webhook_base_url or self.base_url()).rstrip("/") + "/v1/labelstudio/webhook"
+
+    def budget_for(self, site: str) -> int:
+        return self.daily_budgets.get(site, self.daily_budget)
+
+    def instance_for(self, site: str) -> LabelStudioInstance:
+        """Where ``site``'s project lives: its own instance, else the shared one."""
+        if site in self.label_studio_instances:
+            return self.label_studio_instances[site]
+        own = _read_info(state_home() / "labelstudio" / "sites" / site / "info.json")
+        if own is not None and self.label_studio_url is None:
+            return own
+        if self.label_studio_url and self.label_studio_token:
+            return LabelStudioInstance(url=self.label_studio_url, token=self.label_studio_token)
+        shared = _read_info(state_home() / "labelstudio" / "info.json")
+        if shared is None:
+            raise ConfigError(
+                f"no Label Studio configured for site {site}",
+                hint="run `defectloop labelstudio start`, or set "
+                "DEFECTLOOP_ANNOTATION_SYNC_LABEL_STUDIO_URL and _TOKEN",
+            )
+        url = self.label_studio_url or shared.url
+        return LabelStudioInstance(url=url, token=self.label_studio_token or shared.token)
+
+
+def _read_info(path: Path) -> LabelStudioInstance | None:
+    try:
+        data = json.loads(path.read_text())
+        return LabelStudioInstance(url=data["url"], token=data["token"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -1,0 +1,186 @@
+"""HTTP API of annotation-sync: signed image links, the Label Studio webhook, progress, campaigns."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, FastAPI, Header, Path, Query, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from defectloop.annotation_sync import signing, store
+from defectloop.annotation_sync.progress import progress
+from defectloop.annotation_sync.sync import AnnotationSync, as_utc
+from defectloop.common.blobstore import open_blob_store
+from defectloop.common.errors import DefectloopError, NotFoundError, PermanentError, TransientError
+from defectloop.common.logging import get_logger
+
+log = get_logger(__name__)
+
+SITE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+SiteParam = Annotated[str, Path(pattern=SITE_PATTERN, description="Site id.")]
+
+
+def _error(status: int, reason: str, detail: str) -> JSONResponse:
+    return JSONResponse({"error": reason, "detail": detail}, status_code=status)
+
+
+class _Annotation(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: int
+    task: int | None = None
+    result: list[dict[str, Any]] = Field(default_factory=list)
+    was_cancelled: bool = False
+    completed_by: int | dict[str, Any]
+    updated_at: str
+
+
+class _Task(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: int
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class WebhookPayload(BaseModel):
+    """What we read from a Label Studio webhook (other fields are ignored)."""
+
+    model_config = ConfigDict(extra="allow")
+    action: str = Field(..., min_length=1)
+    annotation: _Annotation | None = None
+    task: _Task | None = None
+    annotations: list[dict[str, Any]] | None = None
+
+
+class CampaignBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    target: int = Field(..., ge=0, description="Annotated images wanted.")
+    name: str = Field("default", min_length=1, max_length=100)
+    restart: bool = Field(False, description="Start counting again from now.")
+
+
+def build_router(sync: AnnotationSync) -> APIRouter:
+    router = APIRouter()
+    settings = sync.settings
+    blobs = open_blob_store(settings.blob_url)
+    hook_secret = signing.webhook_secret(settings.signing_secret)
+
+    @router.get("/v1/images/{image_id}", tags=["images"], response_class=Response)
+    def image(
+        image_id: str,
+        site: Annotated[str, Query(pattern=SITE_PATTERN)],
+        exp: Annotated[int, Query()],
+        sig: Annotated[str, Query(min_length=64, max_length=64)],
+    ) -> Response:
+        """The PNG of a sampled image, for a site-scoped, expiring, signed link only."""
+        problem = signing.verify(settings.signing_secret, site, image_id, exp, sig, now=time.time())
+        if problem is not None:
+            log.warning("image_link_refused", site_id=site, image_id=image_id, reason=problem)
+            return _error(403, problem, "the image link is invalid or has expired")
+        sample = store.get_sample(sync.engine, site, image_id)
+        if sample is None:
+            return _error(404, "not_found", "no such image for this site")
+        try:
+            data = blobs.get(sample.blob_uri)
+        except NotFoundError as exc:
+            return _error(404, exc.reason, str(exc))
+        except DefectloopError as exc:
+            return _error(503, exc.reason, str(exc))
+        return Response(
+            data,
+            media_type="image/png",
+            headers={"Cache-Control": "private, max-age=3600", "Access-Control-Allow-Origin": "*"},
+        )
+
+    @router.post("/v1/labelstudio/webhook", tags=["labelstudio"])
+    async def webhook(
+        request: Request,
+        site: Annotated[str, Query(pattern=SITE_PATTERN)],
+        x_webhook_secret: Annotated[str | None, Header()] = None,
+    ) -> JSONResponse:
+        """Label Studio annotation events (fire-and-forget: the poll reconciles what is lost)."""
+        if x_webhook_secret is None or not hmac.compare_digest(x_webhook_secret, hook_secret):
+            log.warning("webhook_refused", site_id=site, reason="bad_secret")
+            return _error(401, "bad_secret", "missing or wrong X-Webhook-Secret")
+        body = await request.body()
+        try:
+            payload = WebhookPayload.model_validate(json.loads(body))
+        except (ValueError, ValidationError) as exc:
+            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            log.warning("webhook_malformed", site_id=site, error=str(exc)[:500])
+            return _error(
+                422 if isinstance(exc, ValidationError) else 400, "malformed_payload", detail
+            )
+        try:
+            return await _handle(payload, site)
+        except PermanentError as exc:
+            log.warning(
+                "webhook_unprocessable", site_id=site, action=payload.action, error=str(exc)
+            )
+            return _error(422, exc.reason, str(exc))
+        except TransientError as exc:
+            log.warning("webhook_deferred", site_id=site, action=payload.action, error=str(exc))
+            return _error(503, exc.reason, f"{exc} (the reconciliation poll will pick it up)")
+
+    async def _handle(payload: WebhookPayload, site: str) -> JSONResponse:
+        action = payload.action
+        if action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
+            if payload.annotation is None or payload.task is None:
+                return _error(422, "malformed_payload", f"{action} needs annotation and task")
+            event = await sync.on_annotation(
+                site, payload.task.model_dump(), payload.annotation.model_dump()
+            )
+            return JSONResponse(
+                {
+                    "status": "emitted" if event else "duplicate",
+                    "annotation_id": event.annotation_id if event else None,
+                }
+            )
+        if action == "ANNOTATIONS_DELETED":
+            ids = [int(a["id"]) for a in payload.annotations or [] if "id" in a]
+            return JSONResponse({"status": "deleted", "count": sync.on_deleted(site, ids)})
+        if action == "ANNOTATIONS_CREATED":
+            return JSONResponse({"status": "emitted", "count": await sync.reconcile(site)})
+        return JSONResponse({"status": "ignored", "action": action})
+
+    @router.get("/v1/sites/{site}/annotation/progress", tags=["progress"])
+    def site_progress(site: SiteParam) -> dict[str, Any]:
+        """Per annotator per day (annotated, skipped), per day, campaign vs target, agreement."""
+        campaign = store.get_campaign(sync.engine, site, settings.default_campaign_target)
+        start = as_utc(campaign.started_at)
+        return progress(
+            site,
+            store.current_annotations(sync.engine, site),
+            campaign,
+            sampled_in_campaign=store.count_sampled(sync.engine, site, since=start),
+            campaign_start=start,
+        )
+
+    @router.get("/v1/sites/{site}/campaigns", tags=["progress"])
+    def get_campaign(site: SiteParam) -> dict[str, Any]:
+        c = store.get_campaign(sync.engine, site, settings.default_campaign_target)
+        return {
+            "site": site,
+            "name": c.name,
+            "target": c.target,
+            "started_at": as_utc(c.started_at).isoformat(),
+        }
+
+    @router.put("/v1/sites/{site}/campaigns", tags=["progress"])
+    def put_campaign(site: SiteParam, body: CampaignBody) -> dict[str, Any]:
+        c = store.put_campaign(sync.engine, site, body.target, body.name, body.restart)
+        log.info("campaign_set", site_id=site, target=c.target, name=c.name)
+        return {
+            "site": site,
+            "name": c.name,
+            "target": c.target,
+            "started_at": as_utc(c.started_at).isoformat(),
+        }
+
+    return router
+
+
+def install(app: FastAPI, sync: AnnotationSync) -> None:
+    app.include_router(build_router(sync))

@@ -1,0 +1,83 @@
+"""Which predictions go to human annotators: pure, deterministic functions.
+
+Every random draw is a hash of the prediction id, so a redelivered ``prediction.made`` gets the same
+decision; the budget and the campaign target are counts kept in the database by the caller.
+
+Reasons, by priority: ``outlier`` (input far from the training distribution), ``uncertain``
+(decision score within ``margin`` of the threshold), ``random`` (an unbiased share, for
+measurement). A sampled image is sent to two annotators (agreement) with ``overlap_share``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from enum import StrEnum
+
+from defectloop.common.events import ModelRole, PredictionMade
+
+
+class SamplingReason(StrEnum):
+    OUTLIER = "outlier"
+    UNCERTAIN = "uncertain"
+    RANDOM = "random"
+
+
+@dataclass(frozen=True)
+class SamplingPolicy:
+    random_share: float = 0.1
+    uncertainty_margin: float = 0.1
+    sample_uncertain: bool = True
+    sample_outliers: bool = True
+    overlap_share: float = 0.1
+
+
+@dataclass(frozen=True)
+class SamplingDecision:
+    reason: SamplingReason
+    annotators: int  # 1, or 2 for the overlap (agreement) share
+
+
+@dataclass(frozen=True)
+class Quota:
+    """What the site has used: today's count vs the daily budget, campaign count vs target."""
+
+    used_today: int
+    daily_budget: int
+    campaign_done: int
+    campaign_target: int
+
+    @property
+    def open(self) -> bool:
+        return self.used_today < self.daily_budget and self.campaign_done < self.campaign_target
+
+
+def unit_hash(*parts: str) -> float:
+    """A uniform number in [0, 1) from ``parts`` (SHA-256; stable across processes and runs)."""
+    digest = hashlib.sha256("\x1f".join(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def reason_for(prediction: PredictionMade, policy: SamplingPolicy) -> SamplingReason | None:
+    """Why this prediction deserves a human look, or None (before any budget)."""
+    if policy.sample_outliers and prediction.outlier:
+        return SamplingReason.OUTLIER
+    margin = abs(prediction.decision_score - prediction.decision_threshold)
+    if policy.sample_uncertain and margin <= policy.uncertainty_margin:
+        return SamplingReason.UNCERTAIN
+    if unit_hash("random", prediction.prediction_id) < policy.random_share:
+        return SamplingReason.RANDOM
+    return None
+
+
+def decide(
+    prediction: PredictionMade, policy: SamplingPolicy, quota: Quota
+) -> SamplingDecision | None:
+    """The sampling decision for a champion prediction, or None (not sampled)."""
+    if prediction.role != ModelRole.CHAMPION:
+        return None
+    reason = reason_for(prediction, policy)
+    if reason is None or not quota.open:
+        return None
+    overlap = unit_hash("overlap", prediction.prediction_id) < policy.overlap_share
+    return SamplingDecision(reason=reason, annotators=2 if overlap else 1)

@@ -18,7 +18,10 @@ A FastStream batch subscriber (``batch=True``) hands the handler every record ``
 - the commit happens only after the handler returned (its outputs acknowledged by Kafka) and the
   dead letters were acknowledged: ``KafkaAckableMessage.ack()`` commits the consumer's consumed
   positions, i.e. exactly past the last record of this batch. A crash (``kill -9``) anywhere
-  before that commit re-delivers the whole batch to whoever owns the partitions next.
+  before that commit re-delivers the whole batch to whoever owns the partitions next;
+- the commit happens inside a gate that the rebalance listener (:class:`DrainOnRevoke`) waits on,
+  so a graceful rebalance lets the batch in flight finish and commit before its partitions move;
+  records fetched before a revocation are left to the new owner.
 """
 
 from __future__ import annotations

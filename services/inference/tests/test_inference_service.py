@@ -139,3 +139,14 @@ async def test_inference_models_endpoint_shows_which_version_serves_which_site(
             body = (await client.get("/v1/models")).json()
     rows = [r for r in body["models"] if r["site_id"] == site]
     assert [(r["role"], r["serving"]["model_version"]) for r in rows] == [("champion", "v1")]
+
+
+async def test_inference_images_waiting_at_boot_are_predicted_not_dead_lettered_as_no_model(
+    producer, outputs, site, make_bundle, make_image, settings_for, run_service
+) -> None:
+    images = [make_image(site) for _ in range(5)]
+    await _publish(producer, make_bundle("v1").deployed(site), *images)
+    async with run_service(settings_for()):
+        await outputs.wait(lambda o: len(o.predictions) >= 5)
+    assert sorted(p.image_id for p in outputs.predictions) == sorted(e.image_id for e in images)
+    assert outputs.dead_letters == []

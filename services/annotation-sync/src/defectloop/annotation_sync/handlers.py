@@ -26,4 +26,6 @@ def subscribe(broker: KafkaBroker, sync: AnnotationSync, *, group_id: str = GROU
     async def on_prediction_made(event: PredictionMade) -> None:
         if event.role != ModelRole.CHAMPION:
             return
+        if sync.settings.ignore_other_sites and event.site_id not in sync.settings.sites:
+            return
         await sync.on_prediction(event)

@@ -46,6 +46,9 @@ class AnnotationSyncSettings(ServiceSettings):
     sites: list[str] = Field(
         default_factory=list, description="Sites whose projects are ensured and polled at start."
     )
+    ignore_other_sites: bool = Field(
+        False, description="Handle only the predictions of `sites` (one deployment per site)."
+    )
 
     # --- sampling ------------------------------------------------------------------------
     random_share: float = Field(0.1, ge=0, le=1, description="Share sampled at random.")

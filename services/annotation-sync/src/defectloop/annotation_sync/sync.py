@@ -67,6 +67,7 @@ class AnnotationSync:
         self._sites: dict[str, _Site] = {}
         self._site_lock = asyncio.Lock()
         self._lock = asyncio.Lock()
+        self._push_lock = asyncio.Lock()
         self.policy = SamplingPolicy(
             random_share=settings.random_share,
             uncertainty_margin=settings.uncertainty_margin,
@@ -183,6 +184,16 @@ class AnnotationSync:
     async def push(self, sample: store.Sample, prediction: PredictionMade | None = None) -> int:
         """Create the sample's Label Studio task (once) and record its id."""
         site = await self.site(sample.site_id)
+        async with self._push_lock:  # the consumer and the poll must not push the same sample
+            current = store.get_sample(self.engine, sample.site_id, sample.image_id)
+            if current is not None and current.task_id is not None:
+                sample.task_id, sample.project_id = current.task_id, current.project_id
+                return current.task_id
+            return await self._push(site, sample, prediction)
+
+    async def _push(
+        self, site: _Site, sample: store.Sample, prediction: PredictionMade | None
+    ) -> int:
         task_id = await site.client.find_task(site.project_id, sample.key)
         if task_id is None:
             task: dict[str, Any] = {

@@ -1,0 +1,120 @@
+"""Fixtures of the annotation-sync tests: a real Label Studio, the service on a real port."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from defectloop.annotation_sync.main import build_app
+from defectloop.annotation_sync.settings import AnnotationSyncSettings
+from defectloop.annotation_sync.sync import AnnotationSync
+from defectloop.common.kafka import build_broker
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class LabelStudioServer:
+    url: str
+    token: str
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudioServer]:
+    """A real Label Studio (own data dir, free port) for the session, started by
+    ``labelstudio_local``; skipped only when scripts/install-labelstudio.sh has not run."""
+    from defectloop.cli import labelstudio_local
+
+    external = os.environ.get("DEFECTLOOP_TEST_LABEL_STUDIO_URL")
+    if external:  # an already running instance (like KAFKA_BOOTSTRAP for the broker)
+        yield LabelStudioServer(external, os.environ["DEFECTLOOP_TEST_LABEL_STUDIO_TOKEN"])
+        return
+    if not labelstudio_local.installed():
+        pytest.skip(
+            f"Label Studio is not installed at {labelstudio_local.venv_dir()}: "
+            "run scripts/install-labelstudio.sh (make setup does it)"
+        )
+    layout = labelstudio_local.LabelStudioLayout(tmp_path_factory.mktemp("ls"), port=free_port())
+    labelstudio_local.start(layout, timeout_s=400)
+    try:
+        yield LabelStudioServer(layout.url, labelstudio_local.credentials(layout)["token"])
+    finally:
+        labelstudio_local.stop(layout)
+
+
+@dataclass
+class RunningService:
+    settings: AnnotationSyncSettings
+    sync: AnnotationSync
+    url: str
+
+
+@asynccontextmanager
+async def run_service(
+    settings: AnnotationSyncSettings, bootstrap: str, group_id: str
+) -> AsyncIterator[RunningService]:
+    """annotation-sync served by uvicorn on ``settings.port``, in this event loop."""
+    broker = build_broker(bootstrap, client_id="annotation-sync-test")
+    app = build_app(settings, broker=broker, group_id=group_id)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_config=None, lifespan="on")
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("annotation-sync did not start")
+        await asyncio.sleep(0.05)  # waiting for the server's readiness flag
+    try:
+        yield RunningService(settings, app.state.sync, f"http://127.0.0.1:{settings.port}")
+    finally:
+        server.should_exit = True
+        await task
+
+
+def service_settings(
+    tmp: Path, ls: LabelStudioServer, site: str, **overrides: object
+) -> AnnotationSyncSettings:
+    port = free_port()
+    values: dict[str, object] = {
+        "port": port,
+        "database_url": f"sqlite:///{tmp / 'annotation-sync.db'}",
+        "blob_url": (tmp / "blobs").as_uri(),
+        "label_studio_url": ls.url,
+        "label_studio_token": ls.token,
+        "label_studio_backoff_s": 0.2,
+        "sites": [site],
+        "signing_secret": "test-signing-secret",
+        "poll_interval_s": 3600.0,  # the startup poll only; tests reconcile explicitly
+        "random_share": 1.0,
+        "overlap_share": 1.0,
+        "daily_budget": 1000,
+        "log_format": "console",
+    }
+    values.update(overrides)
+    return AnnotationSyncSettings(**values)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Harness:
+    """Helpers for tests (conftest modules are not importable under importlib mode)."""
+
+    run_service: object = run_service
+    service_settings: object = service_settings
+
+
+@pytest.fixture(scope="session")
+def annsync() -> Harness:
+    return Harness()

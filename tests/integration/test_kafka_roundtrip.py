@@ -172,3 +172,37 @@ async def test_poison_messages_go_to_the_dlq_and_the_partition_keeps_flowing(
     assert base64.b64decode(poison.original_value_b64) == b"{not json"
     assert poison.source_topic == topics.IMAGE_REJECTED
     assert poison.service == "dlq-consumer"
+
+
+async def test_a_message_with_undecodable_headers_is_still_handled(
+    kafka_bootstrap: str,
+    producer: tuple[KafkaBroker, InMemorySpanExporter],
+    unique_group: str,
+    site: str,
+) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    received = Received()
+    sub = build_broker(kafka_bootstrap, client_id="header-consumer")
+
+    @event_subscriber(sub, topics.IMAGE_REJECTED, group_id=unique_group, service="header-consumer")
+    async def handle(event: ImageRejected) -> None:
+        if event.site_id == site:
+            await received.add(event)
+
+    raw = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await raw.start()
+    await sub.start()
+    try:
+        sent = _rejected(site, "odd headers")
+        await raw.send_and_wait(
+            topics.IMAGE_REJECTED,
+            sent.model_dump_json().encode(),
+            key=sent.key(),
+            headers=[("x-binary", b"\xff\xfe"), ("x-none", None)],  # type: ignore[list-item]
+        )
+        await received.wait_for(1)
+    finally:
+        await sub.stop()
+        await raw.stop()
+    assert received.events == [sent]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -112,6 +113,36 @@ class DeadLetterPublisher:
         )
 
 
+def tolerant_record(record: ConsumerRecord[Any, Any]) -> ConsumerRecord[Any, Any]:
+    """The record with headers FastStream's parser can decode (it calls ``bytes.decode()``).
+
+    A header that is ``None`` or not UTF-8 would otherwise make the parser raise before the
+    handler runs, which under ``NACK_ON_ERROR`` re-reads the same message forever.
+    """
+    headers = record.headers or ()
+    clean: list[tuple[str, bytes]] = []
+    changed = False
+    for key, value in headers:
+        if value is None:
+            clean.append((key, b""))
+            changed = True
+            continue
+        try:
+            value.decode()
+        except UnicodeDecodeError:
+            value = value.decode("utf-8", "replace").encode()
+            changed = True
+        clean.append((key, value))
+    return dataclasses.replace(record, headers=clean) if changed else record
+
+
+async def _tolerant_parser(
+    record: ConsumerRecord[Any, Any],
+    original: Callable[[ConsumerRecord[Any, Any]], Awaitable[Any]],
+) -> Any:
+    return await original(tolerant_record(record))
+
+
 def _site_from_key(key: bytes | None) -> str | None:
     if not key:
         return None
@@ -188,6 +219,7 @@ def event_subscriber(
             group_id=group_id,
             auto_offset_reset="earliest",
             ack_policy=AckPolicy.NACK_ON_ERROR,
+            parser=_tolerant_parser,
             **subscriber_options,
         )(consume)
         return handler

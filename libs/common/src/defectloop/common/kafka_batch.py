@@ -27,7 +27,6 @@ A FastStream batch subscriber (``batch=True``) hands the handler every record ``
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -39,7 +38,7 @@ from pydantic import ValidationError
 
 from defectloop.common.errors import DefectloopError, TransientError
 from defectloop.common.events import Event, model_for_topic
-from defectloop.common.kafka import DeadLetterPublisher
+from defectloop.common.kafka import DeadLetterPublisher, tolerant_record
 from defectloop.common.logging import get_logger
 
 EventT = TypeVar("EventT", bound=Event)
@@ -71,34 +70,11 @@ class Rejection:
 BatchHandler = Callable[[Sequence[BatchItem[Any]]], Awaitable[Sequence[Rejection]]]
 
 
-def _tolerant_record(record: ConsumerRecord[Any, Any]) -> ConsumerRecord[Any, Any]:
-    """The record with headers FastStream's parser can decode (it calls ``bytes.decode()``).
-
-    A header that is ``None`` or not UTF-8 would otherwise make the parser raise before the
-    handler runs, which under ``NACK_ON_ERROR`` re-reads the same batch forever.
-    """
-    headers = record.headers or ()
-    clean: list[tuple[str, bytes]] = []
-    changed = False
-    for key, value in headers:
-        if value is None:
-            clean.append((key, b""))
-            changed = True
-            continue
-        try:
-            value.decode()
-        except UnicodeDecodeError:
-            value = value.decode("utf-8", "replace").encode()
-            changed = True
-        clean.append((key, value))
-    return dataclasses.replace(record, headers=clean) if changed else record
-
-
 async def _tolerant_batch_parser(
     records: tuple[ConsumerRecord[Any, Any], ...],
     original: Callable[[tuple[ConsumerRecord[Any, Any], ...]], Awaitable[Any]],
 ) -> Any:
-    return await original(tuple(_tolerant_record(r) for r in records))
+    return await original(tuple(tolerant_record(r) for r in records))
 
 
 def _owned(

@@ -40,16 +40,25 @@ def build_service_app(
     settings: ServiceSettings,
     *,
     broker: KafkaBroker | None = None,
+    before_start: list[Hook] | None = None,
     on_startup: list[Hook] | None = None,
     on_shutdown: list[Hook] | None = None,
+    after_stop: list[Hook] | None = None,
     **fastapi_kwargs: Any,
 ) -> FastAPI:
-    """A FastAPI app whose lifespan starts/stops the broker and which serves ``GET /health``."""
+    """A FastAPI app whose lifespan starts/stops the broker and which serves ``GET /health``.
+
+    Hooks, in order: ``before_start`` (before subscribers consume: load what handlers need),
+    broker start, ``on_startup``; at shutdown ``on_shutdown``, the broker's graceful stop (in-flight
+    messages finish and commit), then ``after_stop`` (release what those handlers used).
+    """
     service = settings.service_name
     kafka = broker if broker is not None else broker_from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        for hook in before_start or []:
+            await hook()
         await kafka.start()
         for hook in on_startup or []:
             await hook()
@@ -59,7 +68,11 @@ def build_service_app(
         finally:
             for hook in on_shutdown or []:
                 await hook()
-            await kafka.stop()
+            try:
+                await kafka.stop()
+            finally:
+                for hook in after_stop or []:
+                    await hook()
             log.info("service_stopped", service=service)
 
     app = FastAPI(title=f"defectloop {service}", lifespan=lifespan, **fastapi_kwargs)

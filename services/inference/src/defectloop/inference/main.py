@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
 from functools import partial
 
 from fastapi import FastAPI
@@ -53,29 +51,20 @@ def build_app(settings: InferenceSettings, *, store: BlobStore | None = None) ->
     async def stop_following() -> None:
         await follower.stop()
 
+    async def release_workers() -> None:
+        # After the broker's graceful stop: a batch still in flight then could finish and commit.
+        await router.aclose()
+        executors.shutdown()
+        loaders.shutdown(wait=True, cancel_futures=True)
+
     app = build_service_app(
         settings,
         broker=broker,
-        on_startup=[follower.start],
+        before_start=[follower.start],
         on_shutdown=[stop_following],
+        after_stop=[release_workers],
         description="Consumes image.captured, publishes prediction.made (see docs/inference.md).",
     )
-
-    # The thread pools outlive the broker: a batch still in flight during the graceful stop
-    # must be able to finish (and commit) rather than fail on a closed pool.
-    service_lifespan = app.router.lifespan_context
-
-    @asynccontextmanager
-    async def lifespan(a: FastAPI) -> AsyncIterator[None]:
-        try:
-            async with service_lifespan(a):
-                yield
-        finally:
-            await router.aclose()
-            executors.shutdown()
-            loaders.shutdown(wait=True, cancel_futures=True)
-
-    app.router.lifespan_context = lifespan
     app.state.router = router
     app.state.follower = follower
     app.state.stats = stats

@@ -262,6 +262,12 @@ class AnnotationSync:
         self, site_id: str, task: dict[str, Any], annotation: dict[str, Any]
     ) -> AnnotationCompleted | None:
         """Emit this annotation version once; None if already emitted or not one of ours."""
+        key = (task.get("data") or {}).get("defectloop_key")
+        if isinstance(key, str) and "/" in key:  # reject unreadable input before any I/O
+            known = store.get_sample(self.engine, *key.split("/", 1))
+            if known is not None:
+                convert.convert_annotation(annotation, known.width, known.height)
+                convert.parse_time(annotation.get("updated_at") or annotation.get("created_at"))
         site = await self.site(site_id)
         async with self._lock:
             return await self._on_annotation(site_id, site, task, annotation)

@@ -66,7 +66,7 @@ def progress(
     for r in records:
         per[(r.annotator, r.day.isoformat(), r.status)] += 1
     keys = sorted({(a, d) for a, d, _ in per})
-    by_annotator_day = [
+    by_annotator_day: list[dict[str, Any]] = [
         {
             "annotator": a,
             "day": d,

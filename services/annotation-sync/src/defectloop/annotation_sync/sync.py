@@ -160,7 +160,7 @@ class AnnotationSync:
                     s.commit()
                     s.refresh(sample)
             except IntegrityError:  # a concurrent consumer sampled it first
-                sample = store.get_sample(self.engine, p.site_id, p.image_id)  # type: ignore[assignment]
+                sample = store.get_sample(self.engine, p.site_id, p.image_id)
                 if sample is None:
                     raise
             log.info(

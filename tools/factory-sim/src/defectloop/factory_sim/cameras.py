@@ -154,9 +154,9 @@ def frame(
 def gateway_token(site: str, camera: str) -> str:
     """A gateway token from the ingest service's own token store (local stack only)."""
     try:
-        from defectloop.ingest.auth import issue_token  # type: ignore[import-not-found]
-        from defectloop.ingest.records import open_database  # type: ignore[import-not-found]
-        from defectloop.ingest.settings import IngestSettings  # type: ignore[import-not-found]
+        from defectloop.ingest.auth import issue_token
+        from defectloop.ingest.records import open_database
+        from defectloop.ingest.settings import IngestSettings
     except ImportError as exc:
         raise ConfigError(
             "cannot issue gateway tokens here (defectloop-ingest is not installed)",

@@ -1,5 +1,6 @@
 # defectloop: `make demo` runs the closed-loop demo, `make test` runs the tests.
-# Both set everything up first (idempotent): uv, the workspace venv, Java/Maven, Kafka's jars.
+# Both set everything up first (idempotent): uv, the workspace venv, Java/Maven/PostgreSQL,
+# Kafka's jars, Label Studio in its own virtualenv.
 
 SHELL := /bin/bash
 UV := $(shell scripts/ensure-uv.sh)
@@ -11,11 +12,12 @@ PYTEST_ARGS ?=
 help:
 	@echo "make demo   - set up, start Kafka + the five services, run the demo"
 	@echo "make test   - set up, lint, and run every test (unit, integration on real Kafka, slow)"
-	@echo "make setup  - only install (uv, .venv from uv.lock, Java/Maven, Kafka jars)"
+	@echo "make setup  - only install (uv, .venv from uv.lock, Java/Maven/PostgreSQL, Kafka jars, Label Studio)"
 
 setup:
 	@scripts/ensure-system-deps.sh
 	@$(UV) sync --all-packages --frozen --quiet
+	@scripts/install-labelstudio.sh >/dev/null
 	@$(PY) -c "from defectloop.cli.kafka_local import ensure_jars; print('kafka jars:', ensure_jars())"
 
 demo: setup

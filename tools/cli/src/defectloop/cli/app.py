@@ -10,7 +10,16 @@ import sys
 
 import typer
 
-from defectloop.cli import evaluation, gateway, kafka_cmd, simulate, stack, training
+from defectloop.cli import (
+    bench,
+    evaluation,
+    gateway,
+    kafka_cmd,
+    labelstudio,
+    simulate,
+    stack,
+    training,
+)
 from defectloop.cli.errors import run_cli
 
 
@@ -22,7 +31,7 @@ def build_cli() -> typer.Typer:
         pretty_exceptions_enable=False,
         add_completion=False,
     )
-    for module in (kafka_cmd, stack, simulate, training, evaluation, gateway):
+    for module in (kafka_cmd, labelstudio, stack, simulate, training, evaluation, gateway, bench):
         module.register(app)
     return app
 

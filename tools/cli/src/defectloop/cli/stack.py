@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from defectloop.cli import kafka_local, supervisor
+from defectloop.cli import kafka_local, labelstudio_local, supervisor
 from defectloop.common.paths import state_home
 
 console = Console()
@@ -19,6 +19,12 @@ def stack_up() -> None:
     with console.status("starting Kafka..."):
         kafka_local.start(layout)
     console.print(f"[green]✓[/green] kafka {layout.bootstrap}")
+    studio = labelstudio_local.default_layout()
+    with console.status(
+        "starting Label Studio (the very first start runs its migrations: ~2 min)..."
+    ):
+        labelstudio_local.start(studio)
+    console.print(f"[green]✓[/green] label-studio {studio.url}")
     for spec in supervisor.SERVICES:
         supervisor.start_service(spec)
     for spec in supervisor.SERVICES:
@@ -31,6 +37,8 @@ def stack_down() -> None:
     for spec in reversed(supervisor.SERVICES):
         if supervisor.stop_service(spec):
             console.print(f"stopped {spec.name}")
+    if labelstudio_local.stop(labelstudio_local.default_layout()):
+        console.print("stopped label-studio")
     if kafka_local.stop(kafka_local.default_layout()):
         console.print("stopped kafka")
 
@@ -47,6 +55,15 @@ def status_table() -> tuple[Table, bool]:
         str(kafka_local.read_pid(layout) or "-"),
         layout.bootstrap,
         "up" if kafka_up else "down",
+    )
+    studio = labelstudio_local.default_layout()
+    studio_up = labelstudio_local.is_running(studio)
+    all_up = all_up and studio_up
+    table.add_row(
+        "label-studio",
+        str(labelstudio_local.read_pid(studio) or "-"),
+        studio.url,
+        "up" if studio_up else "down",
     )
     for spec in supervisor.SERVICES:
         body = supervisor.health(spec)

@@ -1,0 +1,65 @@
+"""`defectloop bench pipeline`: raw versus Kafka-pipeline throughput and latency, in one run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from defectloop.common.errors import InvalidInputError
+
+console = Console()
+
+
+def register(app: typer.Typer) -> None:
+    bench = typer.Typer(help="Benchmarks (results as JSON; see docs/benchmarks.md).")
+
+    @bench.command("pipeline")
+    def pipeline(
+        report: Path = typer.Option(..., help="Write the JSON report here."),
+        bundle: Path | None = typer.Option(
+            None, help="Model bundle (default: the bootstrap model of site A, trained if missing)."
+        ),
+        duration: float = typer.Option(60.0, min=10.0, help="Approximate total seconds."),
+        max_batch: int = typer.Option(16, min=1, help="Micro-batch size (raw and service)."),
+        max_wait_ms: int = typer.Option(10, min=0, help="Service: max wait for a batch."),
+        decode_workers: int = typer.Option(1, min=1, help="PNG decode threads (raw and service)."),
+        intra_op_threads: int = typer.Option(1, min=1, help="ONNX Runtime intra-op threads."),
+        providers: str = typer.Option("cpu", help="auto|cpu|cuda|tensorrt"),
+        image_size: int = typer.Option(512, min=64, help="Side of the square test images."),
+        bootstrap: str | None = typer.Option(
+            None, help="Use this Kafka instead of an isolated broker started for the run."
+        ),
+        workdir: Path | None = typer.Option(None, help="Keep blobs, broker and logs here."),
+    ) -> None:
+        """Measure raw images/s, pipeline images/s, efficiency, p50/p99 at 50%/90% load."""
+        from defectloop.cli import pipeline_bench
+
+        if bundle is None:
+            from defectloop.cli.bootstrap import bootstrap_bundle
+
+            bundle = bootstrap_bundle("A", say=console.print)
+        if not (bundle / "model.onnx").is_file():
+            raise InvalidInputError(
+                f"no model bundle at {bundle}",
+                hint="pass --bundle DIR (a directory with model.onnx)",
+            )
+        cfg = pipeline_bench.BenchConfig(
+            bundle=bundle,
+            duration_s=duration,
+            max_batch=max_batch,
+            max_wait_ms=max_wait_ms,
+            decode_workers=decode_workers,
+            intra_op_threads=intra_op_threads,
+            providers=providers,
+            image_size=image_size,
+            bootstrap=bootstrap,
+        )
+        with console.status("benchmarking...") as status:
+            result = pipeline_bench.run(cfg, lambda msg: status.update(msg), workdir)
+        pipeline_bench.write_report(result, report)
+        console.print(pipeline_bench.markdown(result))
+        console.print(f"report: {report}")
+
+    app.add_typer(bench, name="bench")

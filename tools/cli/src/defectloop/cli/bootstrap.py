@@ -1,0 +1,58 @@
+"""Bootstrap models: a site with no model gets one trained on simulated data, cached once.
+
+So the local stack predicts out of the box. The cache key covers what decides the weights: the
+simulator version, the trainer's config files and the bootstrap recipe below; a change to any of
+them trains a new bootstrap model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from defectloop.common.paths import cache_home
+
+BOOTSTRAP_IMAGES = 400
+BOOTSTRAP_DATA_SEED = 1000
+BOOTSTRAP_TRAIN_SEED = 0
+BOOTSTRAP_PRESET = "quick"
+
+
+def _recipe_key(site: str) -> str:
+    import defectloop.trainer.config as trainer_config
+    from defectloop.factory_sim import SIMULATOR_VERSION
+
+    digest = hashlib.sha256()
+    digest.update(f"{site}|{SIMULATOR_VERSION}|{BOOTSTRAP_IMAGES}|{BOOTSTRAP_DATA_SEED}".encode())
+    digest.update(f"|{BOOTSTRAP_TRAIN_SEED}|{BOOTSTRAP_PRESET}".encode())
+    configs = Path(trainer_config.__file__).parent / "configs"
+    for path in sorted(configs.rglob("*.yaml")):
+        digest.update(path.relative_to(configs).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def bootstrap_bundle(site: str, *, say: Callable[[str], None] = print) -> Path:
+    """The cached bootstrap bundle of ``site``; trains it (a few minutes) on first use."""
+    from defectloop.factory_sim import generate_dataset
+
+    root = cache_home() / "bootstrap" / f"{site}-{_recipe_key(site)}"
+    bundle = root / "bundle"
+    if (bundle / "model.onnx").is_file() and (bundle / "model.json").is_file():
+        return bundle
+    from defectloop.trainer.pipeline import train_and_register
+
+    data = root / "data"
+    if not (data / "annotations.json").is_file():
+        shutil.rmtree(data, ignore_errors=True)
+        say(f"bootstrap model for site {site}: simulating {BOOTSTRAP_IMAGES} images")
+        generate_dataset(site, BOOTSTRAP_IMAGES, BOOTSTRAP_DATA_SEED, data)
+    say(f"bootstrap model for site {site}: training (preset {BOOTSTRAP_PRESET}, once, cached)")
+    # model.json is written last: without it, an earlier attempt was interrupted.
+    shutil.rmtree(bundle, ignore_errors=True)
+    train_and_register(
+        [data], preset=BOOTSTRAP_PRESET, seed=BOOTSTRAP_TRAIN_SEED, out_dir=bundle, site=site
+    )
+    return bundle

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -50,6 +50,14 @@ from defectloop.vision.manifest import (
     standard_io,
     write_bundle,
 )
+
+# Training machines are often shared (CI, a laptop running the whole stack). OpenMP's default is
+# to spin-wait at every barrier: when another process steals one of our cores, the other thread
+# spins while the descheduled one holds the barrier, and a 2-thread step can get 5x slower than
+# a 1-thread one. Passive waiting costs a little on an idle machine and prevents that cliff. It
+# only takes effect if set before torch (libgomp) is loaded, hence here, at import time of the
+# module that imports torch lazily; results do not depend on it (only scheduling does).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 CHECKPOINT_FILE = "checkpoint.pt"
 DATASET_FILE = "dataset.json"
@@ -350,7 +358,3 @@ def evaluate_samples(
         if value is not None:
             metrics[f"val_ap50_{name}"] = float(value)
     return metrics
-
-
-def copy_bundle(src: Path, dst: Path) -> None:
-    shutil.copytree(src, dst, dirs_exist_ok=True)

@@ -224,11 +224,16 @@ def models_reproduce(
         raise typer.Exit(code=1)
 
 
-def register(app: typer.Typer) -> None:
-    """Add this module's commands to the CLI."""
-    app.command("train")(train_cmd)
+def models_app() -> typer.Typer:
+    """The `models` group; other modules may add commands (promote, approve, rollback) to it."""
     models = typer.Typer(help="The model registry: list, show, reproduce.", no_args_is_help=True)
     models.command("list")(models_list)
     models.command("show")(models_show)
     models.command("reproduce")(models_reproduce)
-    app.add_typer(models, name="models")
+    return models
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the CLI."""
+    app.command("train")(train_cmd)
+    app.add_typer(models_app(), name="models")

@@ -17,6 +17,7 @@ In one run, on one machine, against an isolated Kafka broker started for the run
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -177,10 +178,8 @@ async def _wait_count(
                 hint="see the inference log in the bench work dir",
             )
         arrivals.changed.clear()
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(arrivals.changed.wait(), min(left, 5.0))
-        except TimeoutError:
-            pass
 
 
 async def _publish_backlog(producer: AIOKafkaProducer, evs: list[ImageCaptured]) -> None:
@@ -217,6 +216,52 @@ async def _open_loop(
         sent.append(event.image_id)
     await asyncio.gather(*futures)
     return sent
+
+
+@dataclass(frozen=True)
+class _Phase:
+    rate: float
+    seconds: float
+
+
+async def _latency_phase(
+    producer: AIOKafkaProducer,
+    make: Callable[[int], ImageCaptured],
+    start: int,
+    phase: _Phase,
+    arrivals: _Arrivals,
+    follower: asyncio.Task[None],
+) -> dict[str, Any]:
+    """Offer ``phase.rate`` images/s open-loop; latency percentiles and the backlog's trend."""
+    before = len(arrivals.times)
+    lag: list[tuple[float, int]] = []
+    began = time.monotonic()
+
+    async def sample_lag() -> None:
+        while True:
+            await asyncio.sleep(0.5)  # sampling cadence of the lag gauge
+            elapsed = time.monotonic() - began
+            published = min(int(phase.rate * elapsed), int(phase.rate * phase.seconds))
+            lag.append((elapsed, published - (len(arrivals.times) - before)))
+
+    sampler = asyncio.create_task(sample_lag())
+    sent = await _open_loop(producer, make, start, phase.rate, phase.seconds)
+    sampler.cancel()
+    await _wait_count(arrivals, before + len(sent), 120, follower)
+    lat = [arrivals.latency_ms[i] for i in sent if i in arrivals.latency_ms]
+    xs = np.asarray([t for t, _ in lag] or [0.0])
+    ys = np.asarray([q for _, q in lag] or [0])
+    slope = float(np.polyfit(xs, ys, 1)[0]) if len(lag) > 2 else 0.0
+    p50, p99 = _percentile(lat, 50), _percentile(lat, 99)
+    return {
+        "offered_images_per_s": round(phase.rate, 2),
+        "images": len(sent),
+        "p50_ms": round(p50, 1),
+        "p99_ms": round(p99, 1),
+        "p99_over_p50": round(p99 / p50, 2),
+        "backlog_slope_images_per_s": round(slope, 3),
+        "backlog_max": int(ys.max()),
+    }
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -286,7 +331,7 @@ async def run_bench(cfg: BenchConfig, workdir: Path, say: Progress) -> dict[str,
         }
         say("pipeline: starting the inference service and draining the backlog")
         with (workdir / "inference.log").open("ab") as log:
-            service = subprocess.Popen(
+            service = subprocess.Popen(  # noqa: ASYNC220 - started once; we never wait on it here
                 [sys.executable, "-m", "defectloop.inference.main"],
                 env=env,
                 stdout=log,
@@ -306,43 +351,16 @@ async def run_bench(cfg: BenchConfig, workdir: Path, say: Progress) -> dict[str,
         loads: dict[str, Any] = {}
         next_index = n_backlog
         for share in (0.5, 0.9):
-            rate = share * pipeline_rate
-            seconds = max(5.0, cfg.duration_s * 0.25)
-            say(f"latency: open-loop {rate:.1f} images/s ({share:.0%} of peak) for {seconds:.0f} s")
-            before = len(arrivals.times)
-            lag_samples: list[tuple[float, int]] = []
-
-            async def sample_lag(start_count: int, began: float) -> None:
-                published = 0
-                while True:
-                    await asyncio.sleep(0.5)  # sampling cadence of the lag gauge
-                    elapsed = time.monotonic() - began
-                    published = min(int(rate * elapsed), int(rate * seconds))
-                    lag_samples.append((elapsed, published - (len(arrivals.times) - start_count)))
-
-            began = time.monotonic()
-            sampler = asyncio.create_task(sample_lag(before, began))
-            sent = await _open_loop(
-                producer, lambda i: _event(cfg, images, i), next_index, rate, seconds
+            phase = _Phase(rate=share * pipeline_rate, seconds=max(5.0, cfg.duration_s * 0.25))
+            say(f"latency: open-loop {phase.rate:.1f} images/s ({share:.0%} of peak)")
+            loads[f"{int(share * 100)}pct"] = await _latency_phase(
+                producer, lambda i: _event(cfg, images, i), next_index, phase, arrivals, follower
             )
-            sampler.cancel()
-            next_index += len(sent)
-            await _wait_count(arrivals, before + len(sent), 120, follower)
-            lat = [arrivals.latency_ms[i] for i in sent if i in arrivals.latency_ms]
-            xs = np.asarray([t for t, _ in lag_samples]) if lag_samples else np.zeros(1)
-            ys = np.asarray([q for _, q in lag_samples]) if lag_samples else np.zeros(1)
-            slope = float(np.polyfit(xs, ys, 1)[0]) if len(lag_samples) > 2 else 0.0
-            loads[f"{int(share * 100)}pct"] = {
-                "offered_images_per_s": round(rate, 2),
-                "images": len(sent),
-                "p50_ms": round(_percentile(lat, 50), 1),
-                "p99_ms": round(_percentile(lat, 99), 1),
-                "p99_over_p50": round(_percentile(lat, 99) / _percentile(lat, 50), 2),
-                "backlog_slope_images_per_s": round(slope, 3),
-                "backlog_max": int(ys.max()),
-            }
+            next_index += loads[f"{int(share * 100)}pct"]["images"]
 
-        stats = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10).json().get("stats", {})
+        async with httpx.AsyncClient() as client:
+            resp = await client.get(f"http://127.0.0.1:{port}/v1/models", timeout=10)
+        stats = resp.json().get("stats", {})
         return {
             "command": "defectloop bench pipeline",
             "config": {k: str(v) if isinstance(v, Path) else v for k, v in cfg.__dict__.items()},

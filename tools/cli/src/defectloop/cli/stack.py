@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 import time
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -14,7 +17,52 @@ from defectloop.common.paths import state_home
 console = Console()
 
 
-def stack_up() -> None:
+DEFAULT_SITES = "A"
+
+
+def stack_sites(sites: str | None = None) -> list[str]:
+    """The sites the local stack serves: ``--sites``, else ``$DEFECTLOOP_SITES``, else A."""
+    raw = sites or os.environ.get("DEFECTLOOP_SITES", DEFAULT_SITES)
+    return [s.strip() for s in raw.split(",") if s.strip()]
+
+
+def ensure_models(sites: list[str], bootstrap: str) -> None:
+    """A site with no champion gets its bootstrap model (trained once, cached) deployed."""
+    from defectloop.cli.bootstrap import bootstrap_bundle
+    from defectloop.common.events import ModelRole
+    from defectloop.trainer.deploy import deploy_bundle
+    from defectloop.trainer.pipeline import current_author
+    from defectloop.trainer.registry import Registry
+
+    registry = Registry()
+    try:
+        for site in sites:
+            active = [
+                d
+                for d in registry.deployments(site)
+                if d.role == ModelRole.CHAMPION.value and d.status == "active"
+            ]
+            if active:
+                console.print(f"[green]✓[/green] site {site}: model {active[-1].model_version}")
+                continue
+            bundle = bootstrap_bundle(site, say=lambda msg: console.print(f"[dim]· {msg}[/dim]"))
+            event = deploy_bundle(
+                bundle,
+                site=site,
+                role=ModelRole.CHAMPION,
+                registry=registry,
+                bootstrap=bootstrap,
+                requested_by=current_author(),
+                reason="bootstrap model: the site had none",
+            )
+            console.print(
+                f"[green]✓[/green] site {site}: deployed bootstrap model {event.model_version}"
+            )
+    finally:
+        registry.dispose()
+
+
+def stack_up(sites: list[str] | None = None) -> None:
     layout = kafka_local.default_layout()
     with console.status("starting Kafka..."):
         kafka_local.start(layout)
@@ -25,12 +73,17 @@ def stack_up() -> None:
     ):
         labelstudio_local.start(studio)
     console.print(f"[green]✓[/green] label-studio {studio.url}")
+    site_list = sites or stack_sites()
     for spec in supervisor.SERVICES:
-        supervisor.start_service(spec)
+        env = {}
+        if spec.name == "annotation-sync":  # one Label Studio project per site, made at start
+            env["DEFECTLOOP_ANNOTATION_SYNC_SITES"] = json.dumps(site_list)
+        supervisor.start_service(spec, env=env)
     for spec in supervisor.SERVICES:
         with console.status(f"waiting for {spec.name} to report healthy..."):
             supervisor.wait_healthy(spec)
         console.print(f"[green]✓[/green] {spec.name} http://127.0.0.1:{spec.port}/health")
+    ensure_models(site_list, layout.bootstrap)
 
 
 def stack_down() -> None:
@@ -77,22 +130,102 @@ def status_table() -> tuple[Table, bool]:
     return table, all_up
 
 
-DEMO_PLAN = """\
-[bold]What runs now[/bold]: a real Kafka broker (KRaft) and the five services, each connected to
-Kafka and healthy on its port. Logs: {logs}
+def read_outcomes(bootstrap: str, sites: list[str]) -> dict[str, Any]:
+    """What the demo produced, read back from Kafka: decisions and annotations per site."""
+    import asyncio
 
-[bold]What the full closed-loop demo will do[/bold] as the next issues land: simulated camera
-gateways post images to ingest → inference publishes a decision per image (the MES contract) →
-a sample goes to annotators in Label Studio → monitor measures each site's model → when a site
-degrades (injected drift), trainer retrains from the current model, gates, registers and deploys.
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from defectloop.common import topics
+    from defectloop.common.events import AnnotationCompleted, PredictionMade
+
+    async def read() -> dict[str, Any]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            names = (topics.PREDICTION_MADE, topics.ANNOTATION_COMPLETED)
+            tps = [
+                TopicPartition(t, p)
+                for t in names
+                for p in sorted(consumer.partitions_for_topic(t) or await _partitions(consumer, t))
+            ]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            end = await consumer.end_offsets(tps)
+            decisions: list[PredictionMade] = []
+            annotations: list[AnnotationCompleted] = []
+            while any(await consumer.position(tp) < end[tp] for tp in tps):
+                for tp, records in (await consumer.getmany(timeout_ms=500)).items():
+                    for record in records:
+                        if tp.topic == topics.PREDICTION_MADE:
+                            p = PredictionMade.model_validate_json(record.value)
+                            if p.site_id in sites and p.role.value == "champion":
+                                decisions.append(p)
+                        else:
+                            a = AnnotationCompleted.model_validate_json(record.value)
+                            if a.site_id in sites:
+                                annotations.append(a)
+            return {"decisions": decisions, "annotations": annotations}
+        finally:
+            await consumer.stop()
+
+    async def _partitions(consumer: Any, topic: str) -> set[int]:
+        await consumer._client.force_metadata_update()
+        return consumer.partitions_for_topic(topic) or set()
+
+    return asyncio.run(read())
+
+
+def show_outcomes(bootstrap: str, sites: list[str]) -> None:
+    outcome = read_outcomes(bootstrap, sites)
+    decisions = sorted(outcome["decisions"], key=lambda p: p.occurred_at)
+    table = Table(title="latest decisions on prediction.made (what the MES receives)")
+    for col in ("site", "camera", "image", "decision", "score", "defects", "model", "latency"):
+        table.add_column(col)
+    for p in decisions[-12:]:
+        table.add_row(
+            p.site_id,
+            p.camera_id,
+            p.image_id[:8],
+            "[red]DIVERT[/red]" if p.defective else "[green]PASS[/green]",
+            f"{p.decision_score:.2f}",
+            ",".join(sorted({b.label for b in p.boxes})) or "-",
+            p.model_version,
+            f"{p.queue_latency_ms + p.inference_latency_ms:.0f} ms",
+        )
+    console.print(table)
+    defective = sum(p.defective for p in decisions)
+    done = [a for a in outcome["annotations"] if a.status.value == "completed"]
+    console.print(
+        f"{len(decisions)} decisions ({defective} divert), "
+        f"{len(done)} annotations completed, "
+        f"{len(outcome['annotations']) - len(done)} skipped by annotators"
+    )
+
+
+DEMO_NEXT = """\
+[bold]Look around[/bold]
+  Label Studio (annotators' view):  {ls_url}   user {email} / password {password}
+  annotation progress:               http://127.0.0.1:8083/v1/sites/{site}/annotation/progress
+  ingest API (OpenAPI):              http://127.0.0.1:8081/docs
+  models serving each site:          http://127.0.0.1:8082/v1/models
+  MES client example:                .venv/bin/python examples/mes_consumer.py --site {site}
+  logs and state:                    {logs}
+
+Coming with the next issues: monitor measures each site's model from these annotations, detects
+degradation (try --drift blur:100), and the trainer retrains, gates and deploys a new model.
 """
 
 
 def register(app: typer.Typer) -> None:
     @app.command("up")
-    def up() -> None:
-        """Start Kafka and the five services in the background (logs under the state dir)."""
-        stack_up()
+    def up(
+        sites: str | None = typer.Option(
+            None, help="Sites to serve (default: $DEFECTLOOP_SITES or A)."
+        ),
+    ) -> None:
+        """Start Kafka, Label Studio and the five services in the background; deploy models."""
+        stack_up(stack_sites(sites))
 
     @app.command("down")
     def down() -> None:
@@ -109,19 +242,53 @@ def register(app: typer.Typer) -> None:
 
     @app.command("demo")
     def demo(
-        duration: float = typer.Option(
-            0.0, help="Stop after this many seconds (0 = until Ctrl-C, or at once without a TTY)."
+        sites: str | None = typer.Option(
+            None, help="Sites to simulate (default: $DEFECTLOOP_SITES or A)."
         ),
+        duration: float = typer.Option(45.0, min=5.0, help="Seconds of simulated production."),
+        rate: float = typer.Option(2.0, min=0.1, help="Frames per second per camera."),
+        drift: list[str] | None = typer.Option(
+            None, metavar="KIND[:START[:SEVERITY]]", help="Drift to inject (repeatable)."
+        ),
+        keep: bool = typer.Option(False, help="Leave the stack running at the end."),
     ) -> None:
-        """Start the stack, show it working, and stop it on Ctrl-C."""
-        stack_up()
+        """Start the stack, run simulated cameras and annotators, show the decisions."""
+        from defectloop.cli import simulate
+
+        site_list = stack_sites(sites)
+        stack_up(site_list)
         table, _ = status_table()
         console.print(table)
-        console.print(DEMO_PLAN.format(logs=supervisor.log_dir()))
+        console.rule(
+            "simulated cameras → ingest → Kafka → inference → prediction.made → annotators"
+        )
+        simulate.run(
+            sites=",".join(site_list),
+            rate=rate,
+            duration=duration,
+            cameras=2,
+            annotators=2,
+            annotation_rate=1.0,
+            drift=drift,
+        )
+        layout = kafka_local.default_layout()
+        show_outcomes(layout.bootstrap, site_list)
+        studio = labelstudio_local.default_layout()
+        creds = labelstudio_local.credentials(studio)
+        console.print(
+            DEMO_NEXT.format(
+                ls_url=studio.url,
+                email=creds["email"],
+                password=creds["password"],
+                site=site_list[0],
+                logs=supervisor.log_dir().parent,
+            )
+        )
+        if keep:
+            console.print("the stack keeps running: `defectloop down` stops it")
+            return
         try:
-            if duration > 0:
-                time.sleep(duration)
-            elif console.is_terminal:
+            if console.is_terminal:
                 console.print("[dim]Ctrl-C stops the stack.[/dim]")
                 while True:
                     time.sleep(1)

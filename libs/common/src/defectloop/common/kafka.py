@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -59,6 +60,10 @@ def build_broker(
         graceful_timeout=graceful_timeout,
         ack_policy=AckPolicy.NACK_ON_ERROR,
         middlewares=(KafkaTelemetryMiddleware(tracer_provider=tracer_provider),),
+        # Through the root handler (structlog JSON/console), not FastStream's own format; its
+        # per-message "Received/Processed" lines go out at DEBUG so they cost nothing at INFO.
+        logger=logging.getLogger("defectloop.faststream"),
+        log_level=logging.DEBUG,
     )
 
 

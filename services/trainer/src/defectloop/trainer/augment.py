@@ -82,3 +82,33 @@ def _shift_boxes(
     keep = area >= _MIN_VISIBLE * boxes[:, 2] * boxes[:, 3]
     out = np.stack([x0, y0, x1 - x0, y1 - y0], axis=1).astype(np.float32)
     return out[keep], labels[keep]
+
+
+def random_crop(
+    image: FloatImage,
+    boxes: Boxes,
+    labels: npt.NDArray[np.int64],
+    crop: tuple[int, int],
+    on_object: float,
+    rng: np.random.Generator,
+) -> tuple[FloatImage, Boxes, npt.NDArray[np.int64]]:
+    """A ``crop`` window, centred near a random defect with probability ``on_object``.
+
+    Object-centred crops keep the share of positive cells high (an empty crop teaches only
+    background), while the rest keep the background's false-positive pressure.
+    """
+    h, w = image.shape
+    ch, cw = crop
+    pick = rng.random() < on_object
+    jitter = rng.uniform(-0.35, 0.35, 2)
+    k = int(rng.integers(0, max(1, len(boxes))))
+    if pick and len(boxes):
+        bx, by, bw, bh = (float(v) for v in boxes[k])
+        cx, cy = bx + bw / 2 + jitter[0] * cw, by + bh / 2 + jitter[1] * ch
+        x0, y0 = round(cx - cw / 2), round(cy - ch / 2)
+    else:
+        x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    x0, y0 = min(max(x0, 0), w - cw), min(max(y0, 0), h - ch)
+    out = np.ascontiguousarray(image[y0 : y0 + ch, x0 : x0 + cw])
+    shifted, kept = _shift_boxes(boxes, labels, -x0, -y0, cw, ch)
+    return out, shifted, kept

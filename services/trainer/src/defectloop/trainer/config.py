@@ -62,8 +62,24 @@ class TrainConfig(_Strict):
         ge=1, le=256, description="torch intra-op threads; fixed so that reductions are reproducible."
     )
     val_fraction: float = Field(ge=0, lt=1)
+    crop: tuple[int, int] | None = Field(
+        default=None,
+        description="Train on random [H, W] crops of the resized images (multiples of 32): "
+        "several times more steps for the same CPU time; inference still sees whole images.",
+    )
+    crop_on_object: float = Field(
+        default=0.7, ge=0, le=1, description="Share of crops centred near a random defect."
+    )
     size_weight: float = Field(ge=0)
     offset_weight: float = Field(ge=0)
+
+
+    @field_validator("crop")
+    @classmethod
+    def _crop_multiple_of_32(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and any(s % 32 or s < 32 for s in v):
+            raise ValueError(f"crop {list(v)} must be multiples of 32 (>= 32)")
+        return v
 
 
 class DecodingConfig(_Strict):
@@ -85,6 +101,9 @@ class TrainerConfig(_Strict):
     def _unique_labels(self) -> TrainerConfig:
         if len(set(self.labels)) != len(self.labels):
             raise ValueError(f"labels must be unique, got {list(self.labels)}")
+        crop = self.train.crop
+        if crop is not None and (crop[0] > self.model.input_size[0] or crop[1] > self.model.input_size[1]):
+            raise ValueError(f"train.crop {list(crop)} exceeds model.input_size")
         return self
 
     def canonical_json(self) -> str:

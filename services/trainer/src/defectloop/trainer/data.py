@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from defectloop.common.errors import InvalidInputError, NotFoundError
-from defectloop.trainer.augment import augment
+from defectloop.trainer.augment import augment, random_crop
 from defectloop.trainer.config import AugmentConfig
 from defectloop.vision.coco import ANNOTATIONS_FILE, load_coco_dataset
 
@@ -256,12 +256,14 @@ def iterate_batches(
     augment_cfg: AugmentConfig | None,
     rng: np.random.Generator,
     shuffle: bool,
+    crop: tuple[int, int] | None = None,
+    crop_on_object: float = 0.0,
 ) -> Iterator[Batch]:
     """Yield batches in-process (no DataLoader workers: one RNG stream, hence reproducible)."""
     order = np.asarray(indices, dtype=np.int64)
     if shuffle:
         order = order[rng.permutation(len(order))]
-    input_size = (int(data.images.shape[1]), int(data.images.shape[2]))
+    input_size = crop or (int(data.images.shape[1]), int(data.images.shape[2]))
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         imgs, heats, sizes, offs, masks = [], [], [], [], []
@@ -270,6 +272,8 @@ def iterate_batches(
                 img, b, lab = augment(data.images[i], data.boxes[i], data.labels[i], augment_cfg, rng)
             else:
                 img, b, lab = data.images[i].astype(np.float32), data.boxes[i], data.labels[i]
+            if crop is not None:
+                img, b, lab = random_crop(img, b, lab, crop, crop_on_object, rng)
             heat, size, off, mask = make_targets(b, lab, num_classes, input_size)
             imgs.append(normalise(img)[None])
             heats.append(heat)

@@ -51,13 +51,15 @@ from defectloop.vision.manifest import (
     write_bundle,
 )
 
-# Training machines are often shared (CI, a laptop running the whole stack). OpenMP's default is
-# to spin-wait at every barrier: when another process steals one of our cores, the other thread
-# spins while the descheduled one holds the barrier, and a 2-thread step can get 5x slower than
-# a 1-thread one. Passive waiting costs a little on an idle machine and prevents that cliff. It
-# only takes effect if set before torch (libgomp) is loaded, hence here, at import time of the
-# module that imports torch lazily; results do not depend on it (only scheduling does).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Training machines are often shared (CI, a laptop running the whole stack). libgomp's default is
+# to spin for a long time at every barrier: when another process steals one of our cores, the
+# running thread spins while the descheduled one holds the barrier, and a 2-thread step can get
+# 5x slower than a 1-thread one. Passive waiting avoids that but idles a core between the many
+# small kernels (measured: ~1.3 of 2 cores busy). A bounded spin keeps both cores busy on an idle
+# machine (~1.5x passive's throughput here) and yields soon enough on a busy one. It only takes
+# effect if set before torch (libgomp) loads, hence at import time of this module, which imports
+# torch lazily. Results do not depend on it (only scheduling does).
+os.environ.setdefault("GOMP_SPINCOUNT", "100000")
 
 CHECKPOINT_FILE = "checkpoint.pt"
 DATASET_FILE = "dataset.json"
@@ -197,7 +199,8 @@ def train(
         for batch_i, batch in enumerate(
             iterate_batches(
                 data, ds.train, batch_size=tc.batch_size, num_classes=len(cfg.labels),
-                augment_cfg=cfg.augment, rng=rng, shuffle=True,
+                augment_cfg=cfg.augment, rng=rng, shuffle=True, crop=tc.crop,
+                crop_on_object=tc.crop_on_object,
             )
         ):
             lr = _lr_at(step_no, total_steps, warmup, tc.lr)

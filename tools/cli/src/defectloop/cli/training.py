@@ -143,7 +143,7 @@ def models_list(
         return
     table = Table(title="model versions")
     for col in ("version", "site", "parent", "dataset", "seed", "val map50", "author", "created"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col in ("version", "parent"))
     for m in models:
         table.add_row(
             m.version, m.site or "-", m.parent_version or "-", m.dataset_version[:12], str(m.seed),

@@ -7,6 +7,9 @@ the SQLite databases, the ONNX bundle (the bootstrap model of site A, trained on
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,13 +29,19 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import os
-
-    from defectloop.cli.bootstrap import bootstrap_bundle
-
-    # The bootstrap registers itself in the trainer registry of the current state dir.
-    os.environ.setdefault("DEFECTLOOP_HOME", str(tmp_path_factory.mktemp("state")))
-    return bootstrap_bundle("A")
+    # In its own process, as `defectloop up` does it (torch's thread pools are set up fresh there);
+    # it registers itself in the trainer registry of a throw-away state dir.
+    env = {**os.environ, "DEFECTLOOP_HOME": str(tmp_path_factory.mktemp("state"))}
+    code = "from defectloop.cli.bootstrap import bootstrap_bundle; print(bootstrap_bundle('A'))"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        check=True,
+    )
+    return Path(out.stdout.strip().splitlines()[-1])
 
 
 @asynccontextmanager
@@ -154,3 +163,82 @@ async def test_posted_images_become_exactly_one_prediction_each(
     }
     # the bootstrap model sees the simulator's defects: most defective frames are flagged
     assert any(p.defective for p in predictions)
+
+
+def _cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DEFECTLOOP_HOME": str(home)}
+    return subprocess.run(
+        [sys.executable, "-m", "defectloop.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_models_deploy_registers_and_publishes_model_deployed(
+    kafka_bootstrap: str, bundle: Path, tmp_path: Path
+) -> None:
+    from aiokafka import TopicPartition
+
+    from defectloop.vision.manifest import load_manifest
+
+    site = "dep" + uuid.uuid4().hex[:8]
+    result = _cli(
+        tmp_path,
+        "models",
+        "deploy",
+        str(bundle),
+        "--site",
+        site,
+        "--role",
+        "shadow",
+        "--bootstrap",
+        kafka_bootstrap,
+    )
+    assert result.returncode == 0, result.stderr
+    manifest = load_manifest(bundle)
+
+    async def read_deployments() -> list[ModelDeployed]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            tps = [TopicPartition(topics.MODEL_DEPLOYED, p) for p in range(3)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            end = await consumer.end_offsets(tps)
+            found = []
+            while any(await consumer.position(tp) < end[tp] for tp in tps):
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    found += [ModelDeployed.model_validate_json(r.value) for r in records]
+            return [d for d in found if d.site_id == site]
+        finally:
+            await consumer.stop()
+
+    [event] = asyncio.run(read_deployments())
+    assert (event.role, event.model_version, event.sha256) == (
+        ModelRole.SHADOW,
+        manifest.version,
+        manifest.sha256,
+    )
+    listed = _cli(tmp_path, "models", "show", manifest.version)
+    assert listed.returncode == 0, listed.stderr
+
+
+def test_models_deploy_refuses_a_tampered_bundle_in_one_line(
+    kafka_bootstrap: str, bundle: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    tampered = tmp_path / "bundle"
+    shutil.copytree(bundle, tampered)
+    data = bytearray((tampered / "model.onnx").read_bytes())
+    data[-1] ^= 0xFF
+    (tampered / "model.onnx").write_bytes(bytes(data))
+    result = _cli(
+        tmp_path, "models", "deploy", str(tampered), "--site", "x", "--bootstrap", kafka_bootstrap
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("error:")
+    assert "Traceback" not in result.stderr

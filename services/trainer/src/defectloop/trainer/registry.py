@@ -17,8 +17,9 @@ from typing import Any
 from sqlalchemy import Column, Text, UniqueConstraint
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Field, Session, SQLModel, create_engine, select
+from sqlmodel import Field, Session, SQLModel, select
 
+from defectloop.common.db import make_engine
 from defectloop.common.errors import ConfigError, NotFoundError, TransientError
 from defectloop.common.paths import state_home
 
@@ -147,7 +148,8 @@ class Registry:
     def __init__(self, url: str | None = None) -> None:
         self.url = url or database_url()
         try:
-            self.engine: Engine = create_engine(self.url)
+            # WAL + busy timeout on SQLite (CLI and service share the file); PostgreSQL as is.
+            self.engine: Engine = make_engine(self.url, create_tables=False)
             SQLModel.metadata.create_all(
                 self.engine,
                 tables=[

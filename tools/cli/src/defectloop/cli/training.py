@@ -226,8 +226,13 @@ def models_reproduce(
 
 def models_app() -> typer.Typer:
     """The `models` group; other modules may add commands (promote, approve, rollback) to it."""
-    models = typer.Typer(help="The model registry: list, show, reproduce.", no_args_is_help=True)
+    from defectloop.cli.deploy_cmd import models_deploy
+
+    models = typer.Typer(
+        help="The model registry: list, show, reproduce, deploy.", no_args_is_help=True
+    )
     models.command("list")(models_list)
+    models.command("deploy")(models_deploy)
     models.command("show")(models_show)
     models.command("reproduce")(models_reproduce)
     return models

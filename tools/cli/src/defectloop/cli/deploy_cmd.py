@@ -1,0 +1,53 @@
+"""`defectloop models deploy BUNDLE --site S [--role champion|shadow]`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+console = Console()
+
+
+def models_deploy(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory (model.onnx + model.json).")],
+    site: Annotated[str, typer.Option(help="Site the model serves.")],
+    role: Annotated[
+        str, typer.Option(help="champion (decides), challenger or shadow (observe only).")
+    ] = "champion",
+    bootstrap: Annotated[
+        str | None, typer.Option(help="Kafka bootstrap (default: the local broker).")
+    ] = None,
+) -> None:
+    """Register the bundle (verified by sha256) and publish model.deployed for the site."""
+    from defectloop.cli import kafka_local
+    from defectloop.common.errors import InvalidInputError
+    from defectloop.common.events import ModelRole
+    from defectloop.trainer.deploy import deploy_bundle
+    from defectloop.trainer.pipeline import current_author
+    from defectloop.trainer.registry import Registry
+
+    try:
+        model_role = ModelRole(role)
+    except ValueError as exc:
+        raise InvalidInputError(
+            f"unknown role {role!r}", hint="one of champion, challenger, shadow"
+        ) from exc
+    registry = Registry()
+    try:
+        event = deploy_bundle(
+            bundle,
+            site=site,
+            role=model_role,
+            registry=registry,
+            bootstrap=bootstrap or kafka_local.default_layout().bootstrap,
+            requested_by=current_author(),
+        )
+    finally:
+        registry.dispose()
+    console.print(
+        f"deployed {event.model_name} {event.model_version} as {event.role.value} of site {site} "
+        f"(sha256 {event.sha256[:12]}…)"
+    )

@@ -285,7 +285,7 @@ async def run_bench(cfg: BenchConfig, workdir: Path, say: Progress) -> dict[str,
     service: subprocess.Popen[bytes] | None = None
     follower: asyncio.Task[None] | None = None
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=0
     )
     try:
         say("rendering images into the blob store")

@@ -209,7 +209,7 @@ def test_models_deploy_registers_and_publishes_model_deployed(
             await consumer.seek_to_beginning(*tps)
             end = await consumer.end_offsets(tps)
             found = []
-            while any(await consumer.position(tp) < end[tp] for tp in tps):
+            while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
                 for records in (await consumer.getmany(timeout_ms=500)).values():
                     found += [ModelDeployed.model_validate_json(r.value) for r in records]
             return [d for d in found if d.site_id == site]

@@ -143,18 +143,18 @@ def read_outcomes(bootstrap: str, sites: list[str]) -> dict[str, Any]:
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
         await consumer.start()
         try:
-            names = (topics.PREDICTION_MADE, topics.ANNOTATION_COMPLETED)
+            await consumer._client.force_metadata_update()  # partitions_for_topic reads it
             tps = [
                 TopicPartition(t, p)
-                for t in names
-                for p in sorted(consumer.partitions_for_topic(t) or await _partitions(consumer, t))
+                for t in (topics.PREDICTION_MADE, topics.ANNOTATION_COMPLETED)
+                for p in sorted(consumer.partitions_for_topic(t) or ())
             ]
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
             end = await consumer.end_offsets(tps)
             decisions: list[PredictionMade] = []
             annotations: list[AnnotationCompleted] = []
-            while any(await consumer.position(tp) < end[tp] for tp in tps):
+            while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
                 for tp, records in (await consumer.getmany(timeout_ms=500)).items():
                     for record in records:
                         if tp.topic == topics.PREDICTION_MADE:
@@ -168,10 +168,6 @@ def read_outcomes(bootstrap: str, sites: list[str]) -> dict[str, Any]:
             return {"decisions": decisions, "annotations": annotations}
         finally:
             await consumer.stop()
-
-    async def _partitions(consumer: Any, topic: str) -> set[int]:
-        await consumer._client.force_metadata_update()
-        return consumer.partitions_for_topic(topic) or set()
 
     return asyncio.run(read())
 
@@ -253,46 +249,48 @@ def register(app: typer.Typer) -> None:
         keep: bool = typer.Option(False, help="Leave the stack running at the end."),
     ) -> None:
         """Start the stack, run simulated cameras and annotators, show the decisions."""
-        from defectloop.cli import simulate
-
         site_list = stack_sites(sites)
-        stack_up(site_list)
-        table, _ = status_table()
-        console.print(table)
-        console.rule(
-            "simulated cameras → ingest → Kafka → inference → prediction.made → annotators"
-        )
-        simulate.run(
-            sites=",".join(site_list),
-            rate=rate,
-            duration=duration,
-            cameras=2,
-            annotators=2,
-            annotation_rate=1.0,
-            drift=drift,
-        )
-        layout = kafka_local.default_layout()
-        show_outcomes(layout.bootstrap, site_list)
-        studio = labelstudio_local.default_layout()
-        creds = labelstudio_local.credentials(studio)
-        console.print(
-            DEMO_NEXT.format(
-                ls_url=studio.url,
-                email=creds["email"],
-                password=creds["password"],
-                site=site_list[0],
-                logs=supervisor.log_dir().parent,
-            )
-        )
-        if keep:
-            console.print("the stack keeps running: `defectloop down` stops it")
-            return
         try:
-            if console.is_terminal:
+            stack_up(site_list)
+            run_demo(site_list, duration=duration, rate=rate, drift=drift)
+            if keep:
+                console.print("the stack keeps running: `defectloop down` stops it")
+            elif console.is_terminal:
                 console.print("[dim]Ctrl-C stops the stack.[/dim]")
                 while True:
                     time.sleep(1)
         except KeyboardInterrupt:
             pass
         finally:
-            stack_down()
+            if not keep:
+                stack_down()
+
+
+def run_demo(sites: list[str], *, duration: float, rate: float, drift: list[str] | None) -> None:
+    """Simulated cameras and annotators against the running stack, then what came out."""
+    from defectloop.cli import simulate
+
+    table, _ = status_table()
+    console.print(table)
+    console.rule("simulated cameras → ingest → Kafka → inference → prediction.made → annotators")
+    simulate.run(
+        sites=",".join(sites),
+        rate=rate,
+        duration=duration,
+        cameras=2,
+        annotators=2,
+        annotation_rate=1.0,
+        drift=drift,
+    )
+    show_outcomes(kafka_local.default_layout().bootstrap, sites)
+    studio = labelstudio_local.default_layout()
+    creds = labelstudio_local.credentials(studio)
+    console.print(
+        DEMO_NEXT.format(
+            ls_url=studio.url,
+            email=creds["email"],
+            password=creds["password"],
+            site=sites[0],
+            logs=supervisor.log_dir().parent,
+        )
+    )

@@ -114,8 +114,15 @@ def train_cmd(
     sink = _progress_sink()
     try:
         outcome = train_and_register(
-            dataset, preset=preset, seed=seed, out_dir=out, site=site, parent_bundle=from_bundle,
-            overrides=config, progress=sink, track=not no_track,
+            dataset,
+            preset=preset,
+            seed=seed,
+            out_dir=out,
+            site=site,
+            parent_bundle=from_bundle,
+            overrides=config,
+            progress=sink,
+            track=not no_track,
         )
     finally:
         sink.stop()  # type: ignore[attr-defined]
@@ -127,7 +134,9 @@ def train_cmd(
     )
     console.print(_metrics_table("hold-out metrics", m.metrics))
     if outcome.mlflow_run_id is None and not no_track:
-        console.print("[yellow]MLflow logging failed; the bundle and registry entry are intact[/yellow]")
+        console.print(
+            "[yellow]MLflow logging failed; the bundle and registry entry are intact[/yellow]"
+        )
 
 
 def models_list(
@@ -146,8 +155,13 @@ def models_list(
         table.add_column(col, no_wrap=col in ("version", "parent"))
     for m in models:
         table.add_row(
-            m.version, m.site or "-", m.parent_version or "-", m.dataset_version[:12], str(m.seed),
-            f"{m.metrics.get('val_map50', float('nan')):.3f}", m.author,
+            m.version,
+            m.site or "-",
+            m.parent_version or "-",
+            m.dataset_version[:12],
+            str(m.seed),
+            f"{m.metrics.get('val_map50', float('nan')):.3f}",
+            m.author,
             f"{m.created_at:%Y-%m-%d %H:%M}",
         )
     console.print(table)
@@ -172,8 +186,11 @@ def models_show(
     if model.training_run_id is not None:
         run = registry.get_run(model.training_run_id)
         data["training_run"] = {
-            "id": run.id, "preset": run.preset, "dataset_dirs": run.dataset_dirs,
-            "mlflow_run_id": run.mlflow_run_id, "train_seconds": run.train_seconds,
+            "id": run.id,
+            "preset": run.preset,
+            "dataset_dirs": run.dataset_dirs,
+            "mlflow_run_id": run.mlflow_run_id,
+            "train_seconds": run.train_seconds,
             "config": run.config,
         }
     if as_json:
@@ -182,9 +199,20 @@ def models_show(
     table = Table(title=f"model {version}", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
-    for key in ("name", "site", "parent_version", "dataset_version", "git_commit",
-                "lockfile_sha256", "config_sha256", "seed", "sha256", "bundle_path", "author",
-                "created_at"):
+    for key in (
+        "name",
+        "site",
+        "parent_version",
+        "dataset_version",
+        "git_commit",
+        "lockfile_sha256",
+        "config_sha256",
+        "seed",
+        "sha256",
+        "bundle_path",
+        "author",
+        "created_at",
+    ):
         table.add_row(key, str(data.get(key)))
     if "training_run" in data:
         run_info = data["training_run"]

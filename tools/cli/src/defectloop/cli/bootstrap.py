@@ -14,7 +14,7 @@ from pathlib import Path
 
 from defectloop.common.paths import cache_home
 
-BOOTSTRAP_IMAGES = 400
+BOOTSTRAP_IMAGES = 500  # the recipe measured in docs/benchmarks.md (quick: map50 0.88 held out)
 BOOTSTRAP_DATA_SEED = 1000
 BOOTSTRAP_TRAIN_SEED = 0
 BOOTSTRAP_PRESET = "quick"
@@ -42,6 +42,7 @@ def bootstrap_bundle(site: str, *, say: Callable[[str], None] = print) -> Path:
     bundle = root / "bundle"
     if (bundle / "model.onnx").is_file() and (bundle / "model.json").is_file():
         return bundle
+    from defectloop.cli.training import _progress_sink
     from defectloop.trainer.pipeline import train_and_register
 
     data = root / "data"
@@ -53,6 +54,11 @@ def bootstrap_bundle(site: str, *, say: Callable[[str], None] = print) -> Path:
     # model.json is written last: without it, an earlier attempt was interrupted.
     shutil.rmtree(bundle, ignore_errors=True)
     train_and_register(
-        [data], preset=BOOTSTRAP_PRESET, seed=BOOTSTRAP_TRAIN_SEED, out_dir=bundle, site=site
+        [data],
+        preset=BOOTSTRAP_PRESET,
+        seed=BOOTSTRAP_TRAIN_SEED,
+        out_dir=bundle,
+        site=site,
+        progress=_progress_sink(f"bootstrap model {site}"),
     )
     return bundle

@@ -14,7 +14,13 @@ from pathlib import Path
 from defectloop.common.errors import IntegrityError, InvalidInputError
 from defectloop.common.events import ModelDeployed, ModelRole
 from defectloop.common.kafka import build_broker, publish_event
-from defectloop.trainer.registry import DatasetVersion, Deployment, ModelVersion, Registry
+from defectloop.trainer.registry import (
+    DatasetVersion,
+    Deployment,
+    ModelVersion,
+    Registry,
+    model_version_from_manifest,
+)
 
 
 def register_bundle(
@@ -48,22 +54,7 @@ def register_bundle(
         )
     )
     return registry.add_model(
-        ModelVersion(
-            version=manifest.version,
-            name=manifest.name,
-            dataset_version=lineage.dataset_version,
-            parent_version=lineage.parent,
-            site=site,
-            git_commit=lineage.git_commit,
-            lockfile_sha256=lineage.lockfile_sha256,
-            config_sha256=lineage.config_sha256,
-            seed=lineage.seed,
-            sha256=manifest.sha256,
-            bundle_path=str(bundle_dir),
-            metrics_json=json.dumps(manifest.metrics, sort_keys=True),
-            author=author,
-            created_at=manifest.created_at,
-        )
+        model_version_from_manifest(manifest, bundle_dir=bundle_dir, site=site, author=author)
     )
 
 

@@ -17,7 +17,13 @@ from typing import Any
 
 from defectloop.common.errors import IntegrityError, NotFoundError
 from defectloop.trainer.config import TrainerConfig, resolve_config, validate_config
-from defectloop.trainer.registry import DatasetVersion, ModelVersion, Registry, TrainingRun
+from defectloop.trainer.registry import (
+    DatasetVersion,
+    ModelVersion,
+    Registry,
+    TrainingRun,
+    model_version_from_manifest,
+)
 from defectloop.trainer.train import ProgressSink, TrainResult
 
 # Metrics that depend on wall-clock time, not on the weights: left out of reproduction checks.
@@ -62,7 +68,12 @@ def train_and_register(
     cfg = config or resolve_config(preset, site=site, overrides=overrides)
     started = datetime.now(UTC)
     result = train(
-        dataset_dirs, cfg, seed=seed, out_dir=out_dir, site=site, parent_bundle=parent_bundle,
+        dataset_dirs,
+        cfg,
+        seed=seed,
+        out_dir=out_dir,
+        site=site,
+        parent_bundle=parent_bundle,
         progress=progress,
     )
     manifest = result.manifest
@@ -98,22 +109,12 @@ def train_and_register(
         )
     )
     model = registry.add_model(
-        ModelVersion(
-            version=manifest.version,
-            name=manifest.name,
-            training_run_id=run.id,
-            dataset_version=lineage.dataset_version,
-            parent_version=lineage.parent,
+        model_version_from_manifest(
+            manifest,
+            bundle_dir=Path(out_dir),
             site=site,
-            git_commit=lineage.git_commit,
-            lockfile_sha256=lineage.lockfile_sha256,
-            config_sha256=lineage.config_sha256,
-            seed=seed,
-            sha256=manifest.sha256,
-            bundle_path=str(Path(out_dir).resolve()),
-            metrics_json=json.dumps(manifest.metrics, sort_keys=True),
             author=current_author(),
-            created_at=manifest.created_at,
+            training_run_id=run.id,
         )
     )
     mlflow_id = None
@@ -122,17 +123,33 @@ def train_and_register(
 
         mlflow_id = log_training(
             config=lineage.config,
-            params={"seed": seed, "preset": preset, "site": site, "parent": lineage.parent,
-                    "dataset_dirs": ",".join(dirs)},
+            params={
+                "seed": seed,
+                "preset": preset,
+                "site": site,
+                "parent": lineage.parent,
+                "dataset_dirs": ",".join(dirs),
+            },
             epoch_metrics=[
-                {"loss": h.loss, "heatmap_loss": h.heatmap_loss, "size_loss": h.size_loss,
-                 "offset_loss": h.offset_loss, "lr": h.lr, "epoch_seconds": h.seconds}
+                {
+                    "loss": h.loss,
+                    "heatmap_loss": h.heatmap_loss,
+                    "size_loss": h.size_loss,
+                    "offset_loss": h.offset_loss,
+                    "lr": h.lr,
+                    "epoch_seconds": h.seconds,
+                }
                 for h in result.history
             ],
             metrics=manifest.metrics,
-            tags={"model_version": manifest.version, "dataset_version": lineage.dataset_version,
-                  "git_commit": lineage.git_commit, "config_sha256": lineage.config_sha256,
-                  "onnx_sha256": manifest.sha256, "site": site or ""},
+            tags={
+                "model_version": manifest.version,
+                "dataset_version": lineage.dataset_version,
+                "git_commit": lineage.git_commit,
+                "config_sha256": lineage.config_sha256,
+                "onnx_sha256": manifest.sha256,
+                "site": site or "",
+            },
             bundle_dir=Path(out_dir),
             run_name=manifest.version,
         )
@@ -201,7 +218,12 @@ def reproduce(
     if run.parent_version is not None:
         parent_bundle = Path(registry.get_model(run.parent_version).bundle_path)
     result = train(
-        dirs, cfg, seed=run.seed, out_dir=out_dir, site=run.site, parent_bundle=parent_bundle,
+        dirs,
+        cfg,
+        seed=run.seed,
+        out_dir=out_dir,
+        site=run.site,
+        parent_bundle=parent_bundle,
         progress=progress,
     )
     return ReproduceReport(

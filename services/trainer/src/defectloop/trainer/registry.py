@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Column, Text, UniqueConstraint
@@ -22,6 +23,7 @@ from sqlmodel import Field, Session, SQLModel, select
 from defectloop.common.db import make_engine
 from defectloop.common.errors import ConfigError, NotFoundError, TransientError
 from defectloop.common.paths import state_home
+from defectloop.vision.manifest import BundleManifest
 
 DB_URL_ENV = "DEFECTLOOP_TRAINER_DB_URL"
 
@@ -133,6 +135,35 @@ class Deployment(SQLModel, table=True):
     retired_at: datetime | None = None
 
 
+def model_version_from_manifest(
+    manifest: BundleManifest,
+    *,
+    bundle_dir: Path,
+    site: str | None,
+    author: str,
+    training_run_id: int | None = None,
+) -> ModelVersion:
+    """The registry row of a bundle: identity, lineage and metrics all come from its manifest."""
+    lineage = manifest.lineage
+    return ModelVersion(
+        version=manifest.version,
+        name=manifest.name,
+        training_run_id=training_run_id,
+        dataset_version=lineage.dataset_version,
+        parent_version=lineage.parent,
+        site=site,
+        git_commit=lineage.git_commit,
+        lockfile_sha256=lineage.lockfile_sha256,
+        config_sha256=lineage.config_sha256,
+        seed=lineage.seed,
+        sha256=manifest.sha256,
+        bundle_path=str(bundle_dir.resolve()),
+        metrics_json=json.dumps(manifest.metrics, sort_keys=True),
+        author=author,
+        created_at=manifest.created_at,
+    )
+
+
 def database_url() -> str:
     url = os.environ.get(DB_URL_ENV)
     if url:
@@ -235,7 +266,9 @@ class Registry:
 
     def add_deployment(self, deployment: Deployment) -> Deployment:
         if deployment.role not in ROLES:
-            raise ConfigError(f"unknown role {deployment.role!r}", hint=f"one of {', '.join(ROLES)}")
+            raise ConfigError(
+                f"unknown role {deployment.role!r}", hint=f"one of {', '.join(ROLES)}"
+            )
         with self.session() as s:
             s.add(deployment)
             s.commit()

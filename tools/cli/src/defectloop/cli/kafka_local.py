@@ -10,14 +10,13 @@ import asyncio
 import base64
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from defectloop.cli.processes import pid_from_file, port_open, stop_by_pid_file
 from defectloop.common.errors import ComponentError
 from defectloop.common.kafka_admin import ensure_topics
 from defectloop.common.paths import cache_home, state_home
@@ -236,25 +235,7 @@ def _format_storage(layout: KafkaLayout, libs: Path) -> None:
 
 
 def read_pid(layout: KafkaLayout) -> int | None:
-    try:
-        pid = int(layout.pid_file.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return pid
-    return pid
-
-
-def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    return pid_from_file(layout.pid_file)
 
 
 def is_running(layout: KafkaLayout) -> bool:
@@ -322,30 +303,4 @@ def start(layout: KafkaLayout, *, timeout_s: float = 120.0, partitions: int = 6)
 
 def stop(layout: KafkaLayout, *, timeout_s: float = 60.0) -> bool:
     """Stop the broker by its pid (SIGTERM = clean shutdown; SIGKILL after ``timeout_s``)."""
-    pid = read_pid(layout)
-    if pid is None:
-        layout.pid_file.unlink(missing_ok=True)
-        return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while _alive(pid):
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            break
-        time.sleep(0.2)
-    layout.pid_file.unlink(missing_ok=True)
-    return True
-
-
-def _alive(pid: int) -> bool:
-    try:
-        finished, _ = os.waitpid(pid, os.WNOHANG)
-        if finished == pid:
-            return False
-    except ChildProcessError:
-        pass  # not our child (started by an earlier CLI call): fall back to signal 0
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    return stop_by_pid_file(layout.pid_file, timeout_s=timeout_s)

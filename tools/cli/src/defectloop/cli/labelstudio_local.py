@@ -12,12 +12,9 @@ gives every account access to every project of its instance. See docs/annotation
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -26,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from defectloop.cli.processes import pid_from_file, port_open, stop_by_pid_file
 from defectloop.common.errors import ComponentError
 from defectloop.common.paths import cache_home, state_home
 
@@ -137,25 +135,7 @@ def _env(layout: LabelStudioLayout) -> dict[str, str]:
 
 
 def read_pid(layout: LabelStudioLayout) -> int | None:
-    try:
-        pid = int(layout.pid_file.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return pid
-    return pid
-
-
-def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    return pid_from_file(layout.pid_file)
 
 
 def healthy(layout: LabelStudioLayout, timeout: float = 2.0) -> bool:
@@ -299,32 +279,5 @@ def info(layout: LabelStudioLayout) -> dict[str, Any]:
 
 def stop(layout: LabelStudioLayout, *, timeout_s: float = 30.0) -> bool:
     """Stop the instance by its pid (SIGTERM, SIGKILL after ``timeout_s``)."""
-    pid = read_pid(layout)
-    if pid is None:
-        layout.pid_file.unlink(missing_ok=True)
-        return False
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGTERM)  # its own session: the server and any child it spawned
-    deadline = time.monotonic() + timeout_s
-    while _alive(pid):
-        if time.monotonic() > deadline:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-            break
-        time.sleep(0.2)
-    layout.pid_file.unlink(missing_ok=True)
-    return True
-
-
-def _alive(pid: int) -> bool:
-    try:
-        finished, _ = os.waitpid(pid, os.WNOHANG)
-        if finished == pid:
-            return False
-    except ChildProcessError:
-        pass  # not our child (started by an earlier CLI call): fall back to signal 0
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    # its own session: the server and any child it spawned
+    return stop_by_pid_file(layout.pid_file, timeout_s=timeout_s, group=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import httpx
 
+from defectloop.cli.processes import pid_from_file, stop_by_pid_file
 from defectloop.common.errors import ComponentError
 from defectloop.common.paths import state_home
 
@@ -49,12 +49,7 @@ def pid_file(spec: ServiceSpec) -> Path:
 
 
 def service_pid(spec: ServiceSpec) -> int | None:
-    try:
-        pid = int(pid_file(spec).read_text().strip())
-        os.kill(pid, 0)
-    except (FileNotFoundError, ValueError, ProcessLookupError):
-        return None
-    return pid
+    return pid_from_file(pid_file(spec))
 
 
 def health(spec: ServiceSpec, timeout: float = 2.0) -> dict[str, object] | None:
@@ -113,26 +108,4 @@ def wait_healthy(spec: ServiceSpec, timeout_s: float = 60.0) -> None:
 
 
 def stop_service(spec: ServiceSpec, timeout_s: float = 30.0) -> bool:
-    pid = service_pid(spec)
-    if pid is None:
-        pid_file(spec).unlink(missing_ok=True)
-        return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-            if done == pid:
-                break
-        except ChildProcessError:
-            pass
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            break
-        time.sleep(0.2)
-    pid_file(spec).unlink(missing_ok=True)
-    return True
+    return stop_by_pid_file(pid_file(spec), timeout_s=timeout_s)

@@ -1,0 +1,70 @@
+"""Background processes of the local stack, tracked by pid file (Kafka, Label Studio, services)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+
+def pid_from_file(path: Path) -> int | None:
+    """The pid recorded in ``path`` if that process is alive, else None."""
+    try:
+        pid = int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid
+
+
+def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def alive(pid: int) -> bool:
+    try:
+        finished, _ = os.waitpid(pid, os.WNOHANG)
+        if finished == pid:
+            return False
+    except ChildProcessError:
+        pass  # not our child (started by an earlier CLI call): fall back to signal 0
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def stop_by_pid_file(path: Path, *, timeout_s: float, group: bool = False) -> bool:
+    """SIGTERM the recorded process (its whole session if ``group``), SIGKILL after ``timeout_s``.
+
+    Returns False when nothing was running. The pid file is removed either way.
+    """
+    pid = pid_from_file(path)
+    if pid is None:
+        path.unlink(missing_ok=True)
+        return False
+    kill = os.killpg if group else os.kill
+    with contextlib.suppress(ProcessLookupError):
+        kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while alive(pid):
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                kill(pid, signal.SIGKILL)
+            break
+        time.sleep(0.2)  # waiting for a process to exit
+    path.unlink(missing_ok=True)
+    return True

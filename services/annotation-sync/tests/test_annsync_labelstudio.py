@@ -28,7 +28,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from sklearn.metrics import cohen_kappa_score
 
-from defectloop.annotation_sync.agreement import iou
+from defectloop.vision.agreement import iou
 from defectloop.common import topics
 from defectloop.common.blobstore import LocalBlobStore
 from defectloop.common.events import (

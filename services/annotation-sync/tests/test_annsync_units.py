@@ -10,7 +10,7 @@ import pytest
 from sklearn.metrics import cohen_kappa_score
 
 from defectloop.annotation_sync import convert, signing
-from defectloop.annotation_sync.agreement import agreement, cohen_kappa, iou, match_boxes
+from defectloop.vision.agreement import agreement, cohen_kappa, iou, match_boxes
 from defectloop.annotation_sync.sampling import (
     Quota,
     SamplingPolicy,

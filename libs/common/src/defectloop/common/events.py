@@ -260,10 +260,8 @@ class DegradationKind(StrEnum):
     DATA_QUALITY = "data_quality"
 
 
-class MetricDegraded(Event):
-    """A site's model, data or data quality crossed its threshold (with hysteresis)."""
-
-    topic: ClassVar[str] = topics.METRIC_DEGRADED
+class _Degradation(Event):
+    """What an incident is about: the fields its opening and its closing share."""
 
     model_version: str | None = Field(None, description="Model deployed when it degraded.")
     kind: DegradationKind = Field(..., description="What degraded.")
@@ -275,6 +273,67 @@ class MetricDegraded(Event):
     window_end: AwareDatetime = Field(..., description="End of the measurement window.")
     sample_size: int = Field(..., ge=0, description="Samples in the window.")
     camera_id: str | None = Field(None, description="Set for per-camera data-quality incidents.")
+
+
+class MetricDegraded(_Degradation):
+    """An incident opened: a site's model, data or data quality crossed its threshold.
+
+    Published once per incident (hysteresis: OK -> PENDING -> DEGRADED); its end is a
+    :class:`MetricRecovered` with the same ``incident_id``.
+    """
+
+    topic: ClassVar[str] = topics.METRIC_DEGRADED
+
+    schema_version: int = Field(2, ge=1, description="Version of this event's schema.")
+    incident_id: str = Field(
+        ..., min_length=1, max_length=128, description="Stable id of the incident; one event each."
+    )
+    ci_low: float | None = Field(None, description="Lower bound of the 95 % interval of value.")
+    ci_high: float | None = Field(None, description="Upper bound of the 95 % interval of value.")
+    n_positive: int | None = Field(
+        None, ge=0, description="Defective images in the window (performance incidents)."
+    )
+    change_point_at: AwareDatetime | None = Field(
+        None, description="Estimated start of the degradation; fresh labels count from here."
+    )
+    evidence: dict[str, float] = Field(
+        default_factory=dict, description="Other numbers behind the decision (statistic, p-value)."
+    )
+
+
+class MetricRecovered(_Degradation):
+    """An incident closed: the metric is back within tolerance (or its model was retired)."""
+
+    topic: ClassVar[str] = topics.METRIC_RECOVERED
+
+    incident_id: str = Field(
+        ..., min_length=1, max_length=128, description="The incident this closes."
+    )
+    reason: str = Field(
+        "recovered",
+        description="recovered (metric back within tolerance) or model_retired.",
+        examples=["recovered"],
+    )
+
+
+class LabelsRequested(Event):
+    """The monitor asks annotation-sync for more random-stratum labels of a site (campaign)."""
+
+    topic: ClassVar[str] = topics.LABELS_REQUESTED
+
+    request_id: str = Field(..., min_length=1, max_length=128, description="Stable request id.")
+    reason: str = Field(
+        ..., description="incident or early_warning.", examples=["incident", "early_warning"]
+    )
+    incident_id: str | None = Field(None, description="Incident that caused the request.")
+    random_share: float = Field(
+        ..., gt=0, le=1, description="Share of the site's images to sample at random meanwhile."
+    )
+    target_labels: int = Field(
+        ..., ge=1, description="Random-stratum labels wanted for this campaign."
+    )
+    expires_at: AwareDatetime = Field(..., description="After this, the normal budget applies.")
+    requested_by: str = Field("monitor", description="Service or person asking.")
 
 
 class ModelDeployed(Event):
@@ -326,6 +385,8 @@ EVENT_MODELS: tuple[type[Event], ...] = (
     PredictionMade,
     AnnotationCompleted,
     MetricDegraded,
+    MetricRecovered,
+    LabelsRequested,
     ModelDeployed,
 )
 

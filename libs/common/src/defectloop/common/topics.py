@@ -13,6 +13,8 @@ IMAGE_REJECTED: Final = "image.rejected"
 PREDICTION_MADE: Final = "prediction.made"
 ANNOTATION_COMPLETED: Final = "annotation.completed"
 METRIC_DEGRADED: Final = "metric.degraded"
+METRIC_RECOVERED: Final = "metric.recovered"
+LABELS_REQUESTED: Final = "labels.requested"
 MODEL_DEPLOYED: Final = "model.deployed"
 
 EVENT_TOPICS: Final = (
@@ -21,6 +23,8 @@ EVENT_TOPICS: Final = (
     PREDICTION_MADE,
     ANNOTATION_COMPLETED,
     METRIC_DEGRADED,
+    METRIC_RECOVERED,
+    LABELS_REQUESTED,
     MODEL_DEPLOYED,
 )
 

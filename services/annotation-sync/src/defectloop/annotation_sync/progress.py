@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from defectloop.annotation_sync.agreement import agreement
+from defectloop.vision.agreement import agreement
 from defectloop.annotation_sync.store import AnnotationRecord, Campaign
 from defectloop.common.events import AnnotationStatus, Box
 

@@ -1,0 +1,1 @@
+"""Test support shared by every defectloop test suite (a dev dependency, never a runtime one)."""

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from defectloop.common.errors import IntegrityError, InvalidInputError
+from defectloop.common.errors import IntegrityMismatchError, InvalidInputError
+from defectloop.testing.bundles import tiny_manifest as make_manifest
 from defectloop.vision.manifest import (
     MANIFEST_FILE,
     MODEL_FILE,
@@ -17,8 +18,6 @@ from defectloop.vision.manifest import (
     write_bundle,
 )
 from defectloop.vision.outlier import fit_reference
-
-from .conftest import make_manifest
 
 pytestmark = pytest.mark.unit
 
@@ -40,14 +39,14 @@ def test_write_bundle_records_sha256_and_verify_returns_the_bytes(tmp_path: Path
 def test_verify_refuses_a_modified_model(tmp_path: Path) -> None:
     write_bundle(tmp_path, b"onnx-bytes", make_manifest((64, 64)))
     (tmp_path / MODEL_FILE).write_bytes(b"onnx-bytez")
-    with pytest.raises(IntegrityError):
+    with pytest.raises(IntegrityMismatchError):
         verify_bundle(tmp_path)
 
 
 def test_verify_refuses_a_manifest_without_digest(tmp_path: Path) -> None:
     (tmp_path / MODEL_FILE).write_bytes(b"x")
     (tmp_path / MANIFEST_FILE).write_text(make_manifest((64, 64)).model_dump_json())
-    with pytest.raises(IntegrityError, match="records no sha256"):
+    with pytest.raises(IntegrityMismatchError, match="records no sha256"):
         verify_bundle(tmp_path)
 
 

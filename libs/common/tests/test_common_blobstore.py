@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from defectloop.common.blobstore import LocalBlobStore, open_blob_store
-from defectloop.common.errors import ConfigError, IntegrityError, NotFoundError
+from defectloop.common.errors import ConfigError, IntegrityMismatchError, NotFoundError
 
 pytestmark = pytest.mark.unit
 
@@ -22,7 +22,7 @@ def test_corrupted_blob_is_refused(tmp_path: Path) -> None:
     store = LocalBlobStore(tmp_path)
     uri = store.put(b"original")
     Path(uri.removeprefix("file://")).write_bytes(b"tampered")
-    with pytest.raises(IntegrityError):
+    with pytest.raises(IntegrityMismatchError):
         store.get(uri)
 
 

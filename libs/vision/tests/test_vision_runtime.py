@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from defectloop.common.errors import IntegrityError, InvalidInputError
+from defectloop.common.errors import IntegrityMismatchError, InvalidInputError
 from defectloop.vision.manifest import MODEL_FILE
 from defectloop.vision.outlier import fit_reference
 from defectloop.vision.runtime import Detector, select_providers
@@ -69,7 +69,7 @@ def test_flipped_byte_in_model_raises_integrity_error(make_bundle: BundleFactory
     data = bytearray((bundle / MODEL_FILE).read_bytes())
     data[len(data) // 2] ^= 0x01
     (bundle / MODEL_FILE).write_bytes(bytes(data))
-    with pytest.raises(IntegrityError, match="does not match"):
+    with pytest.raises(IntegrityMismatchError, match="does not match"):
         Detector.from_bundle(bundle, providers="cpu")
 
 

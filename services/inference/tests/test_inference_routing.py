@@ -8,7 +8,7 @@ from functools import partial
 
 import pytest
 
-from defectloop.common.errors import IntegrityError
+from defectloop.common.errors import IntegrityMismatchError
 from defectloop.common.events import ModelRole
 from defectloop.inference.routing import ModelRouter, bundle_dir, load_deployed
 
@@ -34,7 +34,7 @@ def test_inference_loads_a_bundle_whose_digests_all_agree(make_bundle) -> None:
 
 def test_inference_refuses_a_deployment_whose_sha256_is_not_the_bundles(make_bundle) -> None:
     event = make_bundle("v1").deployed("s", sha256="a" * 64)
-    with pytest.raises(IntegrityError) as exc:
+    with pytest.raises(IntegrityMismatchError) as exc:
         load_deployed(event, providers="cpu")
     assert exc.value.reason == "integrity_mismatch"
 
@@ -42,7 +42,7 @@ def test_inference_refuses_a_deployment_whose_sha256_is_not_the_bundles(make_bun
 def test_inference_refuses_a_bundle_whose_model_file_was_altered(make_bundle) -> None:
     bundle = make_bundle("v1")
     (bundle.path / "model.onnx").write_bytes(b"tampered")
-    with pytest.raises(IntegrityError) as exc:
+    with pytest.raises(IntegrityMismatchError) as exc:
         load_deployed(bundle.deployed("s"), providers="cpu")
     assert exc.value.reason == "integrity_mismatch"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from defectloop.common.errors import IntegrityError
+from defectloop.common.errors import IntegrityMismatchError
 from defectloop.trainer.config import resolve_config
 from defectloop.trainer.pipeline import TrainOutcome, reproduce, train_and_register
 from defectloop.trainer.registry import Registry, TrainingRun
@@ -117,7 +117,7 @@ def test_reproduce_refuses_a_changed_dataset(
         s.add(run)
         s.commit()
     try:
-        with pytest.raises(IntegrityError, match=r"dataset of .* changed"):
+        with pytest.raises(IntegrityMismatchError, match=r"dataset of .* changed"):
             reproduce(trained.model.version, workspace / "never", registry=registry)
     finally:
         with registry.session() as s:

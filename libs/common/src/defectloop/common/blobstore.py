@@ -13,7 +13,12 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
-from defectloop.common.errors import ConfigError, IntegrityError, NotFoundError, TransientError
+from defectloop.common.errors import (
+    ConfigError,
+    IntegrityMismatchError,
+    NotFoundError,
+    TransientError,
+)
 from defectloop.common.events import sha256_hex
 
 
@@ -34,7 +39,7 @@ def _digest_from_name(name: str) -> str:
 def _verified(uri: str, data: bytes) -> bytes:
     expected = _digest_from_name(uri)
     if sha256_hex(data) != expected:
-        raise IntegrityError(f"blob {uri} does not match its digest", reason="blob_corrupt")
+        raise IntegrityMismatchError(f"blob {uri} does not match its digest", reason="blob_corrupt")
     return data
 
 

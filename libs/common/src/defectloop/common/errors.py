@@ -1,9 +1,12 @@
 """The one error hierarchy of defectloop.
 
-Foreign exceptions (aiokafka, httpx, Pillow, onnxruntime, SQLAlchemy...) are mapped to these at the
-boundary where they are caught, so callers handle defectloop errors only. ``reason`` is a stable,
-machine-readable code (it goes into DLQ envelopes, HTTP error bodies and ``image.rejected``);
-``hint`` is what a person should try next (the CLI prints it under the error line).
+Foreign exceptions (aiokafka, httpx, Pillow, onnxruntime, SQLAlchemy, botocore) are mapped to these
+at the boundary where they are caught, by the translators in :mod:`defectloop.common.translate`
+(ONNX Runtime's lives in ``defectloop.vision.runtime``, the only place that imports it), so callers
+handle defectloop errors only. ``reason`` is a stable, machine-readable code (it goes into DLQ
+envelopes, HTTP error bodies and ``image.rejected``); ``hint`` is what a person should try next
+(the CLI prints it under the error line). :func:`http_status` is the one error -> HTTP status table
+(the app shell answers with it: :mod:`defectloop.common.http_errors`).
 """
 
 from __future__ import annotations
@@ -51,7 +54,43 @@ class NotFoundError(PermanentError):
     reason = "not_found"
 
 
-class IntegrityError(PermanentError):
+class BadRequestError(InvalidInputError):
+    """The request itself is malformed (unparseable body, missing field) before any meaning."""
+
+    reason = "bad_request"
+
+
+class PayloadTooLargeError(InvalidInputError):
+    """The input is larger than the configured limit."""
+
+    reason = "too_large"
+
+
+class UnsupportedMediaTypeError(InvalidInputError):
+    """The input is not of an accepted media type."""
+
+    reason = "unsupported_media_type"
+
+
+class UnauthenticatedError(PermanentError):
+    """No credential, or one that is unknown, malformed, expired or revoked."""
+
+    reason = "unauthenticated"
+
+
+class ForbiddenError(PermanentError):
+    """A valid credential that may not do this (another site, another camera)."""
+
+    reason = "forbidden"
+
+
+class ConflictError(PermanentError):
+    """The request conflicts with the current state (a duplicate name, a stale version)."""
+
+    reason = "conflict"
+
+
+class IntegrityMismatchError(PermanentError):
     """Content does not match its recorded digest (a tampered or corrupted artifact)."""
 
     reason = "integrity_mismatch"
@@ -73,3 +112,29 @@ class ComponentError(DefectloopError):
     """A local component (Kafka, Label Studio, a service process) failed to start or stop."""
 
     reason = "component_failed"
+
+
+_HTTP_STATUS: dict[type[DefectloopError], int] = {
+    DefectloopError: 500,
+    ConfigError: 500,
+    PermanentError: 400,
+    InvalidInputError: 422,
+    BadRequestError: 400,
+    PayloadTooLargeError: 413,
+    UnsupportedMediaTypeError: 415,
+    UnauthenticatedError: 401,
+    ForbiddenError: 403,
+    NotFoundError: 404,
+    ConflictError: 409,
+    IntegrityMismatchError: 409,
+    TransientError: 503,
+    ComponentError: 503,
+}
+
+
+def http_status(error: DefectloopError) -> int:
+    """The HTTP status for ``error``: its nearest class in the table (the one mapping)."""
+    for cls in type(error).__mro__:
+        if cls in _HTTP_STATUS:
+            return _HTTP_STATUS[cls]
+    return 500

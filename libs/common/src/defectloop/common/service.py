@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from faststream.kafka import KafkaBroker
 
+from defectloop.common.http_errors import DEFAULT_RETRY_AFTER_S, install_error_handlers
 from defectloop.common.kafka import build_broker
 from defectloop.common.logging import configure_logging, get_logger
 from defectloop.common.settings import ServiceSettings
@@ -44,6 +45,7 @@ def build_service_app(
     on_startup: list[Hook] | None = None,
     on_shutdown: list[Hook] | None = None,
     after_stop: list[Hook] | None = None,
+    retry_after_s: int = DEFAULT_RETRY_AFTER_S,
     **fastapi_kwargs: Any,
 ) -> FastAPI:
     """A FastAPI app whose lifespan starts/stops the broker and which serves ``GET /health``.
@@ -51,6 +53,9 @@ def build_service_app(
     Hooks, in order: ``before_start`` (before subscribers consume: load what handlers need),
     broker start, ``on_startup``; at shutdown ``on_shutdown``, the broker's graceful stop (in-flight
     messages finish and commit), then ``after_stop`` (release what those handlers used).
+
+    Every error is answered with the one JSON body of :mod:`defectloop.common.http_errors`
+    (``retry_after_s`` goes into the ``Retry-After`` header of a 503 for a transient error).
     """
     service = settings.service_name
     kafka = broker if broker is not None else broker_from_settings(settings)
@@ -78,6 +83,7 @@ def build_service_app(
     app = FastAPI(title=f"defectloop {service}", lifespan=lifespan, **fastapi_kwargs)
     app.state.broker = kafka
     app.state.settings = settings
+    install_error_handlers(app, retry_after_s=retry_after_s)
 
     @app.get("/health", tags=["ops"])
     async def health() -> JSONResponse:

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from defectloop.common.errors import IntegrityError, InvalidInputError, NotFoundError
+from defectloop.common.errors import IntegrityMismatchError, InvalidInputError, NotFoundError
 
 SCHEMA_VERSION: Literal[1] = 1
 MODEL_FILE = "model.onnx"
@@ -279,13 +279,13 @@ def load_verified(bundle_dir: str | os.PathLike[str]) -> tuple[BundleManifest, b
         )
     data = model_path.read_bytes()
     if not manifest.sha256:
-        raise IntegrityError(
+        raise IntegrityMismatchError(
             f"{Path(bundle_dir) / MANIFEST_FILE} records no sha256",
             hint="write bundles with defectloop.vision.manifest.write_bundle",
         )
     actual = sha256_hex(data)
     if actual != manifest.sha256:
-        raise IntegrityError(
+        raise IntegrityMismatchError(
             f"{model_path} sha256 {actual[:12]}… does not match the manifest's "
             f"{manifest.sha256[:12]}…",
             hint="the model file is corrupted or was tampered with; re-fetch the bundle",

@@ -32,7 +32,7 @@ from defectloop.common import topics
 from defectloop.common.errors import (
     ConfigError,
     DefectloopError,
-    IntegrityError,
+    IntegrityMismatchError,
     InvalidInputError,
 )
 from defectloop.common.events import ModelDeployed, ModelRole, utc_now
@@ -76,7 +76,7 @@ def load_deployed(
     """
     manifest, model_bytes = load_verified(bundle_dir(event.artifact_uri))
     if manifest.sha256 != event.sha256:
-        raise IntegrityError(
+        raise IntegrityMismatchError(
             f"model.deployed says sha256 {event.sha256[:12]}…, the bundle at "
             f"{event.artifact_uri} is {manifest.sha256[:12]}…",
             hint="the bundle was replaced or tampered with after registration",

@@ -11,7 +11,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from defectloop.common.errors import IntegrityError, InvalidInputError
+from defectloop.common.errors import IntegrityMismatchError, InvalidInputError
 from defectloop.common.events import ModelDeployed, ModelRole
 from defectloop.common.kafka import build_broker, publish_event
 from defectloop.trainer.registry import (
@@ -36,7 +36,7 @@ def register_bundle(
         known = s.get(ModelVersion, manifest.version)
     if known is not None:
         if known.sha256 != manifest.sha256:
-            raise IntegrityError(
+            raise IntegrityMismatchError(
                 f"model version {manifest.version} is registered with another sha256",
                 hint="a bundle's version must not be reused for different weights",
             )

@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 import numpy.typing as npt
 
-from defectloop.common.errors import IntegrityError
+from defectloop.common.errors import IntegrityMismatchError
 from defectloop.vision.manifest import (
     DYNAMIC_AXIS,
     EMBEDDING,
@@ -93,11 +93,11 @@ def max_abs_diff(net: object, onnx_bytes: bytes, batch: npt.NDArray[np.float32])
 def check_parity(
     net: object, onnx_bytes: bytes, batch: npt.NDArray[np.float32], tol: float = PARITY_TOLERANCE
 ) -> dict[str, float]:
-    """Raise :class:`IntegrityError` when ORT and torch disagree by more than ``tol``."""
+    """Raise :class:`IntegrityMismatchError` when ORT and torch disagree by more than ``tol``."""
     diffs = max_abs_diff(net, onnx_bytes, batch)
     worst = max(diffs, key=lambda k: diffs[k])
     if diffs[worst] > tol:
-        raise IntegrityError(
+        raise IntegrityMismatchError(
             f"ONNX/torch parity failed: {worst} differs by {diffs[worst]:.2e} > {tol:.0e}",
             reason="export_parity_failed",
             hint="the exported graph does not compute what the torch model does",

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from defectloop.common.errors import IntegrityError, NotFoundError
+from defectloop.common.errors import IntegrityMismatchError, NotFoundError
 from defectloop.trainer.config import TrainerConfig, resolve_config, validate_config
 from defectloop.trainer.registry import (
     DatasetVersion,
@@ -207,7 +207,7 @@ def reproduce(
     ds = load_datasets(dirs, cfg.labels, site=run.site, val_fraction=cfg.train.val_fraction)
     found = dataset_version(dataset_manifest(ds, site=run.site))
     if found != model.dataset_version:
-        raise IntegrityError(
+        raise IntegrityMismatchError(
             f"the dataset of {version} changed: it hashes to {found[:12]}…, "
             f"recorded {model.dataset_version[:12]}…",
             reason="dataset_changed",

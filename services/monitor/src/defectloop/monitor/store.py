@@ -1,0 +1,1162 @@
+"""What the monitor remembers (SQLModel; SQLite locally, PostgreSQL in production).
+
+Every consumed event is recorded once, keyed by an id that is stable across redeliveries:
+``image_id`` (image.captured), ``event_id`` (image.rejected, model.deployed), ``prediction_id``
+(prediction.made, deterministic from image, model version and role) and ``annotation_id``
+(annotation.completed). Predictions and annotations are kept side by side and joined at query time
+on (site, image), so the join is complete whichever side arrives first.
+
+An annotation that ``supersedes`` another hides it, whichever of the two arrives first. An image's
+ground truth is its earliest current *completed* annotation (an overlap task has two; their
+agreement is reported, the first one scores); skipped annotations are counted, never scored.
+
+The evaluator's own state lives here too: incident tracks (opaque JSON, owned by ``evaluate.py``),
+the incident log, frozen baselines, evaluated signals (the API's series) and an outbox of the
+events to publish (stored before publishing, marked after the broker acknowledged, so a crash in
+between re-publishes the same event instead of losing it).
+
+Datetimes are timezone-aware UTC in and out (SQLModel's UTC type; SQLite keeps no offset).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import TypeAdapter
+from sqlalchemy import Column, Engine, Text, func
+from sqlalchemy.exc import IntegrityError as SQLIntegrityError
+from sqlmodel import Field, Session, SQLModel, col, select
+
+from defectloop.common.events import (
+    AnnotationCompleted,
+    AnnotationStatus,
+    Box,
+    DegradationKind,
+    Event,
+    ImageCaptured,
+    ImageRejected,
+    MetricDegraded,
+    MetricRecovered,
+    ModelDeployed,
+    ModelRole,
+    PredictionMade,
+    ScoredBox,
+    model_for_topic,
+)
+from defectloop.monitor.performance import LabelledPrediction
+from defectloop.monitor.signals import Signal, SignalKey
+
+_BOXES = TypeAdapter(tuple[Box, ...])
+_SCORED_BOXES = TypeAdapter(tuple[ScoredBox, ...])
+RANDOM = "random"
+
+
+def _aware(dt: datetime) -> datetime:
+    """Timezone-aware UTC (a naive value is taken to be UTC already)."""
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _text() -> Any:
+    return Field(default="", sa_column=Column(Text, nullable=False))
+
+
+# --- tables ---------------------------------------------------------------------------------
+
+
+class CapturedRow(SQLModel, table=True):
+    __tablename__ = "monitor_image"
+
+    image_id: str = Field(primary_key=True)
+    site_id: str = Field(index=True)
+    camera_id: str = Field(index=True)
+    captured_at: datetime = Field(index=True)
+    width: int
+    height: int
+    sharpness: float
+    brightness: float
+    contrast: float
+    uniform: bool
+    obstructed_fraction: float
+    near_duplicate: bool
+
+
+class RejectionRow(SQLModel, table=True):
+    __tablename__ = "monitor_rejection"
+
+    event_id: str = Field(primary_key=True)
+    site_id: str = Field(index=True)
+    camera_id: str = Field(index=True)
+    reason: str
+    occurred_at: datetime = Field(index=True)
+
+
+class PredictionRow(SQLModel, table=True):
+    __tablename__ = "monitor_prediction"
+
+    prediction_id: str = Field(primary_key=True)
+    site_id: str = Field(index=True)
+    camera_id: str
+    image_id: str = Field(index=True)
+    model_name: str
+    model_version: str = Field(index=True)
+    role: str
+    defective: bool
+    decision_score: float
+    decision_threshold: float
+    boxes_json: str = _text()
+    outlier_score: float
+    outlier: bool
+    captured_at: datetime = Field(index=True)
+
+
+class AnnotationRow(SQLModel, table=True):
+    __tablename__ = "monitor_annotation"
+
+    annotation_id: str = Field(primary_key=True)
+    site_id: str = Field(index=True)
+    camera_id: str
+    image_id: str = Field(index=True)
+    annotator: str
+    status: str
+    boxes_json: str = _text()
+    skip_reason: str | None = None
+    sampling_reason: str | None = None
+    labelled_at: datetime = Field(index=True)
+    supersedes: str | None = Field(default=None, index=True)
+    superseded: bool = False
+
+
+class DeploymentRow(SQLModel, table=True):
+    __tablename__ = "monitor_deployment"
+
+    event_id: str = Field(primary_key=True)
+    site_id: str = Field(index=True)
+    role: str
+    model_name: str
+    model_version: str
+    baseline_json: str = _text()
+    active: bool
+    approved_by: str | None = None
+    occurred_at: datetime = Field(index=True)
+
+
+class BaselineRow(SQLModel, table=True):
+    __tablename__ = "monitor_baseline"
+
+    site_id: str = Field(primary_key=True)
+    model_version: str = Field(primary_key=True)
+    metric: str = Field(primary_key=True)
+    value: float
+    source: str = Field(description="deployment (held-out evaluation) or first_window")
+    sample_size: int = 0
+    n_positive: int = 0
+    set_at: datetime = Field(default_factory=_now)
+
+
+class TrackRow(SQLModel, table=True):
+    __tablename__ = "monitor_track"
+
+    key: str = Field(primary_key=True, description="JSON of the SignalKey")
+    site_id: str = Field(index=True)
+    state_json: str = _text()
+    cursor: int = Field(default=0, description="Observations seen when this key was last evaluated.")
+    updated_at: datetime = Field(default_factory=_now)
+
+
+class IncidentRow(SQLModel, table=True):
+    __tablename__ = "monitor_incident"
+
+    incident_id: str = Field(primary_key=True)
+    site_id: str = Field(index=True)
+    model_version: str | None = None
+    kind: str
+    metric: str
+    camera_id: str | None = None
+    opened_at: datetime
+    closed_at: datetime | None = None
+    close_reason: str | None = None
+    degraded_json: str = _text()
+    recovered_json: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class SignalRow(SQLModel, table=True):
+    __tablename__ = "monitor_signal"
+
+    id: int | None = Field(default=None, primary_key=True)
+    site_id: str = Field(index=True)
+    model_version: str | None = None
+    kind: str = Field(index=True)
+    metric: str
+    camera_id: str | None = None
+    value: float
+    baseline: float
+    threshold: float
+    breached: bool
+    within_tolerance: bool
+    enough_data: bool
+    sample_size: int
+    n_positive: int | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    window_start: datetime
+    window_end: datetime
+    evidence_json: str = _text()
+    evaluated_at: datetime = Field(index=True)
+
+
+class OutboxRow(SQLModel, table=True):
+    __tablename__ = "monitor_outbox"
+
+    event_id: str = Field(primary_key=True)
+    topic: str
+    event_json: str = _text()
+    created_at: datetime = Field(default_factory=_now, index=True)
+    published_at: datetime | None = None
+
+
+TABLES = [
+    SQLModel.metadata.tables[str(t.__tablename__)]
+    for t in (
+        CapturedRow,
+        RejectionRow,
+        PredictionRow,
+        AnnotationRow,
+        DeploymentRow,
+        BaselineRow,
+        TrackRow,
+        IncidentRow,
+        SignalRow,
+        OutboxRow,
+    )
+]
+
+
+# --- what queries return --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CapturedImage:
+    """Input features of one accepted image (``image.captured``)."""
+
+    image_id: str
+    site_id: str
+    camera_id: str
+    captured_at: datetime
+    width: int
+    height: int
+    sharpness: float
+    brightness: float
+    contrast: float
+    uniform: bool
+    obstructed_fraction: float
+    near_duplicate: bool
+
+
+@dataclass(frozen=True)
+class Rejection:
+    site_id: str
+    camera_id: str
+    reason: str
+    occurred_at: datetime
+
+
+@dataclass(frozen=True)
+class StoredPrediction:
+    """One model's prediction on one image, labelled or not (prediction drift)."""
+
+    prediction_id: str
+    site_id: str
+    camera_id: str
+    image_id: str
+    model_version: str
+    role: ModelRole
+    defective: bool
+    decision_score: float
+    decision_threshold: float
+    boxes: tuple[ScoredBox, ...]
+    outlier_score: float
+    outlier: bool
+    captured_at: datetime
+
+
+@dataclass(frozen=True)
+class StoredAnnotation:
+    annotation_id: str
+    site_id: str
+    camera_id: str
+    image_id: str
+    annotator: str
+    status: AnnotationStatus
+    boxes: tuple[Box, ...]
+    sampling_reason: str | None
+    labelled_at: datetime
+    skip_reason: str | None
+
+
+@dataclass(frozen=True)
+class Deployment:
+    site_id: str
+    role: ModelRole
+    model_name: str
+    model_version: str
+    baseline_metrics: dict[str, float]
+    active: bool
+    approved_by: str | None
+    occurred_at: datetime
+
+
+@dataclass(frozen=True)
+class Baseline:
+    site_id: str
+    model_version: str
+    metric: str
+    value: float
+    source: str
+    sample_size: int
+    n_positive: int
+
+
+@dataclass(frozen=True)
+class Incident:
+    incident_id: str
+    site_id: str
+    model_version: str | None
+    kind: DegradationKind
+    metric: str
+    camera_id: str | None
+    opened_at: datetime
+    closed_at: datetime | None
+    close_reason: str | None
+    degraded: MetricDegraded
+    recovered: MetricRecovered | None
+
+    @property
+    def is_open(self) -> bool:
+        return self.closed_at is None
+
+
+@dataclass(frozen=True)
+class StoredSignal:
+    signal: Signal
+    evaluated_at: datetime
+
+
+def key_text(key: SignalKey) -> str:
+    """The stable text form of a signal key (primary key of its track)."""
+    return json.dumps(
+        [key.site_id, key.model_version, key.kind.value, key.metric, key.camera_id],
+        separators=(",", ":"),
+    )
+
+
+def key_from_text(text: str) -> SignalKey:
+    site, version, kind, metric, camera = json.loads(text)
+    return SignalKey(site, version, DegradationKind(kind), metric, camera)
+
+
+# --- the store --------------------------------------------------------------------------------
+
+
+class MonitorStore:
+    """The monitor's database: idempotent, order-independent recording of events plus queries."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        SQLModel.metadata.create_all(engine, tables=TABLES)
+
+    # -- recording --
+
+    def record(self, event: Event) -> None:
+        """Record one consumed event; a redelivery (same id) changes nothing."""
+        if isinstance(event, ImageCaptured):
+            self._insert(_captured_row(event))
+        elif isinstance(event, ImageRejected):
+            self._insert(
+                RejectionRow(
+                    event_id=event.event_id,
+                    site_id=event.site_id,
+                    camera_id=event.camera_id,
+                    reason=event.reason.value,
+                    occurred_at=_aware(event.occurred_at),
+                )
+            )
+        elif isinstance(event, PredictionMade):
+            self._insert(_prediction_row(event))
+        elif isinstance(event, AnnotationCompleted):
+            self._record_annotation(event)
+        elif isinstance(event, ModelDeployed):
+            self._insert(
+                DeploymentRow(
+                    event_id=event.event_id,
+                    site_id=event.site_id,
+                    role=event.role.value,
+                    model_name=event.model_name,
+                    model_version=event.model_version,
+                    baseline_json=json.dumps(event.baseline_metrics, sort_keys=True),
+                    active=event.active,
+                    approved_by=event.approved_by,
+                    occurred_at=_aware(event.occurred_at),
+                )
+            )
+        else:
+            raise TypeError(f"the monitor does not consume {type(event).__name__}")
+
+    def _insert(self, row: SQLModel) -> bool:
+        """Insert ``row`` unless its primary key exists; True when it was new."""
+        with Session(self.engine) as s:
+            pk = row.__table__.primary_key.columns  # type: ignore[attr-defined]
+            ident = tuple(getattr(row, c.name) for c in pk)
+            if s.get(type(row), ident if len(ident) > 1 else ident[0]) is not None:
+                return False
+            s.add(row)
+            try:
+                s.commit()
+            except SQLIntegrityError:  # a concurrent redelivery won the race: same content
+                s.rollback()
+                return False
+        return True
+
+    def _record_annotation(self, event: AnnotationCompleted) -> None:
+        with Session(self.engine) as s:
+            if s.get(AnnotationRow, event.annotation_id) is not None:
+                return
+            # Its successor may have arrived first: then it is born superseded.
+            successor = s.exec(
+                select(AnnotationRow.annotation_id).where(
+                    AnnotationRow.supersedes == event.annotation_id
+                )
+            ).first()
+            s.add(
+                AnnotationRow(
+                    annotation_id=event.annotation_id,
+                    site_id=event.site_id,
+                    camera_id=event.camera_id,
+                    image_id=event.image_id,
+                    annotator=event.annotator,
+                    status=event.status.value,
+                    boxes_json=_BOXES.dump_json(event.boxes).decode(),
+                    skip_reason=event.skip_reason,
+                    sampling_reason=event.sampling_reason,
+                    labelled_at=_aware(event.occurred_at),
+                    supersedes=event.supersedes,
+                    superseded=successor is not None,
+                )
+            )
+            if event.supersedes:
+                previous = s.get(AnnotationRow, event.supersedes)
+                if previous is not None:
+                    previous.superseded = True
+                    s.add(previous)
+            try:
+                s.commit()
+            except SQLIntegrityError:
+                s.rollback()
+
+    # -- deployments and baselines --
+
+    def deployments(self, site_id: str) -> list[Deployment]:
+        """Every deployment event of ``site_id``, oldest first (the model history)."""
+        with Session(self.engine) as s:
+            rows = s.exec(
+                select(DeploymentRow)
+                .where(DeploymentRow.site_id == site_id)
+                .order_by(col(DeploymentRow.occurred_at), col(DeploymentRow.event_id))
+            ).all()
+        return [_deployment(r) for r in rows]
+
+    def current_models(self, site_id: str) -> dict[ModelRole, Deployment]:
+        """The model serving each role of ``site_id`` now (latest event per role, if active)."""
+        latest: dict[ModelRole, Deployment] = {}
+        for d in self.deployments(site_id):
+            latest[d.role] = d
+        return {role: d for role, d in latest.items() if d.active}
+
+    def champion_since(self, site_id: str, model_version: str) -> datetime | None:
+        """When ``model_version`` last became the champion of ``site_id``."""
+        since: datetime | None = None
+        for d in self.deployments(site_id):
+            if d.role == ModelRole.CHAMPION and d.active:
+                same = d.model_version == model_version
+                since = (since or d.occurred_at) if same else None
+        return since
+
+    def baselines(self, site_id: str, model_version: str) -> dict[str, Baseline]:
+        with Session(self.engine) as s:
+            rows = s.exec(
+                select(BaselineRow).where(
+                    BaselineRow.site_id == site_id, BaselineRow.model_version == model_version
+                )
+            ).all()
+        return {
+            r.metric: Baseline(
+                r.site_id, r.model_version, r.metric, r.value, r.source, r.sample_size, r.n_positive
+            )
+            for r in rows
+        }
+
+    def freeze_baselines(self, baselines: Iterable[Baseline]) -> None:
+        """Store baselines once; an existing (site, model, metric) baseline is never changed."""
+        for b in baselines:
+            self._insert(
+                BaselineRow(
+                    site_id=b.site_id,
+                    model_version=b.model_version,
+                    metric=b.metric,
+                    value=b.value,
+                    source=b.source,
+                    sample_size=b.sample_size,
+                    n_positive=b.n_positive,
+                )
+            )
+
+    # -- observation queries --
+
+    def sites(self) -> list[str]:
+        """Every site the monitor has heard of."""
+        found: set[str] = set()
+        with Session(self.engine) as s:
+            for table in (DeploymentRow, PredictionRow, CapturedRow, RejectionRow):
+                found.update(s.exec(select(table.site_id).distinct()).all())
+        return sorted(found)
+
+    def labelled(
+        self,
+        site_id: str,
+        *,
+        model_version: str | None = None,
+        role: ModelRole | None = ModelRole.CHAMPION,
+        sampling_reason: str | None = RANDOM,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        exclude_cameras: Sequence[str] = (),
+        camera_id: str | None = None,
+        last: int | None = None,
+    ) -> list[LabelledPrediction]:
+        """Predictions joined with their image's ground truth, oldest capture first.
+
+        ``sampling_reason=None`` returns every stratum; ``last`` keeps the most recent captures
+        (the count window) after the time window [since, until) is applied.
+        """
+        with Session(self.engine) as s:
+            q = (
+                select(PredictionRow, AnnotationRow)
+                .join(
+                    AnnotationRow,
+                    (col(AnnotationRow.site_id) == col(PredictionRow.site_id))
+                    & (col(AnnotationRow.image_id) == col(PredictionRow.image_id)),
+                )
+                .where(
+                    PredictionRow.site_id == site_id,
+                    col(AnnotationRow.superseded).is_(False),
+                    AnnotationRow.status == AnnotationStatus.COMPLETED.value,
+                )
+            )
+            if model_version is not None:
+                q = q.where(PredictionRow.model_version == model_version)
+            if role is not None:
+                q = q.where(PredictionRow.role == role.value)
+            if sampling_reason is not None:
+                q = q.where(AnnotationRow.sampling_reason == sampling_reason)
+            if since is not None:
+                q = q.where(col(PredictionRow.captured_at) >= _aware(since))
+            if until is not None:
+                q = q.where(col(PredictionRow.captured_at) < _aware(until))
+            if exclude_cameras:
+                q = q.where(col(PredictionRow.camera_id).not_in(list(exclude_cameras)))
+            if camera_id is not None:
+                q = q.where(PredictionRow.camera_id == camera_id)
+            q = q.order_by(
+                col(PredictionRow.captured_at),
+                col(PredictionRow.prediction_id),
+                col(AnnotationRow.labelled_at),
+                col(AnnotationRow.annotation_id),
+            )
+            pairs = s.exec(q).all()
+        rows: list[LabelledPrediction] = []
+        seen: set[str] = set()
+        for p, a in pairs:
+            if p.prediction_id in seen:  # a second annotator of an overlap task: first one scores
+                continue
+            seen.add(p.prediction_id)
+            rows.append(_labelled(p, a))
+        return rows[-last:] if last is not None else rows
+
+    def count_labelled(
+        self,
+        site_id: str,
+        *,
+        model_version: str | None = None,
+        role: ModelRole | None = ModelRole.CHAMPION,
+        sampling_reason: str | None = RANDOM,
+    ) -> int:
+        """How many distinct predictions have a ground truth (cheap cadence check)."""
+        with Session(self.engine) as s:
+            q = (
+                select(func.count(func.distinct(PredictionRow.prediction_id)))
+                .select_from(PredictionRow)
+                .join(
+                    AnnotationRow,
+                    (col(AnnotationRow.site_id) == col(PredictionRow.site_id))
+                    & (col(AnnotationRow.image_id) == col(PredictionRow.image_id)),
+                )
+                .where(
+                    PredictionRow.site_id == site_id,
+                    col(AnnotationRow.superseded).is_(False),
+                    AnnotationRow.status == AnnotationStatus.COMPLETED.value,
+                )
+            )
+            if model_version is not None:
+                q = q.where(PredictionRow.model_version == model_version)
+            if role is not None:
+                q = q.where(PredictionRow.role == role.value)
+            if sampling_reason is not None:
+                q = q.where(AnnotationRow.sampling_reason == sampling_reason)
+            return int(s.exec(q).one())
+
+    def paired(
+        self,
+        site_id: str,
+        champion_version: str,
+        candidate_version: str,
+        *,
+        sampling_reason: str | None = RANDOM,
+        since: datetime | None = None,
+    ) -> list[tuple[LabelledPrediction, LabelledPrediction]]:
+        """(champion, candidate) predictions on the same labelled images: the paired sample."""
+        champion = {
+            r.image_id: r
+            for r in self.labelled(
+                site_id,
+                model_version=champion_version,
+                role=None,
+                sampling_reason=sampling_reason,
+                since=since,
+            )
+        }
+        out: list[tuple[LabelledPrediction, LabelledPrediction]] = []
+        for r in self.labelled(
+            site_id,
+            model_version=candidate_version,
+            role=None,
+            sampling_reason=sampling_reason,
+            since=since,
+        ):
+            mate = champion.get(r.image_id)
+            if mate is not None:
+                out.append((mate, r))
+        return out
+
+    def annotations(
+        self,
+        site_id: str,
+        *,
+        since: datetime | None = None,
+        include_superseded: bool = False,
+    ) -> list[StoredAnnotation]:
+        """Current annotations of ``site_id`` (skips included), oldest first."""
+        with Session(self.engine) as s:
+            q = select(AnnotationRow).where(AnnotationRow.site_id == site_id)
+            if not include_superseded:
+                q = q.where(col(AnnotationRow.superseded).is_(False))
+            if since is not None:
+                q = q.where(col(AnnotationRow.labelled_at) >= _aware(since))
+            rows = s.exec(
+                q.order_by(col(AnnotationRow.labelled_at), col(AnnotationRow.annotation_id))
+            ).all()
+        return [_annotation(r) for r in rows]
+
+    def annotation_counts(self, site_id: str, *, since: datetime | None = None) -> dict[str, int]:
+        """Current annotations per status (``completed``, ``skipped``)."""
+        with Session(self.engine) as s:
+            q = (
+                select(AnnotationRow.status, func.count())
+                .where(AnnotationRow.site_id == site_id, col(AnnotationRow.superseded).is_(False))
+                .group_by(AnnotationRow.status)
+            )
+            if since is not None:
+                q = q.where(col(AnnotationRow.labelled_at) >= _aware(since))
+            counts = {str(k): int(v) for k, v in s.exec(q).all()}
+        return {st.value: counts.get(st.value, 0) for st in AnnotationStatus}
+
+    def captured(
+        self,
+        site_id: str,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        camera_id: str | None = None,
+        last: int | None = None,
+    ) -> list[CapturedImage]:
+        """Accepted images' quality features, oldest capture first (drift and quality windows)."""
+        with Session(self.engine) as s:
+            q = select(CapturedRow).where(CapturedRow.site_id == site_id)
+            if since is not None:
+                q = q.where(col(CapturedRow.captured_at) >= _aware(since))
+            if until is not None:
+                q = q.where(col(CapturedRow.captured_at) < _aware(until))
+            if camera_id is not None:
+                q = q.where(CapturedRow.camera_id == camera_id)
+            q = q.order_by(col(CapturedRow.captured_at).desc(), col(CapturedRow.image_id).desc())
+            if last is not None:
+                q = q.limit(last)
+            rows = list(s.exec(q).all())
+        rows.reverse()
+        return [_captured(r) for r in rows]
+
+    def count_captured(self, site_id: str, *, camera_id: str | None = None) -> int:
+        with Session(self.engine) as s:
+            q = select(func.count()).select_from(CapturedRow).where(CapturedRow.site_id == site_id)
+            if camera_id is not None:
+                q = q.where(CapturedRow.camera_id == camera_id)
+            return int(s.exec(q).one())
+
+    def cameras(self, site_id: str) -> list[str]:
+        """Cameras seen at ``site_id`` (accepted or rejected images)."""
+        with Session(self.engine) as s:
+            a = s.exec(
+                select(CapturedRow.camera_id).where(CapturedRow.site_id == site_id).distinct()
+            ).all()
+            b = s.exec(
+                select(RejectionRow.camera_id).where(RejectionRow.site_id == site_id).distinct()
+            ).all()
+        return sorted({*a, *b})
+
+    def rejections(
+        self,
+        site_id: str,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        camera_id: str | None = None,
+    ) -> list[Rejection]:
+        """Ingest rejections of ``site_id``, oldest first."""
+        with Session(self.engine) as s:
+            q = select(RejectionRow).where(RejectionRow.site_id == site_id)
+            if since is not None:
+                q = q.where(col(RejectionRow.occurred_at) >= _aware(since))
+            if until is not None:
+                q = q.where(col(RejectionRow.occurred_at) < _aware(until))
+            if camera_id is not None:
+                q = q.where(RejectionRow.camera_id == camera_id)
+            rows = s.exec(
+                q.order_by(col(RejectionRow.occurred_at), col(RejectionRow.event_id))
+            ).all()
+        return [Rejection(r.site_id, r.camera_id, r.reason, _aware(r.occurred_at)) for r in rows]
+
+    def predictions(
+        self,
+        site_id: str,
+        *,
+        model_version: str | None = None,
+        role: ModelRole | None = ModelRole.CHAMPION,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        camera_id: str | None = None,
+        last: int | None = None,
+    ) -> list[StoredPrediction]:
+        """Predictions, labelled or not, oldest capture first (prediction drift, estimates)."""
+        with Session(self.engine) as s:
+            q = select(PredictionRow).where(PredictionRow.site_id == site_id)
+            if model_version is not None:
+                q = q.where(PredictionRow.model_version == model_version)
+            if role is not None:
+                q = q.where(PredictionRow.role == role.value)
+            if since is not None:
+                q = q.where(col(PredictionRow.captured_at) >= _aware(since))
+            if until is not None:
+                q = q.where(col(PredictionRow.captured_at) < _aware(until))
+            if camera_id is not None:
+                q = q.where(PredictionRow.camera_id == camera_id)
+            q = q.order_by(
+                col(PredictionRow.captured_at).desc(), col(PredictionRow.prediction_id).desc()
+            )
+            if last is not None:
+                q = q.limit(last)
+            rows = list(s.exec(q).all())
+        rows.reverse()
+        return [_stored_prediction(r) for r in rows]
+
+    def count_predictions(
+        self,
+        site_id: str,
+        *,
+        model_version: str | None = None,
+        role: ModelRole | None = ModelRole.CHAMPION,
+    ) -> int:
+        with Session(self.engine) as s:
+            q = (
+                select(func.count())
+                .select_from(PredictionRow)
+                .where(PredictionRow.site_id == site_id)
+            )
+            if model_version is not None:
+                q = q.where(PredictionRow.model_version == model_version)
+            if role is not None:
+                q = q.where(PredictionRow.role == role.value)
+            return int(s.exec(q).one())
+
+    # -- evaluator state --
+
+    def tracks(self, site_id: str) -> dict[SignalKey, tuple[str, int]]:
+        """Every stored incident track of ``site_id``: key -> (track JSON, cursor)."""
+        with Session(self.engine) as s:
+            rows = s.exec(select(TrackRow).where(TrackRow.site_id == site_id)).all()
+        return {key_from_text(r.key): (r.state_json, r.cursor) for r in rows}
+
+    def save_evaluation(
+        self,
+        *,
+        tracks: dict[SignalKey, tuple[str, int]],
+        signals: Sequence[Signal],
+        opened: Sequence[MetricDegraded],
+        closed: Sequence[MetricRecovered],
+        outbox: Sequence[Event],
+        evaluated_at: datetime,
+    ) -> None:
+        """One evaluation's results, atomically: tracks, signals, incidents and the outbox."""
+        at = _aware(evaluated_at)
+        with Session(self.engine) as s:
+            for key, (state, cursor) in tracks.items():
+                text = key_text(key)
+                row = s.get(TrackRow, text)
+                if row is None:
+                    row = TrackRow(key=text, site_id=key.site_id)
+                row.state_json = state
+                row.cursor = cursor
+                row.updated_at = at
+                s.add(row)
+            for sig in signals:
+                s.add(_signal_row(sig, at))
+            for ev in opened:
+                s.add(
+                    IncidentRow(
+                        incident_id=ev.incident_id,
+                        site_id=ev.site_id,
+                        model_version=ev.model_version,
+                        kind=ev.kind.value,
+                        metric=ev.metric,
+                        camera_id=ev.camera_id,
+                        opened_at=_aware(ev.occurred_at),
+                        degraded_json=ev.model_dump_json(),
+                    )
+                )
+            s.flush()
+            for rec in closed:
+                inc = s.get(IncidentRow, rec.incident_id)
+                if inc is None or inc.closed_at is not None:
+                    continue
+                inc.closed_at = _aware(rec.occurred_at)
+                inc.close_reason = rec.reason
+                inc.recovered_json = rec.model_dump_json()
+                s.add(inc)
+            for out in outbox:
+                if s.get(OutboxRow, out.event_id) is None:
+                    s.add(
+                        OutboxRow(
+                            event_id=out.event_id,
+                            topic=out.topic,
+                            event_json=out.model_dump_json(),
+                            created_at=at,
+                        )
+                    )
+            s.commit()
+
+    def pending_events(self) -> list[Event]:
+        """Events stored for publishing and not yet acknowledged by the broker, oldest first."""
+        with Session(self.engine) as s:
+            rows = s.exec(
+                select(OutboxRow)
+                .where(col(OutboxRow.published_at).is_(None))
+                .order_by(col(OutboxRow.created_at), col(OutboxRow.event_id))
+            ).all()
+        return [model_for_topic(r.topic).model_validate_json(r.event_json) for r in rows]
+
+    def mark_published(self, event_id: str) -> None:
+        with Session(self.engine) as s:
+            row = s.get(OutboxRow, event_id)
+            if row is not None and row.published_at is None:
+                row.published_at = _now()
+                s.add(row)
+                s.commit()
+
+    def incidents(
+        self,
+        site_id: str | None = None,
+        *,
+        open_only: bool = False,
+        kind: DegradationKind | None = None,
+    ) -> list[Incident]:
+        """Incidents, newest first."""
+        with Session(self.engine) as s:
+            q = select(IncidentRow)
+            if site_id is not None:
+                q = q.where(IncidentRow.site_id == site_id)
+            if open_only:
+                q = q.where(col(IncidentRow.closed_at).is_(None))
+            if kind is not None:
+                q = q.where(IncidentRow.kind == kind.value)
+            rows = s.exec(
+                q.order_by(col(IncidentRow.opened_at).desc(), col(IncidentRow.incident_id))
+            ).all()
+        return [_incident(r) for r in rows]
+
+    def signals(
+        self,
+        site_id: str,
+        *,
+        kind: DegradationKind | None = None,
+        model_version: str | None = None,
+        camera_id: str | None = None,
+        since: datetime | None = None,
+        limit: int = 1000,
+    ) -> list[StoredSignal]:
+        """Evaluated signals (the metric series), oldest first; the newest ``limit`` of them."""
+        with Session(self.engine) as s:
+            q = select(SignalRow).where(SignalRow.site_id == site_id)
+            if kind is not None:
+                q = q.where(SignalRow.kind == kind.value)
+            if model_version is not None:
+                q = q.where(SignalRow.model_version == model_version)
+            if camera_id is not None:
+                q = q.where(SignalRow.camera_id == camera_id)
+            if since is not None:
+                q = q.where(col(SignalRow.evaluated_at) >= _aware(since))
+            rows = list(
+                s.exec(
+                    q.order_by(col(SignalRow.evaluated_at).desc(), col(SignalRow.id).desc()).limit(
+                        limit
+                    )
+                ).all()
+            )
+        rows.reverse()
+        return [StoredSignal(_signal(r), _aware(r.evaluated_at)) for r in rows]
+
+    def latest_signals(self, site_id: str) -> list[StoredSignal]:
+        """The newest evaluation of every (kind, metric, model, camera) of ``site_id``."""
+        with Session(self.engine) as s:
+            newest = (
+                select(func.max(SignalRow.id))
+                .where(SignalRow.site_id == site_id)
+                .group_by(
+                    col(SignalRow.kind),
+                    col(SignalRow.metric),
+                    col(SignalRow.model_version),
+                    col(SignalRow.camera_id),
+                )
+            )
+            rows = s.exec(
+                select(SignalRow)
+                .where(col(SignalRow.id).in_(newest))
+                .order_by(col(SignalRow.kind), col(SignalRow.metric))
+            ).all()
+        return [StoredSignal(_signal(r), _aware(r.evaluated_at)) for r in rows]
+
+
+# --- row <-> value conversions ------------------------------------------------------------------
+
+
+def _captured_row(e: ImageCaptured) -> CapturedRow:
+    q = e.quality
+    return CapturedRow(
+        image_id=e.image_id,
+        site_id=e.site_id,
+        camera_id=e.camera_id,
+        captured_at=_aware(e.captured_at),
+        width=e.width,
+        height=e.height,
+        sharpness=q.sharpness,
+        brightness=q.brightness,
+        contrast=q.contrast,
+        uniform=q.uniform,
+        obstructed_fraction=q.obstructed_fraction,
+        near_duplicate=q.near_duplicate,
+    )
+
+
+def _captured(r: CapturedRow) -> CapturedImage:
+    return CapturedImage(
+        image_id=r.image_id,
+        site_id=r.site_id,
+        camera_id=r.camera_id,
+        captured_at=_aware(r.captured_at),
+        width=r.width,
+        height=r.height,
+        sharpness=r.sharpness,
+        brightness=r.brightness,
+        contrast=r.contrast,
+        uniform=r.uniform,
+        obstructed_fraction=r.obstructed_fraction,
+        near_duplicate=r.near_duplicate,
+    )
+
+
+def _prediction_row(e: PredictionMade) -> PredictionRow:
+    return PredictionRow(
+        prediction_id=e.prediction_id,
+        site_id=e.site_id,
+        camera_id=e.camera_id,
+        image_id=e.image_id,
+        model_name=e.model_name,
+        model_version=e.model_version,
+        role=e.role.value,
+        defective=e.defective,
+        decision_score=e.decision_score,
+        decision_threshold=e.decision_threshold,
+        boxes_json=_SCORED_BOXES.dump_json(e.boxes).decode(),
+        outlier_score=e.outlier_score,
+        outlier=e.outlier,
+        captured_at=_aware(e.captured_at),
+    )
+
+
+def _stored_prediction(r: PredictionRow) -> StoredPrediction:
+    return StoredPrediction(
+        prediction_id=r.prediction_id,
+        site_id=r.site_id,
+        camera_id=r.camera_id,
+        image_id=r.image_id,
+        model_version=r.model_version,
+        role=ModelRole(r.role),
+        defective=r.defective,
+        decision_score=r.decision_score,
+        decision_threshold=r.decision_threshold,
+        boxes=_SCORED_BOXES.validate_json(r.boxes_json),
+        outlier_score=r.outlier_score,
+        outlier=r.outlier,
+        captured_at=_aware(r.captured_at),
+    )
+
+
+def _labelled(p: PredictionRow, a: AnnotationRow) -> LabelledPrediction:
+    truth = _BOXES.validate_json(a.boxes_json)
+    return LabelledPrediction(
+        site_id=p.site_id,
+        camera_id=p.camera_id,
+        model_version=p.model_version,
+        role=ModelRole(p.role),
+        image_id=p.image_id,
+        truth_defective=len(truth) > 0,
+        predicted_defective=p.defective,
+        decision_score=p.decision_score,
+        truth_boxes=truth,
+        predicted_boxes=_SCORED_BOXES.validate_json(p.boxes_json),
+        sampling_reason=a.sampling_reason,
+        captured_at=_aware(p.captured_at),
+        labelled_at=_aware(a.labelled_at),
+        annotator=a.annotator,
+    )
+
+
+def _annotation(r: AnnotationRow) -> StoredAnnotation:
+    return StoredAnnotation(
+        annotation_id=r.annotation_id,
+        site_id=r.site_id,
+        camera_id=r.camera_id,
+        image_id=r.image_id,
+        annotator=r.annotator,
+        status=AnnotationStatus(r.status),
+        boxes=_BOXES.validate_json(r.boxes_json),
+        sampling_reason=r.sampling_reason,
+        labelled_at=_aware(r.labelled_at),
+        skip_reason=r.skip_reason,
+    )
+
+
+def _deployment(r: DeploymentRow) -> Deployment:
+    return Deployment(
+        site_id=r.site_id,
+        role=ModelRole(r.role),
+        model_name=r.model_name,
+        model_version=r.model_version,
+        baseline_metrics={str(k): float(v) for k, v in json.loads(r.baseline_json).items()},
+        active=r.active,
+        approved_by=r.approved_by,
+        occurred_at=_aware(r.occurred_at),
+    )
+
+
+def _incident(r: IncidentRow) -> Incident:
+    return Incident(
+        incident_id=r.incident_id,
+        site_id=r.site_id,
+        model_version=r.model_version,
+        kind=DegradationKind(r.kind),
+        metric=r.metric,
+        camera_id=r.camera_id,
+        opened_at=_aware(r.opened_at),
+        closed_at=_aware(r.closed_at) if r.closed_at else None,
+        close_reason=r.close_reason,
+        degraded=MetricDegraded.model_validate_json(r.degraded_json),
+        recovered=(
+            MetricRecovered.model_validate_json(r.recovered_json) if r.recovered_json else None
+        ),
+    )
+
+
+def _signal_row(sig: Signal, at: datetime) -> SignalRow:
+    k = sig.key
+    return SignalRow(
+        site_id=k.site_id,
+        model_version=k.model_version,
+        kind=k.kind.value,
+        metric=k.metric,
+        camera_id=k.camera_id,
+        value=sig.value,
+        baseline=sig.baseline,
+        threshold=sig.threshold,
+        breached=sig.breached,
+        within_tolerance=sig.within_tolerance,
+        enough_data=sig.enough_data,
+        sample_size=sig.sample_size,
+        n_positive=sig.n_positive,
+        ci_low=sig.ci_low,
+        ci_high=sig.ci_high,
+        window_start=_aware(sig.window_start),
+        window_end=_aware(sig.window_end),
+        evidence_json=json.dumps(sig.evidence, sort_keys=True),
+        evaluated_at=at,
+    )
+
+
+def _signal(r: SignalRow) -> Signal:
+    return Signal(
+        key=SignalKey(r.site_id, r.model_version, DegradationKind(r.kind), r.metric, r.camera_id),
+        value=r.value,
+        baseline=r.baseline,
+        threshold=r.threshold,
+        breached=r.breached,
+        within_tolerance=r.within_tolerance,
+        enough_data=r.enough_data,
+        window_start=_aware(r.window_start),
+        window_end=_aware(r.window_end),
+        sample_size=r.sample_size,
+        n_positive=r.n_positive,
+        ci_low=r.ci_low,
+        ci_high=r.ci_high,
+        evidence={str(k): float(v) for k, v in json.loads(r.evidence_json or "{}").items()},
+    )
+
+
+__all__ = [
+    "RANDOM",
+    "Baseline",
+    "CapturedImage",
+    "Deployment",
+    "Incident",
+    "MonitorStore",
+    "Rejection",
+    "StoredAnnotation",
+    "StoredPrediction",
+    "StoredSignal",
+    "key_from_text",
+    "key_text",
+]
+

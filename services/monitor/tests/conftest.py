@@ -1,0 +1,178 @@
+"""Fixtures of the monitor tests: an in-file SQLite store and a builder of the consumed events."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from defectloop.common.db import make_engine
+from defectloop.common.events import (
+    AnnotationCompleted,
+    AnnotationStatus,
+    Box,
+    ImageCaptured,
+    ImageRejected,
+    ModelDeployed,
+    ModelRole,
+    PredictionMade,
+    QualityMetrics,
+    RejectReason,
+    ScoredBox,
+    image_id_for,
+    prediction_id_for,
+)
+from defectloop.monitor.store import MonitorStore
+
+T0 = datetime(2026, 6, 1, 8, 0, tzinfo=UTC)
+SHA = "0" * 64
+DEFECT = Box(label="scratch", x=10, y=10, w=20, h=20)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> MonitorStore:
+    return MonitorStore(make_engine(f"sqlite:///{tmp_path / 'monitor.db'}"))
+
+
+@dataclass
+class EventFactory:
+    """Events of one site as the other services publish them (deterministic ids included)."""
+
+    site_id: str
+    t0: datetime = T0
+    _n: int = field(default=0)
+
+    def image_id(self, i: int, camera_id: str = "cam-1") -> str:
+        return image_id_for(self.site_id, camera_id, f"{i:064x}")
+
+    def at(self, i: int) -> datetime:
+        return self.t0 + timedelta(seconds=10 * i)
+
+    def captured(
+        self,
+        i: int,
+        camera_id: str = "cam-1",
+        *,
+        sharpness: float = 400.0,
+        brightness: float = 120.0,
+        contrast: float = 40.0,
+    ) -> ImageCaptured:
+        return ImageCaptured(
+            site_id=self.site_id,
+            camera_id=camera_id,
+            image_id=self.image_id(i, camera_id),
+            sha256=f"{i:064x}",
+            blob_uri=f"file:///blobs/{i}.png",
+            captured_at=self.at(i),
+            width=256,
+            height=256,
+            quality=QualityMetrics(
+                sharpness=sharpness, brightness=brightness, contrast=contrast, uniform=False
+            ),
+        )
+
+    def rejected(self, i: int, camera_id: str = "cam-1") -> ImageRejected:
+        return ImageRejected(
+            site_id=self.site_id,
+            camera_id=camera_id,
+            reason=RejectReason.TOO_BLURRY,
+            detail="sharpness below the floor",
+            occurred_at=self.at(i),
+        )
+
+    def prediction(
+        self,
+        i: int,
+        *,
+        defective: bool,
+        camera_id: str = "cam-1",
+        version: str = "v1",
+        role: ModelRole = ModelRole.CHAMPION,
+        score: float | None = None,
+    ) -> PredictionMade:
+        image_id = self.image_id(i, camera_id)
+        s = score if score is not None else (0.9 if defective else 0.05)
+        boxes = (ScoredBox(label="scratch", x=10, y=10, w=20, h=20, score=s),) if defective else ()
+        return PredictionMade(
+            site_id=self.site_id,
+            camera_id=camera_id,
+            prediction_id=prediction_id_for(image_id, version, role.value),
+            image_id=image_id,
+            sha256=f"{i:064x}",
+            blob_uri=f"file:///blobs/{i}.png",
+            width=256,
+            height=256,
+            boxes=boxes,
+            defective=defective,
+            decision_score=s,
+            decision_threshold=0.5,
+            model_name="detector",
+            model_version=version,
+            role=role,
+            outlier_score=0.1,
+            outlier=False,
+            captured_at=self.at(i),
+            queue_latency_ms=1.0,
+            inference_latency_ms=1.0,
+        )
+
+    def annotation(
+        self,
+        i: int,
+        *,
+        defective: bool,
+        camera_id: str = "cam-1",
+        annotator: str = "ann-1",
+        reason: str | None = "random",
+        status: AnnotationStatus = AnnotationStatus.COMPLETED,
+        annotation_id: str | None = None,
+        supersedes: str | None = None,
+        delay_s: float = 60.0,
+        boxes: Sequence[Box] | None = None,
+    ) -> AnnotationCompleted:
+        truth = tuple(boxes) if boxes is not None else ((DEFECT,) if defective else ())
+        return AnnotationCompleted(
+            site_id=self.site_id,
+            camera_id=camera_id,
+            image_id=self.image_id(i, camera_id),
+            annotation_id=annotation_id or f"{self.site_id}-{i}-{annotator}",
+            annotator=annotator,
+            status=status,
+            boxes=truth if status == AnnotationStatus.COMPLETED else (),
+            skip_reason="unclear" if status == AnnotationStatus.SKIPPED else None,
+            sampling_reason=reason,
+            lead_time_s=delay_s,
+            supersedes=supersedes,
+            occurred_at=self.at(i) + timedelta(seconds=delay_s),
+        )
+
+    def deployed(
+        self,
+        version: str,
+        *,
+        at: datetime | None = None,
+        role: ModelRole = ModelRole.CHAMPION,
+        baseline: dict[str, float] | None = None,
+        active: bool = True,
+    ) -> ModelDeployed:
+        return ModelDeployed(
+            site_id=self.site_id,
+            role=role,
+            model_name="detector",
+            model_version=version,
+            artifact_uri=f"file:///bundles/{version}",
+            sha256=SHA,
+            baseline_metrics=baseline if baseline is not None else {},
+            active=active,
+            occurred_at=at or self.t0 - timedelta(hours=1),
+        )
+
+
+@pytest.fixture
+def site() -> EventFactory:
+    """Events of a fresh site (unique id: tests sharing a broker never read each other's)."""
+    return EventFactory(f"s{uuid.uuid4().hex[:10]}")

@@ -1,4 +1,8 @@
-"""HTTP routes (thin): authenticate, stream the body with a limit, hand it to the pipeline."""
+"""HTTP routes (thin): authenticate, stream the body with a limit, hand it to the pipeline.
+
+Errors are raised as project errors and answered by the shared app shell with the one body
+``{"error", "detail", "hint"}`` (``defectloop.common.http_errors``).
+"""
 
 from __future__ import annotations
 
@@ -6,18 +10,16 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from anyio import to_thread
-from fastapi import APIRouter, FastAPI, Header, Path, Request, Security
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Header, Path, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from sqlalchemy.engine import Engine
 
-from defectloop.common.errors import BrokerUnavailableError
 from defectloop.common.events import RejectReason
+from defectloop.common.http_errors import ErrorBody, error_example
 from defectloop.common.logging import get_logger
 from defectloop.ingest import auth
-from defectloop.ingest.pipeline import Ingestor, RejectionError
+from defectloop.ingest.pipeline import Ingestor
 
 log = get_logger(__name__)
 
@@ -36,23 +38,6 @@ class IngestResponse(BaseModel):
         description="accepted: stored and image.captured acknowledged by Kafka now; "
         "duplicate: these bytes were already accepted for this camera (nothing new published).",
     )
-
-
-class ErrorDetail(BaseModel):
-    reason: str = Field(..., description="Machine-readable code.", examples=["pixel_bomb"])
-    detail: str = Field(..., description="What is wrong, for people.")
-    hint: str | None = Field(None, description="What to try next.")
-
-
-class ErrorBody(BaseModel):
-    error: ErrorDetail
-
-
-def _example(reason: str, detail: str, hint: str | None = None) -> dict[str, Any]:
-    return {
-        "summary": reason,
-        "value": {"error": {"reason": reason, "detail": detail, "hint": hint}},
-    }
 
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -84,7 +69,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
         "content": {
             "application/json": {
                 "examples": {
-                    "missing_token": _example(
+                    "missing_token": error_example(
                         "missing_token",
                         "an Authorization: Bearer <token> header is required",
                         "create one: defectloop gateway-token",
@@ -100,7 +85,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
         "content": {
             "application/json": {
                 "examples": {
-                    "forbidden_site": _example(
+                    "forbidden_site": error_example(
                         "forbidden_site", "this token may not post to this site"
                     ),
                 }
@@ -113,7 +98,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
         "content": {
             "application/json": {
                 "examples": {
-                    "too_large": _example("too_large", "the body exceeds 20971520 bytes"),
+                    "too_large": error_example("too_large", "the body exceeds 20971520 bytes"),
                 }
             }
         },
@@ -125,12 +110,12 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
         "content": {
             "application/json": {
                 "examples": {
-                    "not_png": _example(
+                    "not_png": error_example(
                         "not_png",
                         "the body does not start with a PNG signature",
                         "encode the frame as PNG",
                     ),
-                    "wrong_content_type": _example(
+                    "wrong_content_type": error_example(
                         "wrong_content_type", "Content-Type is image/jpeg"
                     ),
                 }
@@ -145,11 +130,11 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
         "content": {
             "application/json": {
                 "examples": {
-                    "pixel_bomb": _example(
+                    "pixel_bomb": error_example(
                         "pixel_bomb",
                         "60000x60000 exceeds the limits (5000000 pixels, 8192 per side)",
                     ),
-                    "uniform_frame": _example(
+                    "uniform_frame": error_example(
                         "uniform_frame", "the frame is uniform (contrast 0.00)"
                     ),
                 }
@@ -169,7 +154,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
         "content": {
             "application/json": {
                 "examples": {
-                    "broker_unavailable": _example(
+                    "broker_unavailable": error_example(
                         "broker_unavailable", "Kafka did not acknowledge within 5 s", "retry later"
                     ),
                 }
@@ -177,17 +162,6 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
         },
     },
 }
-
-
-def error_response(
-    status_code: int,
-    reason: str,
-    detail: str,
-    hint: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    body = ErrorBody(error=ErrorDetail(reason=reason, detail=detail, hint=hint))
-    return JSONResponse(body.model_dump(), status_code=status_code, headers=headers)
 
 
 async def read_limited(request: Request, limit: int) -> bytes | None:
@@ -247,11 +221,15 @@ async def post_image(
     ``image.captured``. Answers 202 only after Kafka acknowledged the event."""
     ingestor: Ingestor = request.app.state.ingestor
     engine: Engine = request.app.state.engine
-    token = auth.bearer_token(
-        f"{credentials.scheme} {credentials.credentials}" if credentials else None
-    )
-    identity = await to_thread.run_sync(auth.authenticate, engine, token)
-    auth.authorize(identity, site, camera)
+    try:
+        token = auth.bearer_token(
+            f"{credentials.scheme} {credentials.credentials}" if credentials else None
+        )
+        identity = await to_thread.run_sync(auth.authenticate, engine, token)
+        auth.authorize(identity, site, camera)
+    except auth.AuthError as exc:
+        log.warning("gateway_auth_failed", token_id=exc.token_id, reason=exc.reason)
+        raise
 
     media_type = _media_type(content_type)
     if media_type != "image/png":
@@ -285,37 +263,3 @@ async def post_image(
         status=outcome.status,
     )
     return IngestResponse(image_id=outcome.image_id, status=outcome.status)
-
-
-def install_error_handlers(app: FastAPI, *, retry_after_s: int) -> None:
-    """Every error is ``{"error": {"reason", "detail", "hint"}}``."""
-
-    @app.exception_handler(auth.AuthError)
-    async def _auth(_: Request, exc: auth.AuthError) -> JSONResponse:
-        log.warning("gateway_auth_failed", token_id=exc.token_id, reason=exc.reason)
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-        hint = "create a token with: defectloop gateway-token --site <site>"
-        return error_response(exc.status_code, exc.reason, exc.detail, hint, headers)
-
-    @app.exception_handler(RejectionError)
-    async def _rejected(_: Request, exc: RejectionError) -> JSONResponse:
-        return error_response(exc.status_code, exc.reason.value, exc.detail, exc.hint)
-
-    @app.exception_handler(BrokerUnavailableError)
-    async def _broker(_: Request, exc: BrokerUnavailableError) -> JSONResponse:
-        log.warning("broker_unavailable", error=str(exc))
-        return error_response(
-            503,
-            exc.reason,
-            str(exc),
-            "the image is kept: retry the same upload later",
-            {"Retry-After": str(retry_after_s)},
-        )
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg', '')}"
-            for err in exc.errors()
-        )
-        return error_response(422, "invalid_request", problems[:2000], "check the path and headers")

@@ -14,6 +14,12 @@ from dataclasses import dataclass
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from defectloop.common.errors import (
+    DefectloopError,
+    ForbiddenError,
+    UnauthenticatedError,
+    http_status,
+)
 from defectloop.common.events import utc_now
 from defectloop.ingest.records import GatewayToken
 
@@ -21,15 +27,28 @@ TOKEN_PREFIX = "dlg"
 _TOKEN_ID_HEX = 12  # 48 bits: unique enough for lookup, not a secret
 
 
-class AuthError(Exception):
-    """Authentication (401) or authorization (403) failure; carries no secret."""
+_HINT = "create a token with: defectloop gateway-token --site <site>"
 
-    def __init__(self, status_code: int, reason: str, detail: str, token_id: str | None = None):
-        super().__init__(detail)
-        self.status_code = status_code
-        self.reason = reason
+
+class AuthError(DefectloopError):
+    """A gateway's authentication or authorization failure; carries no secret."""
+
+    def __init__(self, reason: str, detail: str, token_id: str | None = None) -> None:
+        super().__init__(detail, reason=reason, hint=_HINT)
         self.detail = detail
         self.token_id = token_id
+
+    @property
+    def status_code(self) -> int:
+        return http_status(self)
+
+
+class TokenRejectedError(AuthError, UnauthenticatedError):
+    """No token, or one that is malformed, unknown or revoked: 401."""
+
+
+class ScopeForbiddenError(AuthError, ForbiddenError):
+    """A valid token used for another site or camera: 403."""
 
 
 @dataclass(frozen=True)
@@ -107,10 +126,14 @@ def list_tokens(engine: Engine, site_id: str | None = None) -> list[GatewayToken
 def bearer_token(authorization: str | None) -> str:
     """The token of an ``Authorization: Bearer <token>`` header; 401 if absent or malformed."""
     if not authorization:
-        raise AuthError(401, "missing_token", "an Authorization: Bearer <token> header is required")
+        raise TokenRejectedError(
+            "missing_token", "an Authorization: Bearer <token> header is required"
+        )
     scheme, _, value = authorization.partition(" ")
     if scheme.lower() != "bearer" or not value.strip():
-        raise AuthError(401, "missing_token", "the Authorization header must be 'Bearer <token>'")
+        raise TokenRejectedError(
+            "missing_token", "the Authorization header must be 'Bearer <token>'"
+        )
     return value.strip()
 
 
@@ -118,25 +141,25 @@ def authenticate(engine: Engine, token: str) -> GatewayIdentity:
     """The gateway a token belongs to; 401 when it is unknown, malformed or revoked."""
     token_id = token_id_of(token)
     if token_id is None:
-        raise AuthError(401, "invalid_token", "the token is malformed")
+        raise TokenRejectedError("invalid_token", "the token is malformed")
     with Session(engine) as session:
         row = session.get(GatewayToken, token_id)
     presented = hash_token(token)
     stored = row.token_sha256 if row is not None else hash_token(secrets.token_hex(16))
     if not hmac.compare_digest(presented, stored) or row is None:
-        raise AuthError(401, "invalid_token", "unknown token", token_id=token_id)
+        raise TokenRejectedError("invalid_token", "unknown token", token_id=token_id)
     if row.revoked_at is not None:
-        raise AuthError(401, "invalid_token", "the token was revoked", token_id=token_id)
+        raise TokenRejectedError("invalid_token", "the token was revoked", token_id=token_id)
     return GatewayIdentity(token_id=row.token_id, site_id=row.site_id, camera_id=row.camera_id)
 
 
 def authorize(identity: GatewayIdentity, site_id: str, camera_id: str) -> None:
     """403 unless the token is scoped to ``site_id`` (and to ``camera_id`` if camera-bound)."""
     if not hmac.compare_digest(identity.site_id.encode(), site_id.encode()):
-        raise AuthError(
-            403, "forbidden_site", "this token may not post to this site", identity.token_id
+        raise ScopeForbiddenError(
+            "forbidden_site", "this token may not post to this site", identity.token_id
         )
     if identity.camera_id is not None and identity.camera_id != camera_id:
-        raise AuthError(
-            403, "forbidden_camera", "this token may not post for this camera", identity.token_id
+        raise ScopeForbiddenError(
+            "forbidden_camera", "this token may not post for this camera", identity.token_id
         )

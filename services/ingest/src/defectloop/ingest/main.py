@@ -15,11 +15,12 @@ from fastapi.responses import JSONResponse
 from faststream.kafka import KafkaBroker
 
 from defectloop.common.blobstore import open_blob_store
+from defectloop.common.http_errors import install_error_handlers
 from defectloop.common.kafka import build_broker
 from defectloop.common.logging import get_logger
 from defectloop.common.service import serve
 from defectloop.common.tracing import build_tracer_provider
-from defectloop.ingest.api import install_error_handlers, router
+from defectloop.ingest.api import router
 from defectloop.ingest.pipeline import Ingestor
 from defectloop.ingest.publisher import EventPublisher
 from defectloop.ingest.records import ImageStore, open_database

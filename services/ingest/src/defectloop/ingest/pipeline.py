@@ -18,7 +18,12 @@ import anyio
 from anyio import to_thread
 
 from defectloop.common.blobstore import BlobStore
-from defectloop.common.errors import BrokerUnavailableError
+from defectloop.common.errors import (
+    BrokerUnavailableError,
+    InvalidInputError,
+    PayloadTooLargeError,
+    UnsupportedMediaTypeError,
+)
 from defectloop.common.events import (
     ImageCaptured,
     ImageRejected,
@@ -38,12 +43,6 @@ log = get_logger(__name__)
 
 Status = Literal["accepted", "duplicate"]
 
-HTTP_STATUS: dict[RejectReason, int] = {
-    RejectReason.TOO_LARGE: 413,
-    RejectReason.NOT_PNG: 415,
-    RejectReason.WRONG_CONTENT_TYPE: 415,
-}
-
 HINTS: dict[RejectReason, str] = {
     RejectReason.TOO_LARGE: "send at most max_body_bytes; check the camera's resolution",
     RejectReason.NOT_PNG: "encode the frame as PNG",
@@ -60,15 +59,32 @@ HINTS: dict[RejectReason, str] = {
 }
 
 
-class RejectionError(Exception):
-    """An upload refused for a validation or quality reason (already reported on Kafka)."""
+class RejectionError(InvalidInputError):
+    """An upload refused for a validation or quality reason (already reported on Kafka): 422."""
 
     def __init__(self, reason: RejectReason, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
+        super().__init__(detail, reason=reason, hint=HINTS[reason])
         self.detail = detail
-        self.status_code = HTTP_STATUS.get(reason, 422)
-        self.hint = HINTS[reason]
+
+
+class TooLargeRejectionError(RejectionError, PayloadTooLargeError):
+    """The body is larger than ``max_body_bytes``: 413."""
+
+
+class MediaTypeRejectionError(RejectionError, UnsupportedMediaTypeError):
+    """The body is not a PNG, or not declared as one: 415."""
+
+
+_REJECTION_TYPE: dict[RejectReason, type[RejectionError]] = {
+    RejectReason.TOO_LARGE: TooLargeRejectionError,
+    RejectReason.NOT_PNG: MediaTypeRejectionError,
+    RejectReason.WRONG_CONTENT_TYPE: MediaTypeRejectionError,
+}
+
+
+def rejection(reason: RejectReason, detail: str) -> RejectionError:
+    """The error for ``reason``; its class carries the HTTP status (``errors.http_status``)."""
+    return _REJECTION_TYPE.get(reason, RejectionError)(reason, detail)
 
 
 @dataclass(frozen=True)
@@ -146,7 +162,7 @@ class Ingestor:
             log.warning(
                 "image_rejected_unpublished", site_id=site_id, reason=reason.value, error=str(exc)
             )
-        return RejectionError(reason, detail)
+        return rejection(reason, detail)
 
     def _analyse(self, data: bytes, previous: bytes | None) -> _Analysis:
         decoded = png.decode(data, self.limits)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from defectloop.common.errors import InvalidInputError
 from defectloop.common.events import RejectReason
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -42,12 +43,13 @@ _ADAM7: tuple[tuple[int, int, int, int], ...] = (
 )
 
 
-class PngRejectedError(Exception):
+class PngRejectedError(InvalidInputError):
     """The body is not an acceptable PNG: one reason, and a sentence for people."""
 
+    reason: RejectReason
+
     def __init__(self, reason: RejectReason, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
+        super().__init__(detail, reason=reason)
         self.detail = detail
 
 

@@ -21,6 +21,7 @@ from defectloop.common.logging import get_logger
 log = get_logger(__name__)
 
 BrokerFactory = Callable[[], KafkaBroker]
+_HINT = "the image is kept: retry the same upload later"
 
 
 class EventPublisher:
@@ -74,12 +75,12 @@ class EventPublisher:
             await asyncio.wait_for(publish_event(self._broker, event), remaining)
         except TimeoutError as exc:
             raise BrokerUnavailableError(
-                f"Kafka did not acknowledge within {self._publish_timeout_s:g} s"
+                f"Kafka did not acknowledge within {self._publish_timeout_s:g} s", hint=_HINT
             ) from exc
         except BrokerUnavailableError:
             raise
         except Exception as exc:  # aiokafka errors once connected: broker gone, not leader...
-            raise BrokerUnavailableError(f"Kafka publish failed: {exc}") from exc
+            raise BrokerUnavailableError(f"Kafka publish failed: {exc}", hint=_HINT) from exc
 
     async def healthy(self) -> bool:
         if self._broker is None or not self.connected:

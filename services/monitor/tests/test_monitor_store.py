@@ -160,7 +160,7 @@ def test_features_and_rejections_per_camera(store: MonitorStore, site: EventFact
 
     blurred = store.captured(site.site_id, camera_id="cam-2", last=2)
 
-    assert [c.sharpness for c in blurred] == [20.0, 20.0]
+    assert [c.quality.sharpness for c in blurred] == [20.0, 20.0]
     assert [c.captured_at for c in blurred] == [site.at(3), site.at(4)]
     assert [(r.camera_id, r.reason) for r in store.rejections(site.site_id)] == [
         ("cam-2", "too_blurry")
@@ -199,7 +199,8 @@ def test_outbox_holds_events_until_published(store: MonitorStore, site: EventFac
         evidence={"p": 0.01},
     )
     store.save_evaluation(
-        tracks={key: ("{}", 100)},
+        tracks={key: "{}"},
+        cursors={"performance/x": 100},
         signals=[signal],
         opened=[degraded],
         closed=[],
@@ -212,5 +213,7 @@ def test_outbox_holds_events_until_published(store: MonitorStore, site: EventFac
     assert store.pending_events() == []
     assert [i.incident_id for i in store.incidents(site.site_id, open_only=True)] == ["inc-1"]
     assert store.latest_signals(site.site_id)[0].signal == signal
-    assert store.tracks(site.site_id) == {key: ("{}", 100)}
+    assert store.tracks(site.site_id) == {key: "{}"}
+    assert store.cursor("performance/x") == 100
+    assert store.cursor("never") == 0
     assert key_from_text(key_text(key)) == key

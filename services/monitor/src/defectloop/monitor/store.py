@@ -44,6 +44,7 @@ from defectloop.common.events import (
     ModelDeployed,
     ModelRole,
     PredictionMade,
+    QualityMetrics,
     ScoredBox,
     model_for_topic,
 )
@@ -167,8 +168,14 @@ class TrackRow(SQLModel, table=True):
     key: str = Field(primary_key=True, description="JSON of the SignalKey")
     site_id: str = Field(index=True)
     state_json: str = _text()
-    cursor: int = Field(default=0, description="Observations seen when this key was last evaluated.")
     updated_at: datetime = Field(default_factory=_now)
+
+
+class CursorRow(SQLModel, table=True):
+    __tablename__ = "monitor_cursor"
+
+    name: str = Field(primary_key=True, description="<detector>/<site>/<model version>")
+    value: int = Field(description="Observations seen when the detector last evaluated.")
 
 
 class IncidentRow(SQLModel, table=True):
@@ -232,6 +239,7 @@ TABLES = [
         DeploymentRow,
         BaselineRow,
         TrackRow,
+        CursorRow,
         IncidentRow,
         SignalRow,
         OutboxRow,
@@ -252,12 +260,7 @@ class CapturedImage:
     captured_at: datetime
     width: int
     height: int
-    sharpness: float
-    brightness: float
-    contrast: float
-    uniform: bool
-    obstructed_fraction: float
-    near_duplicate: bool
+    quality: QualityMetrics
 
 
 @dataclass(frozen=True)
@@ -805,34 +808,44 @@ class MonitorStore:
 
     # -- evaluator state --
 
-    def tracks(self, site_id: str) -> dict[SignalKey, tuple[str, int]]:
-        """Every stored incident track of ``site_id``: key -> (track JSON, cursor)."""
+    def tracks(self, site_id: str) -> dict[SignalKey, str]:
+        """Every stored incident track of ``site_id``: key -> the track's JSON."""
         with Session(self.engine) as s:
             rows = s.exec(select(TrackRow).where(TrackRow.site_id == site_id)).all()
-        return {key_from_text(r.key): (r.state_json, r.cursor) for r in rows}
+        return {key_from_text(r.key): r.state_json for r in rows}
+
+    def cursor(self, name: str) -> int:
+        """How many observations detector ``name`` had seen at its last evaluation (0: never)."""
+        with Session(self.engine) as s:
+            row = s.get(CursorRow, name)
+        return row.value if row is not None else 0
 
     def save_evaluation(
         self,
         *,
-        tracks: dict[SignalKey, tuple[str, int]],
+        tracks: dict[SignalKey, str],
+        cursors: dict[str, int],
         signals: Sequence[Signal],
         opened: Sequence[MetricDegraded],
         closed: Sequence[MetricRecovered],
         outbox: Sequence[Event],
         evaluated_at: datetime,
     ) -> None:
-        """One evaluation's results, atomically: tracks, signals, incidents and the outbox."""
+        """One evaluation's results, atomically: tracks, cursors, signals, incidents, outbox."""
         at = _aware(evaluated_at)
         with Session(self.engine) as s:
-            for key, (state, cursor) in tracks.items():
+            for key, state in tracks.items():
                 text = key_text(key)
                 row = s.get(TrackRow, text)
                 if row is None:
                     row = TrackRow(key=text, site_id=key.site_id)
                 row.state_json = state
-                row.cursor = cursor
                 row.updated_at = at
                 s.add(row)
+            for name, value in cursors.items():
+                cur = s.get(CursorRow, name) or CursorRow(name=name, value=value)
+                cur.value = value
+                s.add(cur)
             for sig in signals:
                 s.add(_signal_row(sig, at))
             for ev in opened:
@@ -989,12 +1002,14 @@ def _captured(r: CapturedRow) -> CapturedImage:
         captured_at=_aware(r.captured_at),
         width=r.width,
         height=r.height,
-        sharpness=r.sharpness,
-        brightness=r.brightness,
-        contrast=r.contrast,
-        uniform=r.uniform,
-        obstructed_fraction=r.obstructed_fraction,
-        near_duplicate=r.near_duplicate,
+        quality=QualityMetrics(
+            sharpness=r.sharpness,
+            brightness=r.brightness,
+            contrast=r.contrast,
+            uniform=r.uniform,
+            obstructed_fraction=r.obstructed_fraction,
+            near_duplicate=r.near_duplicate,
+        ),
     )
 
 

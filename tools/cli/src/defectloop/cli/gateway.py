@@ -1,31 +1,18 @@
 """`defectloop gateway-token` / `gateway-revoke`: per-site tokens for camera gateways.
 
-Tokens live (hashed) in the ingest service's database: by default the local stack's SQLite file
-``<state>/ingest.db``. The token itself is printed once, on stdout alone, so that
-``TOKEN=$(defectloop gateway-token --site A)`` works; nothing else can show it again.
+Tokens are ingest's: the commands go through its public door, :mod:`defectloop.ingest.tokens`
+(by default on the local stack's ingest database). The token itself is printed once, on stdout
+alone, so that ``TOKEN=$(defectloop gateway-token --site A)`` works; nothing can show it again.
 """
 
 from __future__ import annotations
-
-import re
 
 import typer
 from rich.console import Console
 
 err_console = Console(stderr=True, soft_wrap=True)
 
-
-def _database_url(database_url: str | None) -> str:
-    from defectloop.ingest.settings import IngestSettings
-
-    if database_url:
-        return database_url
-    return str(IngestSettings().resolved_database_url())
-
-
-def _check_id(value: str | None, pattern: str, what: str) -> None:
-    if value is not None and (len(value) > 64 or not re.fullmatch(pattern, value)):
-        raise typer.BadParameter(f"invalid {what} id {value!r} (letters, digits, - and _)")
+_DATABASE_HELP = "Ingest database (default: DEFECTLOOP_INGEST_DATABASE_URL or <state>/ingest.db)."
 
 
 def register(app: typer.Typer) -> None:
@@ -37,24 +24,12 @@ def register(app: typer.Typer) -> None:
         camera: str | None = typer.Option(
             None, "--camera", help="Restrict the token to one camera of the site."
         ),
-        database_url: str | None = typer.Option(
-            None,
-            "--database-url",
-            help="Ingest database (default: DEFECTLOOP_INGEST_DATABASE_URL or <state>/ingest.db).",
-        ),
+        database_url: str | None = typer.Option(None, "--database-url", help=_DATABASE_HELP),
     ) -> None:
         """Create a gateway token for a site (optionally one camera) and print it once."""
-        from defectloop.ingest.api import CAMERA_PATTERN, SITE_PATTERN
-        from defectloop.ingest.auth import issue_token
-        from defectloop.ingest.records import open_database
+        from defectloop.ingest import tokens
 
-        _check_id(site, SITE_PATTERN, "site")
-        _check_id(camera, CAMERA_PATTERN, "camera")
-        engine = open_database(_database_url(database_url))
-        try:
-            issued = issue_token(engine, site, camera)
-        finally:
-            engine.dispose()
+        issued = tokens.issue(site, camera, database_url=database_url)
         scope = f"site {site}" + (f", camera {camera}" if camera else ", any camera")
         err_console.print(
             f"gateway token [bold]{issued.token_id}[/bold] for {scope} "
@@ -65,22 +40,10 @@ def register(app: typer.Typer) -> None:
     @app.command("gateway-revoke")
     def gateway_revoke(
         token_id: str = typer.Argument(..., help="The token id (the part after dlg_)."),
-        database_url: str | None = typer.Option(
-            None, "--database-url", help="Ingest database (default: <state>/ingest.db)."
-        ),
+        database_url: str | None = typer.Option(None, "--database-url", help=_DATABASE_HELP),
     ) -> None:
         """Revoke a gateway token: its next upload gets 401."""
-        from defectloop.common.errors import NotFoundError
-        from defectloop.ingest.auth import revoke_token
-        from defectloop.ingest.records import open_database
+        from defectloop.ingest import tokens
 
-        engine = open_database(_database_url(database_url))
-        try:
-            revoked = revoke_token(engine, token_id)
-        finally:
-            engine.dispose()
-        if not revoked:
-            raise NotFoundError(
-                f"no active gateway token {token_id}", hint="the id is the part after dlg_"
-            )
+        tokens.revoke(token_id, database_url=database_url)
         err_console.print(f"gateway token {token_id} revoked")

@@ -154,19 +154,13 @@ def frame(
 def gateway_token(site: str, camera: str) -> str:
     """A gateway token from the ingest service's own token store (local stack only)."""
     try:
-        from defectloop.ingest.auth import issue_token
-        from defectloop.ingest.records import open_database
-        from defectloop.ingest.settings import IngestSettings
+        from defectloop.ingest import tokens
     except ImportError as exc:
         raise ConfigError(
             "cannot issue gateway tokens here (defectloop-ingest is not installed)",
             hint="pass tokens explicitly: --token SITE:CAMERA=TOKEN",
         ) from exc
-    engine = open_database(IngestSettings().resolved_database_url())
-    try:
-        return str(issue_token(engine, site, camera).token)
-    finally:
-        engine.dispose()
+    return tokens.issue(site, camera).token
 
 
 @dataclass(frozen=True)

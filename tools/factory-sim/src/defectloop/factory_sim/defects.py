@@ -133,7 +133,7 @@ def _spot_alpha(
     center = _fixed(np.array([cx - x0, cy - y0]))
     axes = _fixed(np.array([rx, ry]))
     cv2.ellipse(mask, tuple(center), tuple(axes), angle, 0, 360, 255, -1, cv2.LINE_AA, _SHIFT)
-    alpha = cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), sigma)
+    alpha = np.asarray(cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), sigma), np.float32)
     # Blurring lowers the peak of small spots; renormalise so contrast means the same for all.
     peak = float(alpha.max())
     return (alpha / peak if peak > 0 else alpha), x0, y0

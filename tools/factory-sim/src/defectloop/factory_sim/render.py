@@ -115,7 +115,8 @@ def _gain(
     x, y, r2 = _grids(site.height, site.width)
     g = np.float32(gradient)
     ramp = (g * math.cos(angle)) * x + (g * math.sin(angle)) * y
-    return np.float32(mean) * (1 + ramp - np.float32(light.vignetting) * r2)
+    gain = np.float32(mean) * (1 + ramp - np.float32(light.vignetting) * r2)
+    return gain.astype(np.float32, copy=False)
 
 
 def _obstruction(
@@ -150,7 +151,9 @@ def _obstruction(
         4,
     )
     # Out of focus, so its edge is soft.
-    cover = cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), 0.01 * side + 1)
+    cover = np.asarray(
+        cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), 0.01 * side + 1), np.float32
+    )
     return cover, float(rng.uniform(5, 20))
 
 
@@ -213,7 +216,8 @@ def render_scene(
         img += cover * (np.float32(level) - img)
         defects = _occlude(defects, cover)
     if "blur" in active:
-        img = cv2.GaussianBlur(img, (0, 0), (0.5 + 3.5 * active["blur"].severity) * side / 512)
+        sigma_blur = (0.5 + 3.5 * active["blur"].severity) * side / 512
+        img = np.asarray(cv2.GaussianBlur(img, (0, 0), sigma_blur), np.float32)
 
     nrng = _rng(seed, site, index, _NOISE)
     sigma = site.noise_sigma + (14.0 * active["noise"].severity if "noise" in active else 0.0)

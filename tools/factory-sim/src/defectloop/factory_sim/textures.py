@@ -30,7 +30,7 @@ def value_noise(rng: np.random.Generator, size: int, cell: float) -> FloatImage:
     """Smooth random field with features about ``cell`` pixels wide (unit std)."""
     n = max(2, round(size / max(cell, 1.0)) + 2)
     grid = rng.standard_normal((n, n)).astype(np.float32)
-    return _unit(cv2.resize(grid, (size, size), interpolation=cv2.INTER_CUBIC))
+    return _unit(np.asarray(cv2.resize(grid, (size, size), interpolation=cv2.INTER_CUBIC), np.float32))
 
 
 def _brushed(rng: np.random.Generator, size: int, tex: Texture) -> FloatImage:
@@ -44,8 +44,8 @@ def _brushed(rng: np.random.Generator, size: int, tex: Texture) -> FloatImage:
         center = (streaks.shape[1] / 2, streaks.shape[0] / 2)
         rot = cv2.getRotationMatrix2D(center, tex.streak_angle_deg, 1.0)
         streaks = cv2.warpAffine(streaks, rot, streaks.shape[::-1], borderMode=cv2.BORDER_REFLECT)
-    streaks = streaks[pad : pad + size, pad : pad + size]
-    return _unit(_unit(streaks) + 0.5 * value_noise(rng, size, tex.scale * 4))
+    cropped = np.asarray(streaks[pad : pad + size, pad : pad + size], np.float32)
+    return _unit(_unit(cropped) + 0.5 * value_noise(rng, size, tex.scale * 4))
 
 
 def _cast(rng: np.random.Generator, size: int, tex: Texture) -> FloatImage:
@@ -55,13 +55,13 @@ def _cast(rng: np.random.Generator, size: int, tex: Texture) -> FloatImage:
     )
     # Pits are kept small and shallow so they never pass for "spot" defects.
     pits = (rng.random((size, size)) > 0.999).astype(np.float32)
-    pits = cv2.GaussianBlur(pits, (0, 0), 0.8)
+    pits = np.asarray(cv2.GaussianBlur(pits, (0, 0), 0.8), np.float32)
     return _unit(_unit(np.asarray(field)) - 2.0 * pits / pits.max())
 
 
 def _matte(rng: np.random.Generator, size: int, tex: Texture) -> FloatImage:
     fine = cv2.GaussianBlur(rng.standard_normal((size, size)).astype(np.float32), (0, 0), 1.0)
-    return _unit(_unit(fine) + 0.7 * value_noise(rng, size, tex.scale * 10))
+    return _unit(_unit(np.asarray(fine, np.float32)) + 0.7 * value_noise(rng, size, tex.scale * 10))
 
 
 _MAKERS = {"brushed": _brushed, "cast": _cast, "matte": _matte}

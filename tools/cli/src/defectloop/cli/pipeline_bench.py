@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import numpy as np
@@ -119,10 +119,12 @@ def _event(cfg: BenchConfig, images: list[tuple[str, str, int, int]], n: int) ->
 
 async def _raw(cfg: BenchConfig, store: LocalBlobStore, images: list[Any], seconds: float) -> float:
     from defectloop.inference.pipeline import Executors, predict_events, single_model
-    from defectloop.vision.runtime import Detector
+    from defectloop.vision.runtime import Detector, ProviderChoice
 
+    # A bad choice is refused by select_providers with a clear error; the cast only narrows.
+    providers = cast(ProviderChoice, cfg.providers)
     detector = Detector.from_bundle(
-        cfg.bundle, providers=cfg.providers, intra_op_threads=cfg.intra_op_threads
+        cfg.bundle, providers=providers, intra_op_threads=cfg.intra_op_threads
     )
     executors = Executors(decode_workers=cfg.decode_workers)
     models = single_model(detector)

@@ -275,7 +275,7 @@ async def _run(
                 live.update(table())
         finally:
             stop.set()
-            for t in [*cam_tasks, *team_tasks]:
-                t.cancel()
+            for task in [*cam_tasks, *team_tasks]:
+                task.cancel()
             if api is not None:
                 await api.aclose()

@@ -27,6 +27,7 @@ lint: setup
 	.venv/bin/ruff check .
 	.venv/bin/mypy --strict libs/common/src
 	$(PY) -m defectloop.common.schemas --check
+	.venv/bin/lint-imports  # the rooms and their doors: .importlinter, docs/architecture.md
 
 test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)

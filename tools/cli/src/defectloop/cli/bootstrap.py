@@ -12,6 +12,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from defectloop.cli.errors import require_trainer
 from defectloop.common.paths import cache_home
 
 BOOTSTRAP_IMAGES = 500  # the recipe measured in docs/benchmarks.md (quick: map50 0.88 held out)
@@ -21,16 +22,15 @@ BOOTSTRAP_PRESET = "quick"
 
 
 def _recipe_key(site: str) -> str:
-    import defectloop.trainer.config as trainer_config
     from defectloop.factory_sim import SIMULATOR_VERSION
+    from defectloop.trainer import api
 
     digest = hashlib.sha256()
     digest.update(f"{site}|{SIMULATOR_VERSION}|{BOOTSTRAP_IMAGES}|{BOOTSTRAP_DATA_SEED}".encode())
     digest.update(f"|{BOOTSTRAP_TRAIN_SEED}|{BOOTSTRAP_PRESET}".encode())
-    configs = Path(trainer_config.__file__).parent / "configs"
-    for path in sorted(configs.rglob("*.yaml")):
-        digest.update(path.relative_to(configs).as_posix().encode())
-        digest.update(path.read_bytes())
+    for name, content in api.config_files():
+        digest.update(name.encode())
+        digest.update(content)
     return digest.hexdigest()[:16]
 
 
@@ -38,12 +38,14 @@ def bootstrap_bundle(site: str, *, say: Callable[[str], None] = print) -> Path:
     """The cached bootstrap bundle of ``site``; trains it (a few minutes) on first use."""
     from defectloop.factory_sim import generate_dataset
 
+    require_trainer()
+
     root = cache_home() / "bootstrap" / f"{site}-{_recipe_key(site)}"
     bundle = root / "bundle"
     if (bundle / "model.onnx").is_file() and (bundle / "model.json").is_file():
         return bundle
     from defectloop.cli.training import _progress_sink
-    from defectloop.trainer.pipeline import train_and_register
+    from defectloop.trainer import api
 
     data = root / "data"
     if not (data / "annotations.json").is_file():
@@ -53,7 +55,7 @@ def bootstrap_bundle(site: str, *, say: Callable[[str], None] = print) -> Path:
     say(f"bootstrap model for site {site}: training (preset {BOOTSTRAP_PRESET}, once, cached)")
     # model.json is written last: without it, an earlier attempt was interrupted.
     shutil.rmtree(bundle, ignore_errors=True)
-    train_and_register(
+    api.train(
         [data],
         preset=BOOTSTRAP_PRESET,
         seed=BOOTSTRAP_TRAIN_SEED,

@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from defectloop.cli.errors import require_trainer
+
 console = Console()
 
 
@@ -25,9 +27,6 @@ def models_deploy(
     from defectloop.cli import kafka_local
     from defectloop.common.errors import InvalidInputError
     from defectloop.common.events import ModelRole
-    from defectloop.trainer.deploy import deploy_bundle
-    from defectloop.trainer.pipeline import current_author
-    from defectloop.trainer.registry import Registry
 
     try:
         model_role = ModelRole(role)
@@ -35,18 +34,15 @@ def models_deploy(
         raise InvalidInputError(
             f"unknown role {role!r}", hint="one of champion, challenger, shadow"
         ) from exc
-    registry = Registry()
-    try:
-        event = deploy_bundle(
-            bundle,
-            site=site,
-            role=model_role,
-            registry=registry,
-            bootstrap=bootstrap or kafka_local.default_layout().bootstrap,
-            requested_by=current_author(),
-        )
-    finally:
-        registry.dispose()
+    require_trainer()
+    from defectloop.trainer import api
+
+    event = api.deploy(
+        bundle,
+        site=site,
+        role=model_role,
+        bootstrap=bootstrap or kafka_local.default_layout().bootstrap,
+    )
     console.print(
         f"deployed {event.model_name} {event.model_version} as {event.role.value} of site {site} "
         f"(sha256 {event.sha256[:12]}…)"

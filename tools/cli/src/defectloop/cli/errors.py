@@ -9,9 +9,25 @@ from rich.console import Console
 from rich.markup import escape
 from typer._click.exceptions import ClickException  # Typer vendors click since 0.16
 
-from defectloop.common.errors import DefectloopError
+from defectloop.common.errors import ConfigError, DefectloopError
 
 err_console = Console(stderr=True, soft_wrap=True)  # one line, however long
+
+
+def require_trainer() -> None:
+    """Fail with one line and a hint when the optional trainer (and torch) is not installed."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("defectloop.trainer.api") is not None
+    except ImportError:  # the defectloop.trainer package itself is absent
+        found = False
+    if not found:
+        raise ConfigError(
+            "this command needs the trainer, which is not installed",
+            reason="trainer_missing",
+            hint="install it with: pip install 'defectloop-cli[train]'",
+        )
 
 
 def run_cli(app: typer.Typer) -> int:

@@ -29,37 +29,28 @@ def stack_sites(sites: str | None = None) -> list[str]:
 def ensure_models(sites: list[str], bootstrap: str) -> None:
     """A site with no champion gets its bootstrap model (trained once, cached) deployed."""
     from defectloop.cli.bootstrap import bootstrap_bundle
+    from defectloop.cli.errors import require_trainer
     from defectloop.common.events import ModelRole
-    from defectloop.trainer.deploy import deploy_bundle
-    from defectloop.trainer.pipeline import current_author
-    from defectloop.trainer.registry import Registry
 
-    registry = Registry()
-    try:
-        for site in sites:
-            active = [
-                d
-                for d in registry.deployments(site)
-                if d.role == ModelRole.CHAMPION.value and d.status == "active"
-            ]
-            if active:
-                console.print(f"[green]✓[/green] site {site}: model {active[-1].model_version}")
-                continue
-            bundle = bootstrap_bundle(site, say=lambda msg: console.print(f"[dim]· {msg}[/dim]"))
-            event = deploy_bundle(
-                bundle,
-                site=site,
-                role=ModelRole.CHAMPION,
-                registry=registry,
-                bootstrap=bootstrap,
-                requested_by=current_author(),
-                reason="bootstrap model: the site had none",
-            )
-            console.print(
-                f"[green]✓[/green] site {site}: deployed bootstrap model {event.model_version}"
-            )
-    finally:
-        registry.dispose()
+    require_trainer()
+    from defectloop.trainer import api
+
+    for site in sites:
+        active = api.active_champion(site)
+        if active is not None:
+            console.print(f"[green]✓[/green] site {site}: model {active}")
+            continue
+        bundle = bootstrap_bundle(site, say=lambda msg: console.print(f"[dim]· {msg}[/dim]"))
+        event = api.deploy(
+            bundle,
+            site=site,
+            role=ModelRole.CHAMPION,
+            bootstrap=bootstrap,
+            reason="bootstrap model: the site had none",
+        )
+        console.print(
+            f"[green]✓[/green] site {site}: deployed bootstrap model {event.model_version}"
+        )
 
 
 def stack_up(sites: list[str] | None = None) -> None:

@@ -1,7 +1,8 @@
 """`defectloop train` and `defectloop models list|show|reproduce`.
 
-torch and the trainer's heavy modules are imported inside the commands, so the rest of the CLI
-starts instantly.
+The trainer is an optional extra (``defectloop-cli[train]``, it brings torch): its public door,
+``defectloop.trainer.api``, is imported inside the commands, so the rest of the CLI starts
+instantly and works without it.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from defectloop.cli.errors import require_trainer
+
 if TYPE_CHECKING:
-    from defectloop.trainer.train import EpochStats, ProgressSink
+    from defectloop.trainer.api import EpochStats, ProgressSink
 
 console = Console()
 
@@ -32,7 +35,7 @@ def _progress_sink(total_label: str = "training") -> ProgressSink:
         TimeRemainingColumn,
     )
 
-    from defectloop.trainer.train import ProgressSink
+    from defectloop.trainer.api import ProgressSink
 
     class RichSink(ProgressSink):
         def __init__(self) -> None:
@@ -109,11 +112,12 @@ def train_cmd(
     no_track: Annotated[bool, typer.Option("--no-track", help="Skip MLflow logging.")] = False,
 ) -> None:
     """Train a detector reproducibly, export it to ONNX, register it."""
-    from defectloop.trainer.pipeline import train_and_register
+    require_trainer()
+    from defectloop.trainer import api
 
     sink = _progress_sink()
     try:
-        outcome = train_and_register(
+        outcome = api.train(
             dataset,
             preset=preset,
             seed=seed,
@@ -144,9 +148,10 @@ def models_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List registered model versions, newest first."""
-    from defectloop.trainer.registry import Registry
+    require_trainer()
+    from defectloop.trainer import api
 
-    models = Registry().list_models(site=site)
+    models = api.list_models(site)
     if as_json:
         console.print_json(json.dumps([_model_dict(m) for m in models], default=str))
         return
@@ -178,13 +183,13 @@ def models_show(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show one model version: lineage, metrics, bundle."""
-    from defectloop.trainer.registry import Registry
+    require_trainer()
+    from defectloop.trainer import api
 
-    registry = Registry()
-    model = registry.get_model(version)
+    details = api.get_model(version)
+    model, run = details.model, details.run
     data = _model_dict(model)
-    if model.training_run_id is not None:
-        run = registry.get_run(model.training_run_id)
+    if run is not None:
         data["training_run"] = {
             "id": run.id,
             "preset": run.preset,
@@ -228,11 +233,12 @@ def models_reproduce(
     out: Annotated[Path, typer.Option("--out", help="Where to write the reproduced bundle.")],
 ) -> None:
     """Retrain a version from its recorded dataset, config and seed; compare the bytes."""
-    from defectloop.trainer.pipeline import reproduce
+    require_trainer()
+    from defectloop.trainer import api
 
     sink = _progress_sink("reproducing")
     try:
-        report = reproduce(version, out, progress=sink)
+        report = api.reproduce(version, out, progress=sink)
     finally:
         sink.stop()  # type: ignore[attr-defined]
     table = Table(title=f"reproduction of {version}")

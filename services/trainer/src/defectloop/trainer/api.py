@@ -1,0 +1,154 @@
+"""The trainer's public door: what tools (the CLI, the local stack) may call.
+
+Everything else in ``defectloop.trainer`` is the trainer's own business and may change; the import
+contract (``.importlinter``) lets tools import this module only. Each function opens the model
+registry (``DEFECTLOOP_TRAINER_DB_URL`` or ``<state>/trainer.db``) and closes it again. torch is
+loaded only when a function trains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from defectloop.common.events import ModelDeployed, ModelRole
+from defectloop.trainer.config import available_presets
+from defectloop.trainer.pipeline import ReproduceReport, TrainOutcome, current_author
+from defectloop.trainer.registry import ModelVersion, Registry, TrainingRun
+from defectloop.trainer.train import EpochStats, ProgressSink
+
+__all__ = [
+    "EpochStats",
+    "ModelDetails",
+    "ModelVersion",
+    "ProgressSink",
+    "ReproduceReport",
+    "TrainOutcome",
+    "TrainingRun",
+    "active_champion",
+    "available_presets",
+    "config_files",
+    "current_author",
+    "deploy",
+    "get_model",
+    "list_models",
+    "reproduce",
+    "train",
+]
+
+
+@dataclass(frozen=True)
+class ModelDetails:
+    model: ModelVersion
+    run: TrainingRun | None
+
+
+@contextmanager
+def _registry() -> Iterator[Registry]:
+    registry = Registry()
+    try:
+        yield registry
+    finally:
+        registry.dispose()
+
+
+def train(
+    dataset_dirs: Sequence[Path],
+    *,
+    preset: str,
+    seed: int,
+    out_dir: Path,
+    site: str | None = None,
+    parent_bundle: Path | None = None,
+    overrides: Path | dict[str, Any] | None = None,
+    progress: ProgressSink | None = None,
+    track: bool = True,
+) -> TrainOutcome:
+    """Train reproducibly, export to ONNX, write the bundle to ``out_dir`` and register it."""
+    from defectloop.trainer.pipeline import train_and_register
+
+    with _registry() as registry:
+        return train_and_register(
+            dataset_dirs,
+            preset=preset,
+            seed=seed,
+            out_dir=out_dir,
+            site=site,
+            parent_bundle=parent_bundle,
+            overrides=overrides,
+            registry=registry,
+            progress=progress,
+            track=track,
+        )
+
+
+def reproduce(
+    version: str, out_dir: Path, *, progress: ProgressSink | None = None
+) -> ReproduceReport:
+    """Retrain a registered version from its recorded dataset, config, seed and parent."""
+    from defectloop.trainer.pipeline import reproduce as reproduce_version
+
+    with _registry() as registry:
+        return reproduce_version(version, out_dir, registry=registry, progress=progress)
+
+
+def list_models(site: str | None = None) -> list[ModelVersion]:
+    """Registered model versions (of ``site``), newest first."""
+    with _registry() as registry:
+        return registry.list_models(site=site)
+
+
+def get_model(version: str) -> ModelDetails:
+    """One model version and the training run that made it (``NotFoundError`` if unknown)."""
+    with _registry() as registry:
+        model = registry.get_model(version)
+        run = None if model.training_run_id is None else registry.get_run(model.training_run_id)
+    return ModelDetails(model=model, run=run)
+
+
+def deploy(
+    bundle_dir: Path,
+    *,
+    site: str,
+    role: ModelRole,
+    bootstrap: str,
+    reason: str = "manual deploy",
+) -> ModelDeployed:
+    """Register the bundle (verified by sha256), record the deployment, publish ``model.deployed``."""
+    from defectloop.trainer.deploy import deploy_bundle
+
+    with _registry() as registry:
+        return deploy_bundle(
+            bundle_dir,
+            site=site,
+            role=role,
+            registry=registry,
+            bootstrap=bootstrap,
+            requested_by=current_author(),
+            reason=reason,
+        )
+
+
+def active_champion(site: str) -> str | None:
+    """The model version serving ``site`` as its active champion, if any."""
+    with _registry() as registry:
+        active = [
+            d.model_version
+            for d in registry.deployments(site)
+            if d.role == ModelRole.CHAMPION.value and d.status == "active"
+        ]
+    return active[-1] if active else None
+
+
+def config_files() -> list[tuple[str, bytes]]:
+    """The trainer's config files as ``(relative path, bytes)``, sorted: what decides a recipe."""
+    import defectloop.trainer.config as trainer_config
+
+    configs = Path(trainer_config.__file__).parent / "configs"
+    return [
+        (path.relative_to(configs).as_posix(), path.read_bytes())
+        for path in sorted(configs.rglob("*.yaml"))
+    ]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
@@ -15,17 +14,9 @@ from faststream.kafka import KafkaBroker
 from defectloop.common import topics
 from defectloop.common.blobstore import LocalBlobStore
 from defectloop.common.events import Event
-from defectloop.common.kafka import build_broker, publish_event
+from defectloop.common.kafka import publish_event
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def producer(kafka_bootstrap: str) -> AsyncIterator[KafkaBroker]:
-    broker = build_broker(kafka_bootstrap, client_id="inference-delivery-producer")
-    await broker.start()
-    yield broker
-    await broker.stop()
 
 
 async def _publish(broker: KafkaBroker, *events: Event) -> None:

@@ -10,7 +10,8 @@ import pytest
 
 from defectloop.common.errors import IntegrityMismatchError
 from defectloop.common.events import ModelRole
-from defectloop.inference.routing import ModelRouter, bundle_dir, load_deployed
+from defectloop.inference.bundles import bundle_dir, load_deployed
+from defectloop.inference.router import ModelRouter
 
 pytestmark = pytest.mark.unit
 

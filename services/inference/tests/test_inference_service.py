@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -11,19 +10,11 @@ from faststream.kafka import KafkaBroker
 
 from defectloop.common import topics
 from defectloop.common.events import Event, ModelRole
-from defectloop.common.kafka import build_broker, publish_event
+from defectloop.common.kafka import publish_event
 
 pytestmark = pytest.mark.integration
 
 CHAMPION = ModelRole.CHAMPION
-
-
-@pytest.fixture
-async def producer(kafka_bootstrap: str) -> AsyncIterator[KafkaBroker]:
-    broker = build_broker(kafka_bootstrap, client_id="inference-test-producer")
-    await broker.start()
-    yield broker
-    await broker.stop()
 
 
 async def _publish(broker: KafkaBroker, *events: Event) -> None:

@@ -19,7 +19,7 @@ import asyncio
 import base64
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from aiokafka import ConsumerRecord
@@ -27,11 +27,12 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from opentelemetry.sdk.trace import TracerProvider
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from defectloop.common.errors import PermanentError, TransientError
 from defectloop.common.events import DeadLetter, Event, model_for_topic
 from defectloop.common.logging import get_logger
+from defectloop.common.retry import call_with_backoff
 from defectloop.common.topics import dlq_topic
 
 EventT = TypeVar("EventT", bound=Event)
@@ -67,14 +68,39 @@ def build_broker(
     )
 
 
+def event_headers(event: Event) -> dict[str, str]:
+    """The headers every event carries (trace context is added by the telemetry middleware)."""
+    return {"content-type": "application/json", "event-type": event.topic}
+
+
 async def publish_event(broker: KafkaBroker, event: Event, *, topic: str | None = None) -> None:
     """Publish ``event`` on its topic, keyed for per-site/per-camera order; waits for the ack."""
     await broker.publish(
         event.model_dump_json().encode(),
         topic=topic or event.topic,
         key=event.key(),
-        headers={"content-type": "application/json", "event-type": event.topic},
+        headers=event_headers(event),
     )
+
+
+async def publish_events(broker: KafkaBroker, events: Sequence[Event]) -> None:
+    """Publish every event on its topic and wait for all acknowledgements.
+
+    Sends are enqueued one after the other (``no_confirm``: each await only hands the record to
+    the producer, which keeps per-partition order), then the acknowledgements are awaited
+    together: one broker round trip for the lot, not one per event.
+    """
+    pending = [
+        await broker.publish(
+            event.model_dump_json().encode(),
+            topic=event.topic,
+            key=event.key(),
+            headers=event_headers(event),
+            no_confirm=True,
+        )
+        for event in events
+    ]
+    await asyncio.gather(*pending)
 
 
 class DeadLetterPublisher:
@@ -154,27 +180,6 @@ def _site_from_key(key: bytes | None) -> str | None:
     return key.decode("utf-8", "replace").split("/", 1)[0] or None
 
 
-async def _call_with_retries(
-    handler: Callable[[Any], Awaitable[None]],
-    event: BaseModel,
-    *,
-    attempts: int,
-    base_delay_s: float,
-) -> None:
-    for attempt in range(1, attempts + 1):
-        try:
-            await handler(event)
-            return
-        except TransientError as exc:
-            if attempt == attempts:
-                raise
-            delay = base_delay_s * 2 ** (attempt - 1)
-            log.warning(
-                "handler_transient_error", attempt=attempt, retry_in_s=delay, error=str(exc)
-            )
-            await asyncio.sleep(delay)
-
-
 def event_subscriber(
     broker: KafkaBroker,
     topic: str,
@@ -202,11 +207,13 @@ def event_subscriber(
                 await dead_letters.send(record, reason="schema_violation", error=str(exc))
                 return
             try:
-                await _call_with_retries(
-                    handler,
-                    event,
+                await call_with_backoff(
+                    lambda: handler(event),
                     attempts=transient_attempts,
                     base_delay_s=transient_base_delay_s,
+                    log_event="handler_transient_error",
+                    topic=topic,
+                    offset=record.offset,
                 )
             except TransientError:
                 raise  # not committed: the message is re-read, never dropped

@@ -1,4 +1,4 @@
-"""Create the stack's topics (idempotent) with the admin client."""
+"""The admin client: create the stack's topics (idempotent), list a topic's partitions."""
 
 from __future__ import annotations
 
@@ -31,3 +31,23 @@ async def ensure_topics(bootstrap: str, specs: list[TopicSpec]) -> list[str]:
         ) from exc
     finally:
         await admin.close()
+
+
+async def partitions_of(bootstrap: str, topics: list[str]) -> dict[str, list[int]]:
+    """The partition numbers of each of ``topics`` that exists (a missing topic is left out)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
+    try:
+        await admin.start()
+        described = await admin.describe_topics(topics)
+    except KafkaError as exc:
+        raise BrokerUnavailableError(
+            f"cannot describe topics on {bootstrap}: {exc}",
+            hint="is Kafka running? `defectloop kafka status`",
+        ) from exc
+    finally:
+        await admin.close()
+    return {
+        entry["topic"]: sorted(int(p["partition"]) for p in entry.get("partitions", []))
+        for entry in described
+        if not entry.get("error_code") and entry.get("partitions")
+    }

@@ -40,6 +40,7 @@ from defectloop.common.errors import DefectloopError, TransientError
 from defectloop.common.events import Event, model_for_topic
 from defectloop.common.kafka import DeadLetterPublisher, tolerant_record
 from defectloop.common.logging import get_logger
+from defectloop.common.retry import call_with_backoff
 
 EventT = TypeVar("EventT", bound=Event)
 
@@ -94,22 +95,13 @@ async def _with_retries(
     attempts: int,
     base_delay_s: float,
 ) -> Sequence[Rejection]:
-    for attempt in range(1, attempts + 1):
-        try:
-            return await handler(items)
-        except TransientError as exc:
-            if attempt == attempts:
-                raise
-            delay = base_delay_s * 2 ** (attempt - 1)
-            log.warning(
-                "batch_transient_error",
-                attempt=attempt,
-                retry_in_s=delay,
-                size=len(items),
-                error=str(exc),
-            )
-            await asyncio.sleep(delay)
-    return ()  # pragma: no cover  (the loop returns or raises)
+    return await call_with_backoff(
+        lambda: handler(items),
+        attempts=attempts,
+        base_delay_s=base_delay_s,
+        log_event="batch_transient_error",
+        size=len(items),
+    )
 
 
 async def _narrow_down(

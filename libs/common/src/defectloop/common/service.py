@@ -15,6 +15,7 @@ from faststream.kafka import KafkaBroker
 
 from defectloop.common.http_errors import DEFAULT_RETRY_AFTER_S, install_error_handlers
 from defectloop.common.kafka import build_broker
+from defectloop.common.kafka_connection import BackgroundConnection
 from defectloop.common.logging import configure_logging, get_logger
 from defectloop.common.settings import ServiceSettings
 from defectloop.common.tracing import build_tracer_provider
@@ -46,31 +47,49 @@ def build_service_app(
     on_shutdown: list[Hook] | None = None,
     after_stop: list[Hook] | None = None,
     retry_after_s: int = DEFAULT_RETRY_AFTER_S,
+    start_without_broker: bool = False,
     **fastapi_kwargs: Any,
 ) -> FastAPI:
     """A FastAPI app whose lifespan starts/stops the broker and which serves ``GET /health``.
 
-    Hooks, in order: ``before_start`` (before subscribers consume: load what handlers need),
-    broker start, ``on_startup``; at shutdown ``on_shutdown``, the broker's graceful stop (in-flight
-    messages finish and commit), then ``after_stop`` (release what those handlers used).
+    Hooks, in order: broker connect (the producer: hooks may publish, e.g. dead letters),
+    ``before_start`` (before subscribers consume: load what handlers need), broker start (the
+    subscribers), ``on_startup``; at shutdown ``on_shutdown``, the broker's graceful stop
+    (in-flight messages finish and commit), then ``after_stop`` (release what those handlers
+    used).
+
+    ``start_without_broker=True`` (ingest: it must answer while Kafka is down): the app serves at
+    once; connecting is retried in the background with jittered backoff until Kafka answers, and
+    only then run ``before_start``, the broker start and ``on_startup``. Until connected,
+    ``/health`` answers 503 ``degraded``. ``app.state.connection`` is the
+    :class:`~defectloop.common.kafka_connection.BackgroundConnection`: publish through its
+    ``publish(event, timeout_s=...)``, which waits for the connection at most ``timeout_s`` and
+    raises ``BrokerUnavailableError`` (answered 503 ``broker_unavailable`` with ``Retry-After``),
+    and ``wait_connected(timeout)`` for tests. Without the option, a broker that cannot be
+    reached fails the start-up.
 
     Every error is answered with the one JSON body of :mod:`defectloop.common.http_errors`
     (``retry_after_s`` goes into the ``Retry-After`` header of a 503 for a transient error).
     """
     service = settings.service_name
     kafka = broker if broker is not None else broker_from_settings(settings)
+    connection = BackgroundConnection(kafka) if start_without_broker else None
+    starting: list[Hook] = [*(before_start or []), kafka.start, *(on_startup or [])]
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        for hook in before_start or []:
-            await hook()
-        await kafka.start()
-        for hook in on_startup or []:
-            await hook()
+        if connection is not None:
+            connection.start(then=starting)
+        else:
+            await kafka.connect()
+            for hook in starting:
+                await hook()
         log.info("service_started", service=service, port=settings.port)
         try:
             yield
         finally:
+            if connection is not None:
+                await connection.stop()
             for hook in on_shutdown or []:
                 await hook()
             try:
@@ -82,12 +101,16 @@ def build_service_app(
 
     app = FastAPI(title=f"defectloop {service}", lifespan=lifespan, **fastapi_kwargs)
     app.state.broker = kafka
+    app.state.connection = connection
     app.state.settings = settings
     install_error_handlers(app, retry_after_s=retry_after_s)
 
     @app.get("/health", tags=["ops"])
     async def health() -> JSONResponse:
-        kafka_ok = await kafka.ping(timeout=2.0)
+        if connection is not None:
+            kafka_ok = await connection.healthy()
+        else:
+            kafka_ok = await kafka.ping(timeout=2.0)
         body = {"service": service, "status": "ok" if kafka_ok else "degraded", "kafka": kafka_ok}
         return JSONResponse(body, status_code=200 if kafka_ok else 503)
 

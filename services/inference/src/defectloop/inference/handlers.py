@@ -18,11 +18,12 @@ from faststream.kafka import KafkaBroker
 
 from defectloop.common import topics
 from defectloop.common.blobstore import BlobStore
-from defectloop.common.events import ImageCaptured, PredictionMade
+from defectloop.common.events import ImageCaptured
+from defectloop.common.kafka import publish_events
 from defectloop.common.kafka_batch import BatchItem, Rejection, batch_event_subscriber
 from defectloop.common.logging import get_logger
 from defectloop.inference.pipeline import Executors, predict_events
-from defectloop.inference.routing import ModelRouter
+from defectloop.inference.router import ModelRouter
 from defectloop.inference.settings import InferenceSettings
 
 log = get_logger(__name__)
@@ -89,27 +90,6 @@ class AssignmentTracker(ConsumerRebalanceListener):  # type: ignore[misc]
         return sorted(f"{tp.topic}-{tp.partition}" for tp in self.partitions)
 
 
-async def publish_predictions(broker: KafkaBroker, predictions: Sequence[PredictionMade]) -> None:
-    """Publish every prediction, keyed by site/camera, and wait for all acknowledgements.
-
-    Sends are enqueued one after the other (``no_confirm``: each await only hands the record to
-    the producer, which keeps per-partition order), then all acknowledgements are awaited
-    together: one broker round trip per batch, not per image.
-    """
-    futures = []
-    for prediction in predictions:
-        futures.append(
-            await broker.publish(
-                prediction.model_dump_json().encode(),
-                topic=topics.PREDICTION_MADE,
-                key=prediction.key(),
-                headers={"content-type": "application/json", "event-type": prediction.topic},
-                no_confirm=True,
-            )
-        )
-    await asyncio.gather(*futures)
-
-
 def register_handlers(
     broker: KafkaBroker,
     settings: InferenceSettings,
@@ -141,7 +121,7 @@ def register_handlers(
             max_pixels=settings.max_image_pixels,
             max_bytes=settings.max_blob_bytes,
         )
-        await publish_predictions(broker, result.predictions)
+        await publish_events(broker, result.predictions)
         stats.record(len(items), len(result.predictions), len(result.failures))
         log.debug(
             "batch_predicted",

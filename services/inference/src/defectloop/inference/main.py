@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
@@ -9,10 +11,12 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from defectloop.common.blobstore import BlobStore, open_blob_store
+from defectloop.common.kafka import DeadLetterPublisher
 from defectloop.common.service import broker_from_settings, build_service_app, serve
+from defectloop.inference.bundles import load_deployed
 from defectloop.inference.handlers import AssignmentTracker, Stats, register_handlers
 from defectloop.inference.pipeline import Executors
-from defectloop.inference.routing import DeploymentFollower, ModelRouter, load_deployed
+from defectloop.inference.router import ModelRouter, deployments_follower
 from defectloop.inference.settings import InferenceSettings
 
 
@@ -33,9 +37,13 @@ def build_app(settings: InferenceSettings, *, store: BlobStore | None = None) ->
         ),
         loaders,
     )
-    follower = DeploymentFollower(
-        settings.kafka_bootstrap, router, client_id=f"{settings.service_name}-{settings.group_id}"
+    follower = deployments_follower(
+        settings.kafka_bootstrap,
+        router,
+        dead_letters=DeadLetterPublisher(broker, settings.service_name),
+        client_id=f"{settings.service_name}-{settings.group_id}",
     )
+    readiness: list[asyncio.Task[None]] = []
     stats = Stats()
     assignment = AssignmentTracker()
     register_handlers(
@@ -48,7 +56,17 @@ def build_app(settings: InferenceSettings, *, store: BlobStore | None = None) ->
         assignment=assignment,
     )
 
+    async def follow_deployments() -> None:
+        await follower.start()  # the deployments table as it is now, applied
+        # Ready once the models it named are loaded; the app serves /health meanwhile and the
+        # image handler waits for it.
+        readiness.append(asyncio.get_running_loop().create_task(router.become_ready()))
+
     async def stop_following() -> None:
+        for task in readiness:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await follower.stop()
 
     async def release_workers() -> None:
@@ -60,7 +78,7 @@ def build_app(settings: InferenceSettings, *, store: BlobStore | None = None) ->
     app = build_service_app(
         settings,
         broker=broker,
-        before_start=[follower.start],
+        before_start=[follow_deployments],
         on_shutdown=[stop_following],
         after_stop=[release_workers],
         description="Consumes image.captured, publishes prediction.made (see docs/inference.md).",

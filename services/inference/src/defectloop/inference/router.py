@@ -1,45 +1,33 @@
-"""Which model serves which site and role: the table built from the compacted ``model.deployed``.
+"""Which model serves which site and role: the table built from ``model.deployed``.
 
-- :class:`DeploymentFollower` reads ``model.deployed`` from the beginning at boot with a plain
-  aiokafka consumer (no group: every inference process needs the whole table), then keeps
-  following it. The router is *ready* once the backlog up to the end offsets seen at start has been
-  applied and the models it named have finished loading (or were rejected).
-- :class:`ModelRouter` keeps the latest ``ModelDeployed`` per (site, role), verifies and loads
-  bundles in background threads, and publishes a new immutable table when a load finishes: a batch
-  takes one :meth:`ModelRouter.snapshot` and is predicted entirely by it, so a switch happens
-  between batches, never inside one. A bundle that fails verification (``integrity_mismatch``) or
-  cannot be loaded is refused (``model_rejected``) and the previous model keeps serving.
+:class:`ModelRouter` keeps the latest ``ModelDeployed`` per (site, role), verifies and loads
+bundles in background threads, and publishes a new immutable table when a load finishes: a batch
+takes one :meth:`ModelRouter.snapshot` and is predicted entirely by it, so a switch happens
+between batches, never inside one. A bundle that fails verification (``integrity_mismatch``) or
+cannot be loaded is refused (``model_rejected``) and the previous model keeps serving.
+
+The deployments come from :func:`deployments_follower` (the compacted ``model.deployed`` read to
+its end, then followed); the router is *ready* once that backlog was applied and the models it
+named have finished loading (or were rejected).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
-
-import onnxruntime as ort
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-from pydantic import ValidationError
 
 from defectloop.common import topics
-from defectloop.common.errors import (
-    ConfigError,
-    DefectloopError,
-    IntegrityMismatchError,
-    InvalidInputError,
-)
+from defectloop.common.errors import DefectloopError
 from defectloop.common.events import ModelDeployed, ModelRole, utc_now
+from defectloop.common.kafka import DeadLetterPublisher
+from defectloop.common.kafka_table import CompactedTableFollower
 from defectloop.common.logging import get_logger
 from defectloop.inference.pipeline import ServedModel
-from defectloop.vision.manifest import load_verified
-from defectloop.vision.runtime import Detector, ProviderChoice, select_providers, session_options
+from defectloop.vision.runtime import Detector
 
 log = get_logger(__name__)
 
@@ -47,53 +35,6 @@ Key = tuple[str, ModelRole]
 Loader = Callable[[ModelDeployed], Detector]
 
 _ROLE_ORDER = {ModelRole.CHAMPION: 0, ModelRole.CHALLENGER: 1, ModelRole.SHADOW: 2}
-
-
-def bundle_dir(artifact_uri: str) -> Path:
-    """The local bundle directory of an ``artifact_uri`` (a path or a ``file://`` URI)."""
-    parsed = urlparse(artifact_uri)
-    if parsed.scheme == "file":
-        return Path(unquote(parsed.path))
-    if parsed.scheme == "" or (len(parsed.scheme) == 1 and os.name == "nt"):
-        return Path(artifact_uri)
-    raise InvalidInputError(
-        f"unsupported artifact URI {artifact_uri!r}",
-        reason="unsupported_artifact_uri",
-        hint="deploy bundles as a local directory path or a file:// URI",
-    )
-
-
-def load_deployed(
-    event: ModelDeployed,
-    *,
-    providers: ProviderChoice = "auto",
-    intra_op_threads: int | None = None,
-    inter_op_threads: int = 1,
-) -> Detector:
-    """Verify the deployed bundle (event sha256 = manifest sha256 = file sha256) and load it.
-
-    The ONNX session is built from the bytes that were verified, never re-read from disk.
-    """
-    manifest, model_bytes = load_verified(bundle_dir(event.artifact_uri))
-    if manifest.sha256 != event.sha256:
-        raise IntegrityMismatchError(
-            f"model.deployed says sha256 {event.sha256[:12]}…, the bundle at "
-            f"{event.artifact_uri} is {manifest.sha256[:12]}…",
-            hint="the bundle was replaced or tampered with after registration",
-        )
-    try:
-        session = ort.InferenceSession(
-            model_bytes,
-            sess_options=session_options(intra_op_threads, inter_op_threads),
-            providers=select_providers(providers),
-        )
-    except DefectloopError:
-        raise
-    except Exception as exc:  # onnxruntime raises its own (pybind) exception types
-        raise InvalidInputError(
-            f"onnxruntime cannot load {event.artifact_uri}: {exc}", reason="bundle_invalid"
-        ) from exc
-    return Detector(manifest, session)
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,6 +272,12 @@ class ModelRouter:
         )
         await self._notify()
 
+    async def become_ready(self) -> None:
+        """Mark the router ready once the loads in progress (the backlog's) have finished."""
+        await self.wait_idle()
+        self.ready.set()
+        log.info("model_router_ready", serving=len(self._table.models))
+
     async def aclose(self) -> None:
         for task in list(self._tasks):
             task.cancel()
@@ -339,7 +286,8 @@ class ModelRouter:
                 await task
 
 
-def _parse_key(key: bytes | None) -> Key | None:
+def parse_key(key: bytes | None) -> Key | None:
+    """The (site, role) of a ``model.deployed`` key ``site/role``; None if it is not one."""
     if not key:
         return None
     site, _, role = key.decode("utf-8", "replace").partition("/")
@@ -349,124 +297,27 @@ def _parse_key(key: bytes | None) -> Key | None:
         return None
 
 
-async def _partitions_of(bootstrap: str, topic: str) -> list[int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        described = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    for entry in described:
-        if entry.get("topic") == topic and not entry.get("error_code"):
-            return sorted(int(p["partition"]) for p in entry.get("partitions", []))
-    return []
+def deployments_follower(
+    bootstrap: str,
+    router: ModelRouter,
+    *,
+    dead_letters: DeadLetterPublisher,
+    client_id: str,
+) -> CompactedTableFollower[ModelDeployed]:
+    """The ``model.deployed`` table feeding ``router``; an invalid deployment is dead-lettered."""
 
-
-class DeploymentFollower:
-    """Reads ``model.deployed`` from the beginning, then follows it, feeding a router."""
-
-    def __init__(
-        self,
-        bootstrap: str,
-        router: ModelRouter,
-        *,
-        client_id: str,
-        topic: str = topics.MODEL_DEPLOYED,
-    ) -> None:
-        self._bootstrap = bootstrap
-        self._router = router
-        self._client_id = client_id
-        self._topic = topic
-        self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
-        self.backlog_read = asyncio.Event()
-        self.applied = 0
-
-    async def start(self) -> None:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap,
-            client_id=f"{self._client_id}-deployments",
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-        )
-        await consumer.start()
-        try:
-            partitions = await _partitions_of(self._bootstrap, self._topic)
-            if not partitions:
-                raise ConfigError(
-                    f"topic {self._topic} does not exist",
-                    hint="create the stack's topics first (defectloop kafka start)",
-                )
-            tps = [TopicPartition(self._topic, p) for p in sorted(partitions)]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            end = await consumer.end_offsets(tps)
-        except BaseException:
-            await consumer.stop()
-            raise
-        self._consumer = consumer
-        log.info("model_backlog_reading", topic=self._topic, end_offsets=sum(end.values()))
-        self._task = asyncio.get_running_loop().create_task(self._run(consumer, end))
-
-    async def _caught_up(self, consumer: AIOKafkaConsumer, end: dict[TopicPartition, int]) -> bool:
-        for tp, offset in end.items():
-            if await consumer.position(tp) < offset:
-                return False
-        return True
-
-    async def _become_ready(self) -> None:
-        self.backlog_read.set()
-        await self._router.wait_idle()
-        self._router.ready.set()
-        log.info("model_router_ready", deployments=self.applied, **self._router_summary())
-
-    def _router_summary(self) -> dict[str, int]:
-        return {"serving": len(self._router.snapshot().models)}
-
-    def _apply(self, record: ConsumerRecord[Any, Any]) -> None:
-        if record.value is None:  # a tombstone retires the key
-            key = _parse_key(record.key)
-            if key is not None:
-                self._router.retire(key[0], key[1], reason="tombstone")
+    def retire(key: bytes | None) -> None:  # a tombstone retires the key
+        parsed = parse_key(key)
+        if parsed is None:
+            log.warning("model_tombstone_ignored", key=repr(key), reason="invalid_key")
             return
-        try:
-            event = ModelDeployed.model_validate_json(record.value)
-        except ValidationError as exc:
-            log.error(
-                "model_event_invalid",
-                partition=record.partition,
-                offset=record.offset,
-                error=str(exc)[:500],
-            )
-            return
-        self.applied += 1
-        self._router.apply(event)
+        router.retire(parsed[0], parsed[1], reason="tombstone")
 
-    async def _run(self, consumer: AIOKafkaConsumer, end: dict[TopicPartition, int]) -> None:
-        ready_task: asyncio.Task[None] | None = None
-        while True:
-            try:
-                if ready_task is None and await self._caught_up(consumer, end):
-                    ready_task = asyncio.get_running_loop().create_task(self._become_ready())
-                batches = await consumer.getmany(timeout_ms=500)
-                for records in batches.values():
-                    for record in records:
-                        self._apply(record)
-            except asyncio.CancelledError:
-                if ready_task is not None:
-                    ready_task.cancel()
-                raise
-            except Exception as exc:  # keep following: aiokafka reconnects by itself
-                log.error("model_follow_failed", error=str(exc)[:500])
-                await asyncio.sleep(1.0)
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
+    return CompactedTableFollower(
+        bootstrap,
+        topics.MODEL_DEPLOYED,
+        on_event=router.apply,
+        on_tombstone=retire,
+        dead_letters=dead_letters,
+        client_id=f"{client_id}-deployments",
+    )

@@ -55,7 +55,7 @@ async def _run(records: list[ConsumerRecord[Any, Any]], handler: Any, letters: L
     )
 
 
-async def test_inference_batch_dead_letters_a_schema_violation_and_handles_the_rest() -> None:
+async def test_batch_dead_letters_a_schema_violation_and_handles_the_rest() -> None:
     seen: list[int] = []
 
     async def handler(items: Sequence[BatchItem[Any]]) -> list[Rejection]:
@@ -68,7 +68,7 @@ async def test_inference_batch_dead_letters_a_schema_violation_and_handles_the_r
     assert letters.sent == [(1, "schema_violation")]
 
 
-async def test_inference_batch_dead_letters_the_rejections_the_handler_returns() -> None:
+async def test_batch_dead_letters_the_rejections_the_handler_returns() -> None:
     async def handler(items: Sequence[BatchItem[Any]]) -> list[Rejection]:
         return [Rejection(items[1].record, "missing_blob", "gone")]
 
@@ -77,7 +77,7 @@ async def test_inference_batch_dead_letters_the_rejections_the_handler_returns()
     assert letters.sent == [(1, "missing_blob")]
 
 
-async def test_inference_batch_narrows_an_unexpected_failure_down_to_the_failing_item() -> None:
+async def test_batch_narrows_an_unexpected_failure_down_to_the_failing_item() -> None:
     async def handler(items: Sequence[BatchItem[Any]]) -> list[Rejection]:
         if any(i.record.offset == 1 for i in items):
             raise RuntimeError("boom")
@@ -88,7 +88,7 @@ async def test_inference_batch_narrows_an_unexpected_failure_down_to_the_failing
     assert letters.sent == [(1, "unhandled_error")]
 
 
-async def test_inference_batch_dead_letters_a_permanent_error_of_a_single_item_with_its_reason() -> (
+async def test_batch_dead_letters_a_permanent_error_of_a_single_item_with_its_reason() -> (
     None
 ):
     async def handler(items: Sequence[BatchItem[Any]]) -> list[Rejection]:
@@ -99,7 +99,7 @@ async def test_inference_batch_dead_letters_a_permanent_error_of_a_single_item_w
     assert letters.sent == [(5, "undecodable")]
 
 
-async def test_inference_batch_raises_a_persistent_transient_error_so_nothing_is_committed() -> (
+async def test_batch_raises_a_persistent_transient_error_so_nothing_is_committed() -> (
     None
 ):
     calls = 0

@@ -46,8 +46,9 @@ def augment(
         if dx or dy:
             matrix = np.array([[1, 0, dx], [0, 1, dy]], dtype=np.float32)
             # Replicating the border (not reflecting) never mirrors a defect into an unlabeled copy.
-            img = cv2.warpAffine(img, matrix, (w, h), flags=cv2.INTER_NEAREST,
-                                 borderMode=cv2.BORDER_REPLICATE)
+            shifted = cv2.warpAffine(img, matrix, (w, h), flags=cv2.INTER_NEAREST,
+                                     borderMode=cv2.BORDER_REPLICATE)
+            img = np.asarray(shifted, np.float32)
             boxes, labels = _shift_boxes(boxes, labels, dx, dy, w, h)
 
     # Draw every random number even when a branch is off, so toggling one augmentation does not
@@ -61,7 +62,7 @@ def augment(
     mean = float(img.mean())
     img = (img - mean) * contrast + mean + brightness
     if do_blur and cfg.blur_max_sigma > 0:
-        img = cv2.GaussianBlur(img, (0, 0), sigmaX=sigma)
+        img = np.asarray(cv2.GaussianBlur(img, (0, 0), sigmaX=sigma), np.float32)
     if do_noise and noise_std > 0:
         noise = np.random.default_rng(noise_seed).standard_normal(img.shape, dtype=np.float32)
         img = img + noise * np.float32(noise_std)

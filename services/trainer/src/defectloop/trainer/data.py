@@ -219,7 +219,7 @@ def make_targets(
     ys_grid = np.arange(gh, dtype=np.float32)[:, None]
     xs_grid = np.arange(gw, dtype=np.float32)[None, :]
     # Large boxes first, so that a small box sharing a cell keeps its own size/offset target.
-    order = np.argsort(-(boxes[:, 2] * boxes[:, 3]), kind="stable") if len(boxes) else []
+    order: npt.NDArray[np.intp] | list[int] = np.argsort(-(boxes[:, 2] * boxes[:, 3]), kind="stable") if len(boxes) else []
     for k in order:
         x, y, w, h = (float(v) for v in boxes[k])
         if w <= 0 or h <= 0:

@@ -45,7 +45,7 @@ def export_onnx(net: object, input_size: tuple[int, int]) -> bytes:
         torch.onnx.export(
             wrapper,
             (dummy,),
-            buffer,
+            buffer,  # type: ignore[arg-type]  # the legacy exporter writes to file objects too
             input_names=[INPUT_NAME],
             output_names=list(OUTPUT_NAMES),
             dynamic_axes={name: {0: DYNAMIC_AXIS} for name in (INPUT_NAME, *OUTPUT_NAMES)},

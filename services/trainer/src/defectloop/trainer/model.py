@@ -33,6 +33,13 @@ def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     )
 
 
+
+def _bias(conv: nn.Conv2d) -> Tensor:
+    # The heads are built with bias=True; torch types the attribute as optional.
+    if conv.bias is None:
+        raise TypeError("detector head built without a bias")
+    return conv.bias
+
 class ResidualBlock(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -78,11 +85,11 @@ class CenterNet(nn.Module):
         self._init_heads()
 
     def _init_heads(self) -> None:
-        nn.init.constant_(self.heatmap.bias, -math.log((1 - _HEATMAP_PRIOR) / _HEATMAP_PRIOR))
+        nn.init.constant_(_bias(self.heatmap), -math.log((1 - _HEATMAP_PRIOR) / _HEATMAP_PRIOR))
         nn.init.normal_(self.size.weight, std=1e-3)
-        nn.init.constant_(self.size.bias, math.log(_SIZE_INIT))
+        nn.init.constant_(_bias(self.size), math.log(_SIZE_INIT))
         nn.init.normal_(self.offset.weight, std=1e-3)
-        nn.init.constant_(self.offset.bias, 0.0)
+        nn.init.constant_(_bias(self.offset), 0.0)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         c4 = self.stage4(self.stem(x))

@@ -213,7 +213,7 @@ def train(
             off = masked_l1(offset, torch.from_numpy(batch.offset), mask)
             loss = hm + tc.size_weight * sz + tc.offset_weight * off
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]  # torch leaves it unannotated
             # Clipping keeps the first steps from a fresh head (large focal gradients) stable.
             torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
             optimizer.step()
@@ -222,7 +222,10 @@ def train(
             step_no += 1
             sink.step(epoch, batch_i + 1, float(loss.item()))
         mean = sums / max(1, n_batches)
-        stats = EpochStats(epoch, *(float(v) for v in mean), lr=lr, seconds=time.perf_counter() - t0)
+        loss_m, heatmap_m, size_m, offset_m = (float(v) for v in mean)
+        stats = EpochStats(
+            epoch, loss_m, heatmap_m, size_m, offset_m, lr=lr, seconds=time.perf_counter() - t0
+        )
         history.append(stats)
         sink.epoch_end(stats)
     train_seconds = time.perf_counter() - started

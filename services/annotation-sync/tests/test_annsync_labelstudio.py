@@ -28,7 +28,6 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from sklearn.metrics import cohen_kappa_score
 
-from defectloop.vision.agreement import iou
 from defectloop.common import topics
 from defectloop.common.blobstore import LocalBlobStore
 from defectloop.common.events import (
@@ -51,6 +50,7 @@ from defectloop.factory_sim.annotators import (
 from defectloop.factory_sim.cameras import Truth, TruthLog, frame
 from defectloop.factory_sim.drift import Drift
 from defectloop.factory_sim.sites import get_site
+from defectloop.vision.agreement import iou
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

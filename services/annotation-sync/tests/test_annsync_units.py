@@ -10,7 +10,6 @@ import pytest
 from sklearn.metrics import cohen_kappa_score
 
 from defectloop.annotation_sync import convert, signing
-from defectloop.vision.agreement import agreement, cohen_kappa, iou, match_boxes
 from defectloop.annotation_sync.sampling import (
     Quota,
     SamplingPolicy,
@@ -27,6 +26,7 @@ from defectloop.common.events import (
     ScoredBox,
     prediction_id_for,
 )
+from defectloop.vision.agreement import agreement, cohen_kappa, iou, match_boxes
 
 pytestmark = pytest.mark.unit
 

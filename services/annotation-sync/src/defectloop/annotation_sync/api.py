@@ -12,8 +12,9 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from defectloop.annotation_sync import signing, store
-from defectloop.annotation_sync.progress import progress
-from defectloop.annotation_sync.sync import AnnotationSync, as_utc
+from defectloop.annotation_sync.progress import agreement_figures, progress
+from defectloop.annotation_sync.store import as_utc
+from defectloop.annotation_sync.sync import AnnotationSync
 from defectloop.common.blobstore import open_blob_store
 from defectloop.common.errors import DefectloopError, NotFoundError, PermanentError, TransientError
 from defectloop.common.logging import get_logger
@@ -140,32 +141,45 @@ def build_router(sync: AnnotationSync) -> APIRouter:
             )
         if action == "ANNOTATIONS_DELETED":
             ids = [int(a["id"]) for a in payload.annotations or [] if "id" in a]
-            return JSONResponse({"status": "deleted", "count": sync.on_deleted(site, ids)})
+            return JSONResponse({"status": "deleted", "count": await sync.on_deleted(site, ids)})
         if action == "ANNOTATIONS_CREATED":
             return JSONResponse({"status": "emitted", "count": await sync.reconcile(site)})
         return JSONResponse({"status": "ignored", "action": action})
 
+    def label_requests(site: str) -> list[dict[str, Any]]:
+        return [s.as_dict() for s in sync.request_states(site)]
+
     @router.get("/v1/sites/{site}/annotation/progress", tags=["progress"])
     def site_progress(site: SiteParam) -> dict[str, Any]:
-        """Per annotator per day (annotated, skipped), per day, campaign vs target, agreement."""
+        """Per annotator per day (annotated, skipped), per day, campaign vs target, agreement
+        (per site and per annotator pair), and the monitor's label requests."""
         campaign = store.get_campaign(sync.engine, site, settings.default_campaign_target)
         start = as_utc(campaign.started_at)
-        return progress(
+        body = progress(
             site,
             store.current_annotations(sync.engine, site),
             campaign,
             sampled_in_campaign=store.count_sampled(sync.engine, site, since=start),
             campaign_start=start,
         )
+        body["label_requests"] = label_requests(site)
+        return body
+
+    @router.get("/v1/sites/{site}/annotation/agreement", tags=["progress"])
+    def site_agreement(site: SiteParam) -> dict[str, Any]:
+        """Inter-annotator agreement of the site's overlap images: overall and per pair."""
+        return {"site": site, **agreement_figures(store.current_annotations(sync.engine, site))}
 
     @router.get("/v1/sites/{site}/campaigns", tags=["progress"])
     def get_campaign(site: SiteParam) -> dict[str, Any]:
+        """The campaign target, and the monitor's label requests (active or not) with progress."""
         c = store.get_campaign(sync.engine, site, settings.default_campaign_target)
         return {
             "site": site,
             "name": c.name,
             "target": c.target,
             "started_at": as_utc(c.started_at).isoformat(),
+            "label_requests": label_requests(site),
         }
 
     @router.put("/v1/sites/{site}/campaigns", tags=["progress"])

@@ -206,6 +206,16 @@ class LabelStudioClient:
                 return
             page += 1
 
+    async def set_overlap(self, task_id: int, overlap: int) -> None:
+        """Ask Label Studio to serve this task to ``overlap`` different annotators.
+
+        Label Studio's queue (``/api/projects/{id}/next``) treats a task as done once it has
+        ``task.overlap`` completed annotations and never serves it twice to the same annotator;
+        the project keeps ``maximum_annotations: 1`` so single tasks stay single (changing the
+        project's value would rewrite every task's overlap).
+        """
+        await self.request("PATCH", f"/api/tasks/{task_id}/", json={"overlap": overlap})
+
     async def task(self, task_id: int) -> dict[str, Any]:
         body: dict[str, Any] = await self.request("GET", f"/api/tasks/{task_id}/")
         return body

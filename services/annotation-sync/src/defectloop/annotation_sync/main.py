@@ -10,8 +10,9 @@ from faststream.kafka import KafkaBroker
 from sqlalchemy import Engine
 
 from defectloop.annotation_sync import api, handlers
+from defectloop.annotation_sync.projects import ClientFactory
 from defectloop.annotation_sync.settings import AnnotationSyncSettings
-from defectloop.annotation_sync.sync import AnnotationSync, ClientFactory
+from defectloop.annotation_sync.sync import AnnotationSync
 from defectloop.common.db import make_engine
 from defectloop.common.errors import DefectloopError
 from defectloop.common.logging import get_logger
@@ -32,15 +33,15 @@ def build_app(
     db = engine if engine is not None else make_engine(settings.resolved_database_url())
     sync = AnnotationSync(settings, db, handlers.publisher(kafka), client_factory=client_factory)
     handlers.subscribe(kafka, sync, group_id=group_id)
-    poller: list[asyncio.Task[None]] = []
+    background: list[asyncio.Task[None]] = []
 
     async def poll_forever() -> None:
         while True:
             try:
                 await sync.republish_pending()
                 for site in settings.sites:
-                    await sync.site(site)
-                await sync.push_pending()
+                    await sync.registry.site(site)
+                sync.pusher.wake()
                 await sync.reconcile_all()
             except DefectloopError as exc:
                 log.warning("reconcile_failed", reason=exc.reason, error=str(exc))
@@ -50,10 +51,11 @@ def build_app(
 
     async def on_startup() -> None:
         await sync.republish_pending()
-        poller.append(asyncio.create_task(poll_forever(), name="annotation-sync-poll"))
+        background.append(asyncio.create_task(poll_forever(), name="annotation-sync-poll"))
+        background.append(asyncio.create_task(sync.pusher.run(), name="annotation-sync-push"))
 
     async def on_shutdown() -> None:
-        for task in poller:
+        for task in background:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

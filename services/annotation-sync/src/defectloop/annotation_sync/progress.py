@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from defectloop.vision.agreement import agreement
 from defectloop.annotation_sync.store import AnnotationRecord, Campaign
 from defectloop.common.events import AnnotationStatus, Box
+from defectloop.vision.agreement import agreement
 
 
 def _boxes(record: AnnotationRecord) -> list[Box]:
@@ -53,6 +53,18 @@ def _agreement_dict(pairs: Sequence[tuple[list[Box], list[Box]]]) -> dict[str, A
     }
 
 
+def agreement_figures(records: Sequence[AnnotationRecord]) -> dict[str, Any]:
+    """Agreement over every overlap image, and per annotator pair."""
+    grouped = annotator_pairs(records)
+    everything = [p for ps in grouped.values() for p in ps]
+    return {
+        **_agreement_dict(everything),
+        "by_pair": [
+            {"annotators": list(k), **_agreement_dict(v)} for k, v in sorted(grouped.items())
+        ],
+    }
+
+
 def progress(
     site: str,
     records: Sequence[AnnotationRecord],
@@ -87,8 +99,6 @@ def progress(
     ]
     annotated_images = {r.image_id for r in in_campaign if r.status == "completed"}
     skipped_images = {r.image_id for r in in_campaign if r.status == "skipped"} - annotated_images
-    grouped = annotator_pairs(records)
-    everything = [p for ps in grouped.values() for p in ps]
     return {
         "site": site,
         "by_annotator_day": by_annotator_day,
@@ -102,10 +112,5 @@ def progress(
             "skipped_images": len(skipped_images),
             "remaining": max(0, campaign.target - len(annotated_images)),
         },
-        "agreement": {
-            **_agreement_dict(everything),
-            "by_pair": [
-                {"annotators": list(k), **_agreement_dict(v)} for k, v in sorted(grouped.items())
-            ],
-        },
+        "agreement": agreement_figures(records),
     }

@@ -46,10 +46,20 @@ class Quota:
     daily_budget: int
     campaign_done: int
     campaign_target: int
+    requested: bool = False  # a monitor's label request is active for the site
 
     @property
     def open(self) -> bool:
         return self.used_today < self.daily_budget and self.campaign_done < self.campaign_target
+
+    def allows(self, reason: SamplingReason) -> bool:
+        """The daily budget always binds; an active label request lifts the campaign target for
+        the random stratum it asked for."""
+        if self.used_today >= self.daily_budget:
+            return False
+        return self.campaign_done < self.campaign_target or (
+            self.requested and reason == SamplingReason.RANDOM
+        )
 
 
 def unit_hash(*parts: str) -> float:
@@ -77,7 +87,7 @@ def decide(
     if prediction.role != ModelRole.CHAMPION:
         return None
     reason = reason_for(prediction, policy)
-    if reason is None or not quota.open:
+    if reason is None or not quota.allows(reason):
         return None
     overlap = unit_hash("overlap", prediction.prediction_id) < policy.overlap_share
     return SamplingDecision(reason=reason, annotators=2 if overlap else 1)

@@ -84,6 +84,9 @@ class AnnotationSyncSettings(ServiceSettings):
         None, description="Base URL Label Studio posts webhooks to (default public_base_url)."
     )
     poll_interval_s: float = Field(30.0, gt=0, description="Reconciliation poll period.")
+    push_retry_s: float = Field(
+        5.0, gt=0, description="Wait before pushing pending tasks again after Label Studio failed."
+    )
 
     def base_url(self) -> str:
         return (self.public_base_url or f"http://{self.host}:{self.port}").rstrip("/")

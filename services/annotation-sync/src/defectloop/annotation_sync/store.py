@@ -5,14 +5,33 @@
   before it is published and marked published after the broker acknowledged, so a crash in between
   re-publishes the same event (same ``event_id``) instead of losing or inventing one.
 - ``annsync_campaign``: a site's campaign target.
+- ``annsync_sample_boxes``: the model's boxes of a sampled image, kept until its task is pushed (the
+  pre-annotation), so the Kafka handler only records and the pusher pushes later.
+- ``annsync_label_request``: ``labels.requested`` from the monitor (once per ``request_id``), and
+  ``annsync_request_sample`` the random-stratum samples drawn while each request was active.
+
+Every function here is blocking (a database round trip): async code calls them through
+``asyncio.to_thread`` (:func:`call`), so no write ever runs on the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime
+from typing import ParamSpec, TypeVar
 
 from sqlalchemy import Engine, func
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, col, select
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+async def call(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run a blocking store function in a worker thread (keeps the event loop free)."""
+    return await asyncio.to_thread(fn, *args, **kwargs)
 
 
 def _now() -> datetime:
@@ -71,6 +90,41 @@ class Campaign(SQLModel, table=True):
     started_at: datetime = Field(default_factory=_now)
 
 
+class SampleBoxes(SQLModel, table=True):
+    __tablename__ = "annsync_sample_boxes"
+
+    key: str = Field(primary_key=True, description="<site>/<image_id> of the sample.")
+    boxes_json: str = Field(description="The champion's ScoredBox list (JSON).")
+
+
+class LabelRequest(SQLModel, table=True):
+    __tablename__ = "annsync_label_request"
+
+    request_id: str = Field(primary_key=True)
+    site_id: str = Field(index=True)
+    reason: str
+    incident_id: str | None = None
+    random_share: float
+    target_labels: int
+    expires_at: datetime
+    requested_by: str
+    received_at: datetime = Field(default_factory=_now)
+
+
+class RequestSample(SQLModel, table=True):
+    __tablename__ = "annsync_request_sample"
+
+    request_id: str = Field(primary_key=True)
+    key: str = Field(primary_key=True, description="<site>/<image_id> of a random sample.")
+    site_id: str = Field(index=True)
+    image_id: str
+
+
+def as_utc(value: datetime) -> datetime:
+    """SQLite returns naive datetimes: they are UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 def get_sample(engine: Engine, site: str, image_id: str) -> Sample | None:
     with Session(engine) as s:
         return s.get(Sample, f"{site}/{image_id}")
@@ -95,9 +149,17 @@ def count_sampled(
         return int(s.exec(q).one())
 
 
-def unpushed(engine: Engine) -> list[Sample]:
+def unpushed(engine: Engine, limit: int | None = None) -> list[Sample]:
+    """Samples without a task yet, oldest first (the pusher's queue)."""
     with Session(engine) as s:
-        return list(s.exec(select(Sample).where(col(Sample.task_id).is_(None))))
+        q = (
+            select(Sample)
+            .where(col(Sample.task_id).is_(None))
+            .order_by(col(Sample.created_at), col(Sample.key))
+        )
+        if limit is not None:
+            q = q.limit(limit)
+        return list(s.exec(q))
 
 
 def latest_version(engine: Engine, ls_annotation_id: int, site: str) -> AnnotationRecord | None:
@@ -166,3 +228,142 @@ def put_campaign(engine: Engine, site: str, target: int, name: str, restart: boo
 def sampled_sites(engine: Engine) -> set[str]:
     with Session(engine) as s:
         return set(s.exec(select(Sample.site_id).distinct()))
+
+
+# --- writes ----------------------------------------------------------------------------------
+
+
+def record_sample(
+    engine: Engine, sample: Sample, boxes_json: str, request_ids: Iterable[str] = ()
+) -> Sample:
+    """Insert ``sample`` (pending: no task yet) with its boxes; the existing row if already there.
+
+    One transaction, so a sample never exists without its pre-annotation or request link.
+    """
+    try:
+        with Session(engine) as s:
+            s.add(sample)
+            s.add(SampleBoxes(key=sample.key, boxes_json=boxes_json))
+            for rid in request_ids:
+                s.add(
+                    RequestSample(
+                        request_id=rid,
+                        key=sample.key,
+                        site_id=sample.site_id,
+                        image_id=sample.image_id,
+                    )
+                )
+            s.commit()
+            s.refresh(sample)
+            return sample
+    except IntegrityError:  # sampled before (a redelivery, or a concurrent consumer)
+        found = get_sample(engine, sample.site_id, sample.image_id)
+        if found is None:
+            raise
+        return found
+
+
+def sample_boxes(engine: Engine, key: str) -> str | None:
+    with Session(engine) as s:
+        row = s.get(SampleBoxes, key)
+        return row.boxes_json if row is not None else None
+
+
+def mark_pushed(engine: Engine, key: str, task_id: int, project_id: int, at: datetime) -> Sample:
+    """Record the sample's Label Studio task; its kept boxes are no longer needed."""
+    with Session(engine) as s:
+        row = s.get(Sample, key)
+        if row is None:
+            raise LookupError(f"no sample {key}")
+        row.task_id, row.project_id, row.pushed_at = task_id, project_id, at
+        s.add(row)
+        boxes = s.get(SampleBoxes, key)
+        if boxes is not None:
+            s.delete(boxes)
+        s.commit()
+        s.refresh(row)
+        return row
+
+
+def record_annotation(engine: Engine, record: AnnotationRecord, supersedes: str | None) -> None:
+    """Store an annotation version (unpublished) and mark the version it replaces."""
+    with Session(engine) as s:
+        s.add(record)
+        if supersedes is not None:
+            old = s.get(AnnotationRecord, supersedes)
+            if old is not None:
+                old.superseded = True
+                s.add(old)
+        s.commit()
+
+
+def mark_published(engine: Engine, annotation_id: str) -> None:
+    with Session(engine) as s:
+        row = s.get(AnnotationRecord, annotation_id)
+        if row is not None:
+            row.published = True
+            s.add(row)
+            s.commit()
+
+
+def mark_deleted(engine: Engine, site: str, ls_annotation_ids: Iterable[int]) -> int:
+    """Flag the latest version of each annotation as deleted; how many changed."""
+    n = 0
+    with Session(engine) as s:
+        for ls_id in ls_annotation_ids:
+            latest = latest_version(engine, ls_id, site)
+            if latest is None:
+                continue
+            row = s.get(AnnotationRecord, latest.annotation_id)
+            if row is not None and not row.deleted:
+                row.deleted = True
+                s.add(row)
+                n += 1
+        s.commit()
+    return n
+
+
+# --- label requests --------------------------------------------------------------------------
+
+
+def record_label_request(engine: Engine, request: LabelRequest) -> bool:
+    """Store a request once per ``request_id``; False when it was already known."""
+    try:
+        with Session(engine) as s:
+            s.add(request)
+            s.commit()
+            return True
+    except IntegrityError:
+        return False
+
+
+def label_requests(engine: Engine, site: str) -> list[LabelRequest]:
+    with Session(engine) as s:
+        return list(
+            s.exec(
+                select(LabelRequest)
+                .where(LabelRequest.site_id == site)
+                .order_by(col(LabelRequest.received_at))
+            )
+        )
+
+
+def request_labels_done(engine: Engine, request_id: str) -> int:
+    """Images of the request's random samples with a current, completed annotation."""
+    with Session(engine) as s:
+        q = (
+            select(func.count(func.distinct(AnnotationRecord.image_id)))
+            .select_from(AnnotationRecord)
+            .join(
+                RequestSample,
+                (col(RequestSample.site_id) == col(AnnotationRecord.site_id))
+                & (col(RequestSample.image_id) == col(AnnotationRecord.image_id)),
+            )
+            .where(
+                RequestSample.request_id == request_id,
+                AnnotationRecord.status == "completed",
+                col(AnnotationRecord.superseded).is_(False),
+                col(AnnotationRecord.deleted).is_(False),
+            )
+        )
+        return int(s.exec(q).one())

@@ -1,5 +1,13 @@
-"""Simulated annotators: Label Studio users who annotate their site's pending tasks through its
-REST API, exactly as the UI would post them, from the simulator's ground truth.
+"""Simulated annotators: Label Studio users who take their site's tasks from Label Studio's own
+queue (``GET /api/projects/{id}/next``, what the UI's "Label all tasks" calls) and submit them as
+the UI would, from the simulator's ground truth.
+
+Each annotator is a real Label Studio account, signed up through the organisation's invite link
+with a password derived from the admin token (so the next run logs in again), and acts with its
+own API token: Label Studio's queue then serves an overlap task to two *different* annotators and
+never twice to the same one. An annotator whose account predates this (created through
+``/api/users/`` without a password, so it cannot log in) falls back to posting on pending tasks
+with ``completed_by`` through the admin token.
 
 Skill profiles add realistic noise: box jitter, missed defects, wrong classes, spurious boxes,
 slower work, and (careful people) skipping images they cannot read ("could not annotate" with a
@@ -14,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,6 +76,7 @@ class SimAnnotator:
     profile: SkillProfile
     site: str
     user_id: int | None = None
+    token: str | None = None  # own API token; None = the legacy admin-posting fallback
     done: int = 0
     skipped: int = 0
 
@@ -166,42 +176,98 @@ def annotate(truth: Truth, profile: SkillProfile, annotator: str) -> Work:
 
 
 class LabelStudioAPI:
-    """The handful of Label Studio calls an annotator's browser makes (admin token)."""
+    """The Label Studio calls an annotator's browser makes: an admin client, and one per account."""
 
     def __init__(self, url: str, token: str, *, timeout_s: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self._admin_token = token
+        self._timeout_s = timeout_s
         self.http = httpx.AsyncClient(
-            base_url=url.rstrip("/"),
-            headers={"Authorization": f"Token {token}"},
-            timeout=timeout_s,
+            base_url=self.url, headers={"Authorization": f"Token {token}"}, timeout=timeout_s
         )
+        self._as: dict[str, httpx.AsyncClient] = {}
 
     async def aclose(self) -> None:
         await self.http.aclose()
+        for c in self._as.values():
+            await c.aclose()
+        self._as.clear()
 
     async def _json(self, method: str, path: str, **kw: Any) -> Any:
         resp = await self.http.request(method, path, **kw)
         resp.raise_for_status()
         return resp.json() if resp.content else None
 
+    def password(self, annotator: SimAnnotator) -> str:
+        """The account's password: stable per instance (derived from its admin token)."""
+        key = self._admin_token.encode()
+        return hmac.new(key, annotator.email.encode(), hashlib.sha256).hexdigest()[:32]
+
+    async def _login(self, annotator: SimAnnotator, invite: str) -> str | None:
+        """Sign up through the invite link (or log in if the account exists); its API token."""
+        async with httpx.AsyncClient(base_url=self.url, timeout=self._timeout_s) as browser:
+            form = {"email": annotator.email, "password": self.password(annotator)}
+            for path, params in (("/user/signup/", {"token": invite}), ("/user/login/", {})):
+                (await browser.get(path, params=params)).raise_for_status()  # CSRF cookie
+                csrf = browser.cookies.get("csrftoken") or ""
+                resp = await browser.post(
+                    path,
+                    params=params,
+                    data={**form, "csrfmiddlewaretoken": csrf},
+                    headers={"X-CSRFToken": csrf},
+                )
+                if resp.status_code == 302:  # a redirect home = signed in
+                    break
+            else:
+                return None
+            token = await browser.get("/api/current-user/token")
+            token.raise_for_status()
+            return str(token.json()["token"])
+
     async def ensure_users(self, team: Sequence[SimAnnotator]) -> None:
-        """Create the annotators' accounts (idempotent) and learn their ids."""
+        """Give every annotator a real account and its own token (idempotent)."""
+        invite = str((await self._json("GET", "/api/invite"))["token"])
+        for a in team:
+            if a.token is None:
+                a.token = await self._login(a, invite)
+                if a.token is None:
+                    log.warning(
+                        "annotator_cannot_log_in",
+                        annotator=a.email,
+                        fallback="posts with completed_by through the admin token",
+                    )
         users = await self._json("GET", "/api/users/")
         rows = users.get("results", users) if isinstance(users, Mapping) else users
         by_email = {str(u.get("email")): int(u["id"]) for u in rows}
         for a in team:
-            if a.email not in by_email:
-                created = await self._json(
-                    "POST",
-                    "/api/users/",
-                    json={
-                        "username": a.name,
-                        "email": a.email,
-                        "first_name": a.name,
-                        "last_name": f"({a.profile.name})",
-                    },
-                )
-                by_email[a.email] = int(created["id"])
-            a.user_id = by_email[a.email]
+            a.user_id = by_email.get(a.email)
+
+    def _client(self, annotator: SimAnnotator) -> httpx.AsyncClient:
+        if annotator.token is None:
+            return self.http
+        if annotator.email not in self._as:
+            self._as[annotator.email] = httpx.AsyncClient(
+                base_url=self.url,
+                headers={"Authorization": f"Token {annotator.token}"},
+                timeout=self._timeout_s,
+            )
+        return self._as[annotator.email]
+
+    async def next_task(self, annotator: SimAnnotator, project_id: int) -> dict[str, Any] | None:
+        """The task Label Studio's queue serves this annotator next (locked for them), or None."""
+        resp = await self._client(annotator).get(f"/api/projects/{project_id}/next")
+        if resp.status_code == 404:  # "There are no tasks for <user>"
+            return None
+        resp.raise_for_status()
+        task: dict[str, Any] = resp.json()
+        return task
+
+    async def postpone(self, annotator: SimAnnotator, task_id: int) -> None:
+        """Put a task aside (the UI's Postpone): the queue serves other tasks first."""
+        resp = await self._client(annotator).post(
+            f"/api/tasks/{task_id}/drafts", json={"result": [], "was_postponed": True}
+        )
+        resp.raise_for_status()
 
     async def project_id(self, site: str) -> int | None:
         body = await self._json("GET", "/api/projects/", params={"page_size": 100})
@@ -226,16 +292,15 @@ class LabelStudioAPI:
             page += 1
 
     async def post(self, task_id: int, annotator: SimAnnotator, work: Work) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "completed_by": annotator.user_id,
-            "lead_time": round(work.lead_time_s, 2),
-            "result": work.result,
-        }
+        """Submit (or skip) as the annotator; the admin fallback names them in ``completed_by``."""
+        body: dict[str, Any] = {"lead_time": round(work.lead_time_s, 2), "result": work.result}
+        if annotator.token is None:
+            body["completed_by"] = annotator.user_id
         if work.skip_reason is not None:
             body["was_cancelled"] = True
-        created: dict[str, Any] = await self._json(
-            "POST", f"/api/tasks/{task_id}/annotations/", json=body
-        )
+        resp = await self._client(annotator).post(f"/api/tasks/{task_id}/annotations/", json=body)
+        resp.raise_for_status()
+        created: dict[str, Any] = resp.json()
         return created
 
 
@@ -272,27 +337,70 @@ class AnnotatorTeam:
                 continue
             done = {a.get("completed_by") for a in anns}
             done = {d.get("id") if isinstance(d, Mapping) else d for d in done}
-            free = [i for i, a in enumerate(self.members) if a.user_id not in done]
+            free = [
+                i for i, a in enumerate(self.members) if a.token is None and a.user_id not in done
+            ]
             if free:
                 out.append((int(t["id"]), truth, free, wanted - len(anns)))
         return out
 
+    def _work(self, a: SimAnnotator, task_id: int, truth: Truth) -> Work:
+        work = annotate(truth, a.profile, a.name)
+        if work.skip_reason:
+            a.skipped += 1
+        else:
+            a.done += 1
+        return work
+
+    async def _from_queue(self, a: SimAnnotator, stuck: set[int]) -> bool:
+        """One task from Label Studio's queue for ``a``; False when it has nothing to give."""
+        assert self.project is not None
+        task = await self.api.next_task(a, self.project)
+        if task is None:
+            return False
+        task_id = int(task["id"])
+        truth = self.truth.get(str((task.get("data") or {}).get("image_id", "")))
+        if truth is None:  # not a simulated image: put it aside, once per step
+            if task_id in stuck:
+                return False
+            stuck.add(task_id)
+            self.no_truth.add(task_id)
+            await self.api.postpone(a, task_id)
+            return True
+        await self.api.post(task_id, a, self._work(a, task_id, truth))
+        return True
+
     async def step(self, limit: int | None = None) -> int:
-        """Annotate up to ``limit`` pending (task, annotator) slots; returns how many."""
+        """Annotate up to ``limit`` tasks, members taking turns at Label Studio's queue."""
         if self.project is None and not await self.setup():
             return 0
         assert self.project is not None
+        done = 0
+        queued = [a for a in self.members if a.token is not None]
+        stuck: set[int] = set()
+        while queued and (limit is None or done < limit):
+            for a in list(queued):
+                if limit is not None and done >= limit:
+                    break
+                before = a.done + a.skipped
+                if not await self._from_queue(a, stuck):
+                    queued.remove(a)
+                done += a.done + a.skipped - before
+        if limit is None or done < limit:
+            done += await self._legacy_step(None if limit is None else limit - done)
+        return done
+
+    async def _legacy_step(self, limit: int | None) -> int:
+        """Members without a login post on pending tasks with ``completed_by`` (admin token)."""
+        assert self.project is not None
+        if all(a.token is not None for a in self.members):
+            return 0
         done = 0
         for task_id, truth, free, need in self._pending(await self.api.tasks(self.project)):
             order = sorted(free, key=lambda i: _rng(truth.image_id, str(i)).random())
             for i in order[:need]:
                 a = self.members[i]
-                work = annotate(truth, a.profile, a.name)
-                await self.api.post(task_id, a, work)
-                if work.skip_reason:
-                    a.skipped += 1
-                else:
-                    a.done += 1
+                await self.api.post(task_id, a, self._work(a, task_id, truth))
                 done += 1
                 if limit is not None and done >= limit:
                     return done

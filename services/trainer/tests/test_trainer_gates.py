@@ -1,0 +1,187 @@
+"""Promotion gates, checked against independent computations and statsmodels."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from defectloop.common.errors import InvalidInputError
+from defectloop.trainer.gates import (
+    GateConfig,
+    GateReport,
+    Latency,
+    SiteEval,
+    evaluate_gates,
+    improvement_gate,
+    mcnemar_one_sided,
+    non_inferiority_gate,
+)
+
+pytestmark = pytest.mark.unit
+
+FAST = GateConfig(n_resamples=500)
+
+
+def _site(
+    name: str,
+    *,
+    n: int = 240,
+    champ_recall: float = 0.9,
+    cand_recall: float = 0.9,
+    fp_rate: float = 0.03,
+    seed: int = 0,
+    maps: tuple[float | None, float | None] = (None, None),
+) -> SiteEval:
+    """A frozen set where both models see the same images; misses drawn independently."""
+    rng = np.random.default_rng(seed)
+    truth = rng.random(n) < 0.4
+    champ = np.where(truth, rng.random(n) < champ_recall, rng.random(n) < fp_rate)
+    cand = np.where(truth, rng.random(n) < cand_recall, rng.random(n) < fp_rate)
+    return SiteEval(
+        site=name,
+        truth=truth.tolist(),
+        champion=champ.tolist(),
+        candidate=cand.tolist(),
+        champion_map50=maps[0],
+        candidate_map50=maps[1],
+    )
+
+
+def _same_models(name: str, seed: int = 1) -> SiteEval:
+    ev = _site(name, seed=seed)
+    return ev.model_copy(update={"candidate": list(ev.champion)})
+
+
+@pytest.mark.parametrize(("b", "c"), [(9, 2), (5, 5), (0, 4), (17, 6), (1, 0)])
+def test_one_sided_mcnemar_is_the_binomial_tail_and_halves_statsmodels_exact(
+    b: int, c: int
+) -> None:
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    n = b + c
+    tail = sum(math.comb(n, k) for k in range(b, n + 1)) / 2**n
+    assert mcnemar_one_sided(b, c) == pytest.approx(tail, rel=1e-12)
+    # statsmodels' exact test is two-sided: twice the smaller one-sided tail (capped at 1).
+    two_sided = mcnemar([[10, c], [b, 10]], exact=True).pvalue
+    smaller = min(mcnemar_one_sided(b, c), mcnemar_one_sided(c, b))
+    assert two_sided == pytest.approx(min(1.0, 2 * smaller), rel=1e-12)
+
+
+def test_no_discordant_image_is_no_evidence() -> None:
+    assert mcnemar_one_sided(0, 0) == 1.0
+
+
+def test_degraded_site_passes_when_the_candidate_finds_clearly_more_defects() -> None:
+    ev = _site("B", champ_recall=0.5, cand_recall=0.95, maps=(0.55, 0.8))
+    result = improvement_gate(ev, FAST)
+    truth = np.array(ev.truth)
+    cand, champ = np.array(ev.candidate)[truth], np.array(ev.champion)[truth]
+    assert result.candidate_only_hits == int(np.sum(cand & ~champ))
+    assert result.champion_only_hits == int(np.sum(champ & ~cand))
+    assert result.candidate_recall == pytest.approx(cand.mean())
+    assert result.p_value < 0.05
+    assert result.passed, result.reasons
+
+
+def test_degraded_site_fails_without_a_significant_gain() -> None:
+    result = improvement_gate(_site("B", maps=(0.8, 0.8)), FAST)
+    assert not result.passed
+    assert "recall not better" in result.reasons[0]
+
+
+def test_degraded_site_fails_when_map50_drops_beyond_the_margin() -> None:
+    ev = _site("B", champ_recall=0.5, cand_recall=0.95, maps=(0.80, 0.77))
+    result = improvement_gate(ev, FAST)
+    assert result.p_value < 0.05
+    assert not result.passed
+    assert ["mAP50" in r for r in result.reasons] == [True]
+
+
+def test_identical_models_are_non_inferior_everywhere() -> None:
+    rows = non_inferiority_gate([_same_models("A"), _same_models("C", seed=2)], FAST)
+    assert [r.passed for r in rows] == [True, True]
+    assert all(r.delta_recall == 0 and r.recall_lower == 0 for r in rows)
+
+
+def test_a_site_that_loses_recall_is_not_non_inferior() -> None:
+    worse = _site("C", champ_recall=0.95, cand_recall=0.7, seed=3)
+    [row] = non_inferiority_gate([worse], FAST)
+    truth = np.array(worse.truth)
+    expected = np.array(worse.candidate)[truth].mean() - np.array(worse.champion)[truth].mean()
+    assert row.delta_recall == pytest.approx(expected)
+    assert row.recall_lower < -FAST.noninferiority_margin
+    assert not row.passed
+
+
+def test_holm_adjustment_matches_the_step_down_formula() -> None:
+    evals = [_same_models("A"), _site("C", cand_recall=0.86, seed=5), _same_models("D", seed=6)]
+    rows = non_inferiority_gate(evals, FAST)
+    p = np.array([r.p_site for r in rows])
+    order = np.argsort(p, kind="stable")
+    m = len(p)
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        adjusted[i] = running
+    assert [r.p_holm for r in rows] == pytest.approx(adjusted.tolist())
+    assert [r.passed for r in rows] == [bool(a < FAST.alpha) for a in adjusted]
+    assert all(r.p_site == max(r.p_recall, r.p_precision) for r in rows)
+
+
+def test_the_report_is_reproducible_from_its_seed() -> None:
+    evals = [_site("C", cand_recall=0.88, seed=7)]
+    assert non_inferiority_gate(evals, FAST) == non_inferiority_gate(evals, FAST)
+
+
+def _report(**kw: Any) -> GateReport:
+    args: dict[str, Any] = {
+        "candidate_version": "cand",
+        "champion_version": "champ",
+        "degraded": _site("B", champ_recall=0.5, cand_recall=0.95, maps=(0.6, 0.8)),
+        "others": [_same_models("A")],
+        "parity": {"heatmap": 1e-6, "size": 2e-6},
+        "latency": Latency(champion_ms=10.0, candidate_ms=10.5),
+        "config": FAST,
+    }
+    args.update(kw)
+    return evaluate_gates(**args)
+
+
+def test_all_gates_pass_for_a_good_candidate() -> None:
+    report = _report()
+    assert report.reasons == []
+    assert report.passed
+
+
+def test_parity_failure_fails_the_report_with_its_number() -> None:
+    report = _report(parity={"heatmap": 0.2})
+    assert not report.passed
+    assert report.reasons == ["ONNX/torch parity: heatmap differs by 2.00e-01 > 1e-03"]
+
+
+def test_slower_candidate_beyond_the_margin_fails() -> None:
+    report = _report(latency=Latency(champion_ms=10.0, candidate_ms=11.5))
+    assert not report.passed
+    assert ["latency" in r for r in report.reasons] == [True]
+
+
+def test_every_failure_is_named() -> None:
+    report = _report(others=[_site("C", champ_recall=0.95, cand_recall=0.6, seed=3)], parity={})
+    reasons = report.reasons
+    assert any(r.startswith("site C: not shown non-inferior") for r in reasons)
+    assert "ONNX/torch parity was not measured" in reasons
+
+
+def test_a_set_named_twice_is_refused() -> None:
+    with pytest.raises(InvalidInputError, match="named once"):
+        _report(others=[_same_models("B")])
+
+
+def test_unpaired_evaluations_are_refused() -> None:
+    with pytest.raises(ValidationError, match="same length"):
+        SiteEval(site="A", truth=[True, False], champion=[True], candidate=[True, False])

@@ -11,6 +11,7 @@ from faststream.kafka import KafkaBroker
 from defectloop.common import topics
 from defectloop.common.events import Event, ModelRole
 from defectloop.common.kafka import publish_event
+from defectloop.testing.kafka import collect
 
 pytestmark = pytest.mark.integration
 
@@ -141,3 +142,28 @@ async def test_inference_images_waiting_at_boot_are_predicted_not_dead_lettered_
         await outputs.wait(lambda o: len(o.predictions) >= 5)
     assert sorted(p.image_id for p in outputs.predictions) == sorted(e.image_id for e in images)
     assert outputs.dead_letters == []
+
+
+async def test_inference_dead_letters_an_invalid_model_deployed_and_keeps_serving(
+    kafka_bootstrap, producer, outputs, site, make_bundle, make_image, settings_for, run_service
+) -> None:
+    key = f"{site}/champion".encode()
+    await _publish(producer, make_bundle("v1").deployed(site))
+    await producer.publish(b'{"site_id": "in the backlog"}', topic=topics.MODEL_DEPLOYED, key=key)
+    async with collect(
+        kafka_bootstrap,
+        topics.dlq_topic(topics.MODEL_DEPLOYED),
+        where=lambda letter: letter.site_id == site,
+    ) as letters, run_service(settings_for()) as app:
+        await letters.wait_for(lambda found: len(found) >= 1)
+        await producer.publish(b"{not json", topic=topics.MODEL_DEPLOYED, key=key)
+        await letters.wait_for(lambda found: len(found) >= 2)
+        image = make_image(site)
+        await _publish(producer, image)
+        await outputs.wait(lambda o: len(o.predictions) >= 1)
+        serving = app.state.router.serving_version(site, CHAMPION)
+    assert [(d.reason, d.source_topic, d.key) for d in letters.items] == [
+        ("schema_violation", topics.MODEL_DEPLOYED, key.decode())
+    ] * 2
+    assert [(p.image_id, p.model_version) for p in outputs.predictions] == [(image.image_id, "v1")]
+    assert serving == "v1"

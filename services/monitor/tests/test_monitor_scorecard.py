@@ -1,0 +1,201 @@
+"""The paired shadow/challenger scorecard: counts, intervals, McNemar and the verdict."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+from scipy.stats import binomtest
+from scipy.stats import bootstrap as scipy_bootstrap
+
+from defectloop.common.errors import InvalidInputError
+from defectloop.common.events import ModelRole
+from defectloop.monitor.performance import LabelledPrediction
+from defectloop.monitor.scorecard import Pair, Verdict, scorecard
+from defectloop.monitor.stats import PairedCounts, paired_difference_interval
+
+pytestmark = pytest.mark.unit
+
+T0 = datetime(2026, 6, 1, tzinfo=UTC)
+CHAMPION = LabelledPrediction(
+    site_id="A",
+    camera_id="cam-1",
+    model_version="v1",
+    role=ModelRole.CHAMPION,
+    image_id="",
+    truth_defective=False,
+    predicted_defective=False,
+    decision_score=0.0,
+    truth_boxes=(),
+    predicted_boxes=(),
+    sampling_reason="random",
+    captured_at=T0,
+    labelled_at=T0,
+    annotator="ann-1",
+)
+CANDIDATE = replace(CHAMPION, model_version="v2", role=ModelRole.SHADOW)
+
+
+def pairs(*groups: tuple[int, bool, bool, bool]) -> list[Pair]:
+    """``(count, truth, champion says defective, candidate says defective)`` per group."""
+    out: list[Pair] = []
+    for count, truth, champ, cand in groups:
+        for _ in range(count):
+            image = f"img-{len(out)}"
+            out.append(
+                (
+                    replace(
+                        CHAMPION, image_id=image, truth_defective=truth, predicted_defective=champ
+                    ),
+                    replace(
+                        CANDIDATE, image_id=image, truth_defective=truth, predicted_defective=cand
+                    ),
+                )
+            )
+    return out
+
+
+def test_counts_interval_and_mcnemar_come_from_the_paired_table() -> None:
+    card = scorecard(
+        pairs(
+            (40, True, True, True),
+            (3, True, True, False),
+            (12, True, False, True),
+            (5, True, False, False),
+            (40, False, False, False),
+        )
+    )
+    assert card.recall_counts == PairedCounts(both=40, first_only=3, second_only=12, neither=5)
+    assert (card.n_pairs, card.n_positive) == (100, 60)
+    assert card.recall.champion == pytest.approx(43 / 60)
+    assert card.recall.candidate == pytest.approx(52 / 60)
+    assert card.recall.value == pytest.approx(9 / 60)
+    assert (card.recall.ci_low, card.recall.ci_high) == paired_difference_interval(
+        card.recall_counts
+    )
+    assert card.mcnemar_p == pytest.approx(binomtest(12, 15, 0.5, alternative="greater").pvalue)
+    assert (card.champion_version, card.candidate_version) == ("v1", "v2")
+
+
+def test_candidate_that_finds_more_defects_is_better() -> None:
+    card = scorecard(
+        pairs(
+            (40, True, True, True),
+            (15, True, False, True),
+            (5, True, False, False),
+            (40, False, False, False),
+        )
+    )
+    assert card.verdict is Verdict.BETTER
+
+
+def test_candidate_that_misses_more_is_worse() -> None:
+    card = scorecard(
+        pairs(
+            (40, True, True, True),
+            (15, True, True, False),
+            (5, True, False, False),
+            (40, False, False, False),
+        )
+    )
+    assert card.recall.ci_high is not None
+    assert card.recall.ci_high < 0
+    assert card.verdict is Verdict.WORSE
+
+
+def test_identical_models_on_many_labels_are_non_inferior() -> None:
+    card = scorecard(
+        pairs(
+            (270, True, True, True),
+            (30, True, False, False),
+            (180, False, False, False),
+            (20, False, True, True),
+        )
+    )
+    assert card.recall.ci_low is not None
+    assert card.recall.ci_low >= -0.02
+    assert (card.precision.ci_low, card.precision.ci_high) == (0.0, 0.0)
+    assert card.verdict is Verdict.NON_INFERIOR
+
+
+def test_fewer_false_alarms_make_a_better_precision() -> None:
+    card = scorecard(
+        pairs(
+            (270, True, True, True),
+            (30, True, False, False),
+            (170, False, False, False),
+            (30, False, True, False),
+        )
+    )
+    assert card.precision.ci_low is not None
+    assert card.precision.ci_low > 0
+    assert card.verdict is Verdict.BETTER
+
+
+def test_too_few_defective_pairs_is_not_enough_data() -> None:
+    card = scorecard(pairs((10, True, False, True), (50, False, False, False)))
+    assert card.verdict is Verdict.NOT_ENOUGH_DATA
+
+
+def test_an_interval_straddling_the_margin_is_not_enough_data() -> None:
+    # 60 defective images, identical decisions: the paired interval (about ±0.04) still
+    # includes a loss larger than the 0.02 margin
+    card = scorecard(
+        pairs((54, True, True, True), (6, True, False, False), (40, False, False, False))
+    )
+    assert card.recall.ci_low is not None
+    assert card.recall.ci_low < -0.02
+    assert card.verdict is Verdict.NOT_ENOUGH_DATA
+
+
+def test_precision_difference_agrees_with_scipy_bootstrap() -> None:
+    rng = np.random.default_rng(2)
+    truth = rng.random(400) < 0.5
+    champ = np.where(truth, rng.random(400) < 0.9, rng.random(400) < 0.15)
+    cand = np.where(truth, champ | (rng.random(400) < 0.3), champ & (rng.random(400) < 0.6))
+    groups = [(1, bool(t), bool(a), bool(b)) for t, a, b in zip(truth, champ, cand, strict=True)]
+    card = scorecard(pairs(*groups))
+
+    def diff(t: np.ndarray, a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+        return np.asarray(
+            np.sum(t * b, axis=axis) / np.sum(b, axis=axis)
+            - np.sum(t * a, axis=axis) / np.sum(a, axis=axis)
+        )
+
+    ref = scipy_bootstrap(
+        (truth.astype(float), champ.astype(float), cand.astype(float)),
+        diff,
+        paired=True,
+        vectorized=True,
+        method="percentile",
+        rng=np.random.default_rng(5),
+    ).confidence_interval
+    assert (card.precision.ci_low, card.precision.ci_high) == pytest.approx(
+        (ref.low, ref.high), abs=0.01
+    )
+
+
+def test_a_model_that_never_says_defective_has_no_precision() -> None:
+    card = scorecard(pairs((40, True, True, False), (40, False, False, False)))
+    assert card.precision.candidate is None
+    assert card.precision.value is None
+    assert card.verdict is Verdict.NOT_ENOUGH_DATA
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        [],
+        [(replace(CHAMPION, image_id="a"), replace(CANDIDATE, image_id="b"))],
+        [(replace(CHAMPION, image_id="a", truth_defective=True), replace(CANDIDATE, image_id="a"))],
+        [
+            (replace(CHAMPION, image_id="a"), replace(CANDIDATE, image_id="a")),
+            (replace(CHAMPION, image_id="b"), replace(CANDIDATE, image_id="b", model_version="v3")),
+        ],
+    ],
+)
+def test_pairs_that_are_not_one_image_two_models_are_refused(bad: list[Pair]) -> None:
+    with pytest.raises(InvalidInputError):
+        scorecard(bad)

@@ -83,24 +83,30 @@ async def publish_event(broker: KafkaBroker, event: Event, *, topic: str | None 
     )
 
 
+async def enqueue_event(broker: KafkaBroker, event: Event) -> asyncio.Future[Any]:
+    """Hand ``event`` to the producer (per-partition order kept) and return its ack future.
+
+    For a sender that must not wait on each ack (a batch, an open-loop load generator): await
+    the returned futures later; an unacknowledged event raises there.
+    """
+    future: asyncio.Future[Any] = await broker.publish(
+        event.model_dump_json().encode(),
+        topic=event.topic,
+        key=event.key(),
+        headers=event_headers(event),
+        no_confirm=True,
+    )
+    return future
+
+
 async def publish_events(broker: KafkaBroker, events: Sequence[Event]) -> None:
     """Publish every event on its topic and wait for all acknowledgements.
 
-    Sends are enqueued one after the other (``no_confirm``: each await only hands the record to
-    the producer, which keeps per-partition order), then the acknowledgements are awaited
-    together: one broker round trip for the lot, not one per event.
+    Sends are enqueued one after the other (:func:`enqueue_event`: each await only hands the
+    record to the producer, which keeps per-partition order), then the acknowledgements are
+    awaited together: one broker round trip for the lot, not one per event.
     """
-    pending = [
-        await broker.publish(
-            event.model_dump_json().encode(),
-            topic=event.topic,
-            key=event.key(),
-            headers=event_headers(event),
-            no_confirm=True,
-        )
-        for event in events
-    ]
-    await asyncio.gather(*pending)
+    await asyncio.gather(*[await enqueue_event(broker, event) for event in events])
 
 
 class DeadLetterPublisher:

@@ -201,6 +201,11 @@ class TopicFollower:
             self._run(consumer, end), name=f"follow-{'+'.join(self._topics)}"
         )
 
+    @property
+    def running(self) -> bool:
+        """Started and still following (False once it stopped on an error)."""
+        return self._task is not None and not self._task.done()
+
     async def wait_backlog_read(self) -> None:
         """Return once the backlog was read; raises what stopped the follower, if it stopped."""
         backlog = asyncio.ensure_future(self.backlog_read.wait())

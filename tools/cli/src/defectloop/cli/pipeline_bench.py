@@ -5,8 +5,9 @@ In one run, on one machine, against an isolated Kafka broker started for the run
 1. **raw** — the service's decode + inference code (``predict_events``) on pre-formed batches of
    ``max_batch`` images read from the same blob store, no Kafka: images/s.
 2. **pipeline** — a pre-filled ``image.captured`` backlog drained by the real inference service (a
-   separate process) into ``prediction.made``: images/s over the steady part of the drain (10th to
-   90th percentile of arrivals), CPU seconds per image of the service process.
+   separate process, started by the stack's supervisor under the run's work directory, on a port
+   of its own, span export off) into ``prediction.made``: images/s over the steady part of the
+   drain (10th to 90th percentile of arrivals), CPU seconds per image of the service process.
 3. **latency** — open-loop offered load at 50 % and 90 % of the measured pipeline peak: end-to-end
    latency (publish of ``image.captured`` → receipt of ``prediction.made``) p50/p99, and the
    backlog's slope (flat = the service keeps up).
@@ -18,16 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import platform
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,9 +33,11 @@ from typing import Any, cast
 
 import httpx
 import numpy as np
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import ConsumerRecord
+from faststream.kafka import KafkaBroker
 
-from defectloop.cli import kafka_local
+from defectloop.cli import kafka_local, supervisor
+from defectloop.cli.processes import free_port
 from defectloop.common import topics
 from defectloop.common.blobstore import LocalBlobStore
 from defectloop.common.errors import ComponentError
@@ -50,6 +50,8 @@ from defectloop.common.events import (
     deterministic_id,
     sha256_hex,
 )
+from defectloop.common.kafka import build_broker, enqueue_event, publish_event, publish_events
+from defectloop.common.kafka_read import TopicFollower
 
 Progress = Callable[[str], None]
 
@@ -77,12 +79,6 @@ class _Arrivals:
     times: dict[str, float] = field(default_factory=dict)
     latency_ms: dict[str, float] = field(default_factory=dict)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -140,39 +136,32 @@ async def _raw(cfg: BenchConfig, store: LocalBlobStore, images: list[Any], secon
         executors.shutdown()
 
 
-async def _follow_predictions(
-    bootstrap: str, site: str, partitions: int, arrivals: _Arrivals
-) -> None:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topics.PREDICTION_MADE, p) for p in range(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        while True:
-            batches = await consumer.getmany(timeout_ms=200)
-            now = time.time()
-            for records in batches.values():
-                for record in records:
-                    p = PredictionMade.model_validate_json(record.value)
-                    if p.site_id != site or p.prediction_id in arrivals.times:
-                        continue
-                    arrivals.times[p.prediction_id] = now
-                    arrivals.latency_ms[p.image_id] = (now - p.occurred_at.timestamp()) * 1000
-            if batches:
-                arrivals.changed.set()
-    finally:
-        await consumer.stop()
+def _prediction_receiver(
+    site: str, arrivals: _Arrivals
+) -> Callable[[ConsumerRecord[Any, Any]], None]:
+    """Records the receipt time of each new prediction of ``site`` (from prediction.made)."""
+
+    def receive(record: ConsumerRecord[Any, Any]) -> None:
+        now = time.time()
+        p = PredictionMade.model_validate_json(record.value)
+        if p.site_id != site or p.prediction_id in arrivals.times:
+            return
+        arrivals.times[p.prediction_id] = now
+        arrivals.latency_ms[p.image_id] = (now - p.occurred_at.timestamp()) * 1000
+        arrivals.changed.set()
+
+    return receive
 
 
 async def _wait_count(
-    arrivals: _Arrivals, n: int, timeout_s: float, follower: asyncio.Task[None]
+    arrivals: _Arrivals, n: int, timeout_s: float, follower: TopicFollower
 ) -> None:
     deadline = time.monotonic() + timeout_s
     while len(arrivals.times) < n:
-        if follower.done():
-            follower.result()  # re-raises what stopped the follower
-            raise ComponentError("the prediction follower stopped")
+        if not follower.running:
+            raise ComponentError(
+                "the prediction.made follower stopped", hint="see the follow_failed log line"
+            )
         left = deadline - time.monotonic()
         if left <= 0:
             raise ComponentError(
@@ -184,16 +173,8 @@ async def _wait_count(
             await asyncio.wait_for(arrivals.changed.wait(), min(left, 5.0))
 
 
-async def _publish_backlog(producer: AIOKafkaProducer, evs: list[ImageCaptured]) -> None:
-    futures = [
-        await producer.send(topics.IMAGE_CAPTURED, e.model_dump_json().encode(), key=e.key())
-        for e in evs
-    ]
-    await asyncio.gather(*futures)
-
-
 async def _open_loop(
-    producer: AIOKafkaProducer,
+    producer: KafkaBroker,
     make: Callable[[int], ImageCaptured],
     start: int,
     rate: float,
@@ -201,7 +182,7 @@ async def _open_loop(
 ) -> list[str]:
     """Publish at ``rate``/s on a fixed schedule (not waiting for the service): open-loop load."""
     sent: list[str] = []
-    futures = []
+    futures: list[Awaitable[Any]] = []
     began = time.monotonic()
     n = int(rate * seconds)
     for i in range(n):
@@ -210,11 +191,7 @@ async def _open_loop(
         if delay > 0:
             await asyncio.sleep(delay)  # the load schedule itself, not synchronisation
         event = make(start + i)
-        futures.append(
-            await producer.send(
-                topics.IMAGE_CAPTURED, event.model_dump_json().encode(), key=event.key()
-            )
-        )
+        futures.append(await enqueue_event(producer, event))
         sent.append(event.image_id)
     await asyncio.gather(*futures)
     return sent
@@ -227,12 +204,12 @@ class _Phase:
 
 
 async def _latency_phase(
-    producer: AIOKafkaProducer,
+    producer: KafkaBroker,
     make: Callable[[int], ImageCaptured],
     start: int,
     phase: _Phase,
     arrivals: _Arrivals,
-    follower: asyncio.Task[None],
+    follower: TopicFollower,
 ) -> dict[str, Any]:
     """Offer ``phase.rate`` images/s open-loop; latency percentiles and the backlog's trend."""
     before = len(arrivals.times)
@@ -279,16 +256,14 @@ async def run_bench(cfg: BenchConfig, workdir: Path, say: Progress) -> dict[str,
     bootstrap = cfg.bootstrap
     if bootstrap is None:
         layout = kafka_local.KafkaLayout(
-            workdir / "kafka", port=_free_port(), controller_port=_free_port()
+            workdir / "kafka", port=free_port(), controller_port=free_port()
         )
         say("starting an isolated Kafka broker")
         await asyncio.to_thread(kafka_local.start, layout, partitions=cfg.partitions)
         bootstrap = layout.bootstrap
-    service: subprocess.Popen[bytes] | None = None
-    follower: asyncio.Task[None] | None = None
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=0
-    )
+    service = dataclasses.replace(supervisor.service("inference"), port=free_port())
+    follower: TopicFollower | None = None
+    producer = build_broker(bootstrap, client_id="bench-producer")
     try:
         say("rendering images into the blob store")
         images = await asyncio.to_thread(_images, cfg, store)
@@ -305,24 +280,21 @@ async def run_bench(cfg: BenchConfig, workdir: Path, say: Progress) -> dict[str,
             artifact_uri=str(cfg.bundle.resolve()),
             sha256=manifest.sha256,
         )
-        await producer.send_and_wait(
-            topics.MODEL_DEPLOYED, deploy.model_dump_json().encode(), key=deploy.key()
-        )
+        await publish_event(producer, deploy)
         n_backlog = max(200, int(raw_rate * cfg.duration_s * 0.3))
         say(f"pipeline: pre-filling a backlog of {n_backlog} image.captured events")
-        await _publish_backlog(producer, [_event(cfg, images, i) for i in range(n_backlog)])
+        await publish_events(producer, [_event(cfg, images, i) for i in range(n_backlog)])
 
         arrivals = _Arrivals()
-        follower = asyncio.create_task(
-            _follow_predictions(bootstrap, cfg.site, cfg.partitions, arrivals)
+        follower = TopicFollower(
+            bootstrap,
+            topics.PREDICTION_MADE,
+            _prediction_receiver(cfg.site, arrivals),
+            client_id="bench-receipts",
         )
-        port = _free_port()
+        await follower.start()
         env = {
-            **os.environ,
-            "DEFECTLOOP_HOME": str(workdir),
-            "DEFECTLOOP_LOG_FORMAT": "json",
             "DEFECTLOOP_INFERENCE_KAFKA_BOOTSTRAP": bootstrap,
-            "DEFECTLOOP_INFERENCE_PORT": str(port),
             "DEFECTLOOP_INFERENCE_BLOB_URL": store.root.as_uri(),
             "DEFECTLOOP_INFERENCE_GROUP_ID": f"bench-{os.getpid()}",
             "DEFECTLOOP_INFERENCE_MAX_BATCH": str(cfg.max_batch),
@@ -332,18 +304,11 @@ async def run_bench(cfg: BenchConfig, workdir: Path, say: Progress) -> dict[str,
             "DEFECTLOOP_INFERENCE_PROVIDERS": cfg.providers,
         }
         say("pipeline: starting the inference service and draining the backlog")
-        with (workdir / "inference.log").open("ab") as log:
-            service = subprocess.Popen(  # noqa: ASYNC220 - started once; we never wait on it here
-                [sys.executable, "-m", "defectloop.inference.main"],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
+        pid = supervisor.start_service(service, env=env, home=workdir, traces=False)
         await _wait_count(arrivals, 1, 180, follower)
-        cpu0, t_first = _cpu_seconds(service.pid), time.time()
+        cpu0, t_first = _cpu_seconds(pid), time.time()
         await _wait_count(arrivals, n_backlog, 60 + n_backlog / max(raw_rate * 0.2, 1.0), follower)
-        cpu1, t_last = _cpu_seconds(service.pid), max(arrivals.times.values())
+        cpu1, t_last = _cpu_seconds(pid), max(arrivals.times.values())
         times = sorted(arrivals.times.values())
         t10, t90 = times[int(0.1 * len(times))], times[int(0.9 * len(times)) - 1]
         pipeline_rate = (int(0.9 * len(times)) - int(0.1 * len(times))) / max(t90 - t10, 1e-9)
@@ -361,7 +326,7 @@ async def run_bench(cfg: BenchConfig, workdir: Path, say: Progress) -> dict[str,
             next_index += loads[f"{int(share * 100)}pct"]["images"]
 
         async with httpx.AsyncClient() as client:
-            resp = await client.get(f"http://127.0.0.1:{port}/v1/models", timeout=10)
+            resp = await client.get(f"http://127.0.0.1:{service.port}/v1/models", timeout=10)
         stats = resp.json().get("stats", {})
         return {
             "command": "defectloop bench pipeline",
@@ -388,15 +353,9 @@ async def run_bench(cfg: BenchConfig, workdir: Path, say: Progress) -> dict[str,
         }
     finally:
         if follower is not None:
-            follower.cancel()
-            await asyncio.gather(follower, return_exceptions=True)
+            await follower.stop()
         await producer.stop()
-        if service is not None and service.poll() is None:
-            service.send_signal(signal.SIGTERM)
-            try:
-                service.wait(30)
-            except subprocess.TimeoutExpired:
-                service.kill()
+        await asyncio.to_thread(supervisor.stop_service, service, 30.0, workdir)
         if layout is not None:
             await asyncio.to_thread(kafka_local.stop, layout)
 

@@ -1,4 +1,8 @@
-"""The local stack's services as supervised background processes (pid files, log files)."""
+"""The local stack's services as supervised background processes (pid files, log files).
+
+Everything lives under a state home (``state_home()`` by default; a benchmark passes its own work
+directory as ``home`` and its own port, so it never meets the running stack).
+"""
 
 from __future__ import annotations
 
@@ -36,20 +40,28 @@ SERVICES: tuple[ServiceSpec, ...] = (
 )
 
 
-def run_dir() -> Path:
-    return state_home() / "run"
+def service(name: str) -> ServiceSpec:
+    """The spec of the service called ``name``."""
+    for spec in SERVICES:
+        if spec.name == name:
+            return spec
+    raise KeyError(name)
 
 
-def log_dir() -> Path:
-    return state_home() / "logs"
+def run_dir(home: Path | None = None) -> Path:
+    return (home or state_home()) / "run"
 
 
-def pid_file(spec: ServiceSpec) -> Path:
-    return run_dir() / f"{spec.name}.pid"
+def log_dir(home: Path | None = None) -> Path:
+    return (home or state_home()) / "logs"
 
 
-def service_pid(spec: ServiceSpec) -> int | None:
-    return pid_from_file(pid_file(spec))
+def pid_file(spec: ServiceSpec, home: Path | None = None) -> Path:
+    return run_dir(home) / f"{spec.name}.pid"
+
+
+def service_pid(spec: ServiceSpec, home: Path | None = None) -> int | None:
+    return pid_from_file(pid_file(spec, home))
 
 
 def health(spec: ServiceSpec, timeout: float = 2.0) -> dict[str, object] | None:
@@ -63,22 +75,33 @@ def health(spec: ServiceSpec, timeout: float = 2.0) -> dict[str, object] | None:
     return body if resp.status_code == 200 else None
 
 
-def start_service(spec: ServiceSpec, *, env: dict[str, str] | None = None) -> int:
-    """Start ``spec`` in the background unless it runs; return its pid."""
-    pid = service_pid(spec)
+def start_service(
+    spec: ServiceSpec,
+    *,
+    env: dict[str, str] | None = None,
+    home: Path | None = None,
+    traces: bool = True,
+) -> int:
+    """Start ``spec`` in the background unless it runs; return its pid.
+
+    ``traces=False`` leaves span export off (a benchmark does not time the trace writer).
+    """
+    pid = service_pid(spec, home)
     if pid is not None:
         return pid
-    run_dir().mkdir(parents=True, exist_ok=True)
-    log_dir().mkdir(parents=True, exist_ok=True)
+    run_dir(home).mkdir(parents=True, exist_ok=True)
+    log_dir(home).mkdir(parents=True, exist_ok=True)
     child_env = {
         **os.environ,
-        "DEFECTLOOP_HOME": str(state_home()),
+        "DEFECTLOOP_HOME": str(home or state_home()),
         "DEFECTLOOP_LOG_FORMAT": "json",
-        "DEFECTLOOP_TRACE_FILE": str(log_dir() / "traces.jsonl"),
+        "DEFECTLOOP_TRACE_FILE": str(log_dir(home) / "traces.jsonl"),
         f"{spec.env_prefix}PORT": str(spec.port),
         **(env or {}),
     }
-    with (log_dir() / f"{spec.name}.log").open("ab") as log:
+    if not traces:
+        del child_env["DEFECTLOOP_TRACE_FILE"]
+    with (log_dir(home) / f"{spec.name}.log").open("ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", spec.module],
             stdout=log,
@@ -87,25 +110,25 @@ def start_service(spec: ServiceSpec, *, env: dict[str, str] | None = None) -> in
             env=child_env,
             start_new_session=True,
         )
-    pid_file(spec).write_text(str(proc.pid))
+    pid_file(spec, home).write_text(str(proc.pid))
     return proc.pid
 
 
-def wait_healthy(spec: ServiceSpec, timeout_s: float = 60.0) -> None:
+def wait_healthy(spec: ServiceSpec, timeout_s: float = 60.0, home: Path | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     while health(spec) is None:
-        if service_pid(spec) is None:
+        if service_pid(spec, home) is None:
             raise ComponentError(
                 f"{spec.name} exited during start-up",
-                hint=f"see {log_dir() / (spec.name + '.log')}",
+                hint=f"see {log_dir(home) / (spec.name + '.log')}",
             )
         if time.monotonic() > deadline:
             raise ComponentError(
                 f"{spec.name} not healthy after {timeout_s:.0f} s",
-                hint=f"see {log_dir() / (spec.name + '.log')}",
+                hint=f"see {log_dir(home) / (spec.name + '.log')}",
             )
         time.sleep(0.3)  # readiness polling of a child process
 
 
-def stop_service(spec: ServiceSpec, timeout_s: float = 30.0) -> bool:
-    return stop_by_pid_file(pid_file(spec), timeout_s=timeout_s)
+def stop_service(spec: ServiceSpec, timeout_s: float = 30.0, home: Path | None = None) -> bool:
+    return stop_by_pid_file(pid_file(spec, home), timeout_s=timeout_s)

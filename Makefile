@@ -25,7 +25,8 @@ demo: setup
 
 lint: setup
 	.venv/bin/ruff check .
-	.venv/bin/mypy --strict libs/common/src
+	.venv/bin/mypy  # strict, every package: [tool.mypy] in pyproject.toml
+	$(PY) scripts/check_deps.py  # each pyproject declares exactly what it imports (deptry + members)
 	$(PY) -m defectloop.common.schemas --check
 	.venv/bin/lint-imports  # the rooms and their doors: .importlinter, docs/architecture.md
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import platformdirs
+
 
 def state_home() -> Path:
     """State of the local stack: ``$DEFECTLOOP_HOME``, else ``.defectloop/`` in the working directory."""
@@ -12,8 +14,8 @@ def state_home() -> Path:
 
 
 def cache_home() -> Path:
-    """Downloads shared by every checkout (Kafka jars, bootstrap models): the user's cache dir."""
-    base = os.environ.get("DEFECTLOOP_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "defectloop"
-    )
-    return Path(base).resolve()
+    """Downloads shared by every checkout (Kafka jars, bootstrap models): ``$DEFECTLOOP_CACHE``,
+    else the user's cache dir (``$XDG_CACHE_HOME/defectloop`` or ``~/.cache/defectloop`` on Linux,
+    the path ``scripts/install-labelstudio.sh`` uses too)."""
+    base = os.environ.get("DEFECTLOOP_CACHE")
+    return (Path(base) if base else platformdirs.user_cache_path("defectloop")).resolve()

@@ -125,40 +125,24 @@ def read_outcomes(bootstrap: str, sites: list[str]) -> dict[str, Any]:
     """What the demo produced, read back from Kafka: decisions and annotations per site."""
     import asyncio
 
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
     from defectloop.common import topics
     from defectloop.common.events import AnnotationCompleted, PredictionMade
+    from defectloop.common.kafka_read import read_events
 
     async def read() -> dict[str, Any]:
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-        await consumer.start()
-        try:
-            await consumer._client.force_metadata_update()  # partitions_for_topic reads it
-            tps = [
-                TopicPartition(t, p)
-                for t in (topics.PREDICTION_MADE, topics.ANNOTATION_COMPLETED)
-                for p in sorted(consumer.partitions_for_topic(t) or ())
-            ]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            end = await consumer.end_offsets(tps)
-            decisions: list[PredictionMade] = []
-            annotations: list[AnnotationCompleted] = []
-            while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
-                for tp, records in (await consumer.getmany(timeout_ms=500)).items():
-                    for record in records:
-                        if tp.topic == topics.PREDICTION_MADE:
-                            p = PredictionMade.model_validate_json(record.value)
-                            if p.site_id in sites and p.role.value == "champion":
-                                decisions.append(p)
-                        else:
-                            a = AnnotationCompleted.model_validate_json(record.value)
-                            if a.site_id in sites:
-                                annotations.append(a)
-            return {"decisions": decisions, "annotations": annotations}
-        finally:
-            await consumer.stop()
+        decisions = await read_events(
+            bootstrap,
+            topics.PREDICTION_MADE,
+            model=PredictionMade,
+            where=lambda p: p.site_id in sites and p.role.value == "champion",
+        )
+        annotations = await read_events(
+            bootstrap,
+            topics.ANNOTATION_COMPLETED,
+            model=AnnotationCompleted,
+            where=lambda a: a.site_id in sites,
+        )
+        return {"decisions": decisions, "annotations": annotations}
 
     return asyncio.run(read())
 

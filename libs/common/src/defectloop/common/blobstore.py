@@ -13,13 +13,9 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
-from defectloop.common.errors import (
-    ConfigError,
-    IntegrityMismatchError,
-    NotFoundError,
-    TransientError,
-)
+from defectloop.common.errors import ConfigError, IntegrityMismatchError, NotFoundError
 from defectloop.common.events import sha256_hex
+from defectloop.common.translate import s3_errors
 
 
 class BlobStore(Protocol):
@@ -116,27 +112,24 @@ class S3BlobStore:
 
     def put(self, data: bytes, *, suffix: str = "") -> str:
         key = self._key(sha256_hex(data), suffix)
-        try:
+        with s3_errors(f"S3 put of s3://{self.bucket}/{key}"):
             self._client.put_object(Bucket=self.bucket, Key=key, Body=data)
-        except Exception as exc:  # botocore errors: the store is down or refusing
-            raise TransientError(f"S3 put failed: {exc}") from exc
         return f"s3://{self.bucket}/{key}"
 
     def get(self, uri: str) -> bytes:
         parsed = urlparse(uri)
-        try:
+        with s3_errors(f"S3 get of {uri}"):
             obj = self._client.get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))
-        except Exception as exc:
-            if "NoSuchKey" in type(exc).__name__ or "NoSuchKey" in str(exc):
-                raise NotFoundError(f"blob not found: {uri}", reason="missing_blob") from exc
-            raise TransientError(f"S3 get failed: {exc}") from exc
-        return _verified(uri, obj["Body"].read())
+            data = obj["Body"].read()
+        return _verified(uri, data)
 
     def exists(self, uri: str) -> bool:
+        """Whether the blob is there; an unreachable store raises (it is not an absent blob)."""
         parsed = urlparse(uri)
         try:
-            self._client.head_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))
-        except Exception:
+            with s3_errors(f"S3 head of {uri}"):
+                self._client.head_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))
+        except NotFoundError:
             return False
         return True
 

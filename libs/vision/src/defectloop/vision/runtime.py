@@ -1,9 +1,15 @@
-"""The detector: a verified bundle in an ONNX Runtime session, preprocess → run → decode."""
+"""The detector: a verified bundle in an ONNX Runtime session, preprocess → run → decode.
+
+The only module of defectloop that imports onnxruntime (the trainer's export parity check and
+hold-out evaluation go through :func:`open_session` / :func:`run_graph` too), so ONNX Runtime's
+own (pybind) exception types are translated here once: :func:`onnxruntime_errors`.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -11,7 +17,12 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from defectloop.common.errors import InvalidInputError
+from defectloop.common.errors import (
+    ConfigError,
+    InvalidInputError,
+    NotFoundError,
+    TransientError,
+)
 from defectloop.vision.decode import DecodedImage, Detection, decode_batch
 from defectloop.vision.manifest import (
     EMBEDDING,
@@ -86,6 +97,87 @@ def session_options(intra_op_threads: int | None, inter_op_threads: int) -> ort.
     return options
 
 
+def _ort_types(*names: str) -> tuple[type[Exception], ...]:
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    found = (getattr(state, name, None) for name in names)
+    return tuple(t for t in found if isinstance(t, type) and issubclass(t, Exception))
+
+
+@contextmanager
+def onnxruntime_errors(what: str, *, loading: bool) -> Iterator[None]:
+    """Translate ONNX Runtime's exceptions raised inside the block.
+
+    Loading: a missing file -> ``NotFoundError``; a provider that fails to start -> ``ConfigError``;
+    anything else (bad protobuf, invalid graph, unsupported op) -> ``InvalidInputError``
+    ``bundle_invalid``: the bundle will never load. Running: a tensor the graph refuses ->
+    ``InvalidInputError``; an engine or provider failure -> ``TransientError`` (memory pressure and
+    device hiccups pass; the caller's retry decides when to give up).
+    """
+    no_file = _ort_types("NoSuchFile")
+    provider = _ort_types("EPFail")
+    bad_input = _ort_types("InvalidArgument")
+    every = _ort_types(
+        "Fail",
+        "InvalidArgument",
+        "NoSuchFile",
+        "NoModel",
+        "EngineError",
+        "RuntimeException",
+        "InvalidProtobuf",
+        "ModelLoaded",
+        "NotImplemented",
+        "InvalidGraph",
+        "EPFail",
+    )
+    try:
+        yield
+    except every as exc:
+        message = f"onnxruntime: {what}: {type(exc).__name__}: {exc}"[:1000]
+        if loading and isinstance(exc, no_file):
+            raise NotFoundError(message, reason="bundle_missing") from exc
+        if isinstance(exc, provider):
+            raise ConfigError(
+                message, hint="check the onnxruntime build and its execution providers"
+            ) from exc
+        if loading:
+            raise InvalidInputError(
+                message,
+                reason="bundle_invalid",
+                hint="export the model as one self-contained ONNX file, opset >= 17",
+            ) from exc
+        if isinstance(exc, bad_input):
+            raise InvalidInputError(message, reason="invalid_tensor") from exc
+        raise TransientError(message, reason="inference_failed") from exc
+
+
+def open_session(
+    model_bytes: bytes,
+    *,
+    providers: ProviderChoice = "auto",
+    intra_op_threads: int | None = None,
+    inter_op_threads: int = 1,
+    source: str = "model",
+) -> ort.InferenceSession:
+    """An ONNX Runtime session on ``model_bytes``; failures come out translated."""
+    with onnxruntime_errors(f"cannot load {source}", loading=True):
+        return ort.InferenceSession(
+            model_bytes,
+            sess_options=session_options(intra_op_threads, inter_op_threads),
+            providers=select_providers(providers),
+        )
+
+
+def run_graph(
+    model_bytes: bytes, batch: npt.NDArray[np.float32], *, intra_op_threads: int = 1
+) -> dict[str, npt.NDArray[np.float32]]:
+    """The raw outputs of a bundle graph on a preprocessed batch, on CPU (export parity checks)."""
+    session = open_session(model_bytes, providers="cpu", intra_op_threads=intra_op_threads)
+    with onnxruntime_errors("run", loading=False):
+        values = session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
+    return {name: np.asarray(v) for name, v in zip(OUTPUT_NAMES, values, strict=True)}
+
+
 class Detector:
     """A loaded, verified model bundle. Thread-safe for concurrent :meth:`predict` calls."""
 
@@ -104,18 +196,33 @@ class Detector:
     ) -> Detector:
         """Verify the bundle's sha256, then build the session from the verified bytes."""
         manifest, model_bytes = load_verified(bundle_dir)
-        try:
-            session = ort.InferenceSession(
-                model_bytes,
-                sess_options=session_options(intra_op_threads, inter_op_threads),
-                providers=select_providers(providers),
-            )
-        except Exception as exc:  # onnxruntime raises its own (pybind) exception types
-            raise InvalidInputError(
-                f"onnxruntime cannot load {bundle_dir}: {exc}",
-                reason="bundle_invalid",
-                hint="export the model as one self-contained ONNX file, opset >= 17",
-            ) from exc
+        return cls.from_manifest(
+            manifest,
+            model_bytes,
+            providers=providers,
+            intra_op_threads=intra_op_threads,
+            inter_op_threads=inter_op_threads,
+            source=str(bundle_dir),
+        )
+
+    @classmethod
+    def from_manifest(
+        cls,
+        manifest: BundleManifest,
+        model_bytes: bytes,
+        providers: ProviderChoice = "auto",
+        intra_op_threads: int | None = None,
+        inter_op_threads: int = 1,
+        source: str = "model",
+    ) -> Detector:
+        """A detector on bytes already verified against ``manifest`` (e.g. just exported)."""
+        session = open_session(
+            model_bytes,
+            providers=providers,
+            intra_op_threads=intra_op_threads,
+            inter_op_threads=inter_op_threads,
+            source=source,
+        )
         return cls(manifest, session)
 
     @property
@@ -148,7 +255,8 @@ class Detector:
 
     def run(self, tensor: npt.NDArray[np.float32]) -> dict[str, npt.NDArray[np.float32]]:
         """Run the raw graph on a preprocessed ``[N, 1, H, W]`` tensor."""
-        values = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: tensor})
+        with onnxruntime_errors("run", loading=False):
+            values = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: tensor})
         return {
             name: np.asarray(v, dtype=np.float32)
             for name, v in zip(OUTPUT_NAMES, values, strict=True)

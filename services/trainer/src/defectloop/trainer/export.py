@@ -75,13 +75,9 @@ def torch_outputs(net: object, batch: npt.NDArray[np.float32]) -> dict[str, npt.
 
 
 def ort_outputs(onnx_bytes: bytes, batch: npt.NDArray[np.float32]) -> dict[str, npt.NDArray[np.float32]]:
-    import onnxruntime as ort
+    from defectloop.vision.runtime import run_graph
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    session = ort.InferenceSession(onnx_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
-    results = session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
-    return dict(zip(OUTPUT_NAMES, (np.asarray(r) for r in results), strict=True))
+    return run_graph(onnx_bytes, batch, intra_op_threads=1)
 
 
 def max_abs_diff(net: object, onnx_bytes: bytes, batch: npt.NDArray[np.float32]) -> dict[str, float]:

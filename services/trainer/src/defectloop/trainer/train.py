@@ -322,13 +322,11 @@ def evaluate_samples(
     ``defectloop.vision``) on the ORIGINAL images, so hold-out metrics are what serving would get.
     """
     import cv2
-    import onnxruntime as ort
 
     from defectloop.vision.metrics import ImageBoxes, average_precision, decision_metrics
     from defectloop.vision.runtime import Detector
 
-    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    detector = Detector(manifest, session)
+    detector = Detector.from_manifest(manifest, onnx_bytes, providers="cpu")
     preds: list[ImageBoxes] = []
     truths: list[ImageBoxes] = []
     decisions: list[bool] = []

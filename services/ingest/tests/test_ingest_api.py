@@ -29,6 +29,7 @@ from defectloop.common.events import ImageCaptured, ImageRejected, RejectReason,
 from defectloop.ingest import auth
 from defectloop.ingest.main import build_app
 from defectloop.ingest.settings import IngestSettings
+from defectloop.testing.kafka import TcpForwarder
 
 pytestmark = pytest.mark.integration
 
@@ -307,37 +308,6 @@ async def test_kafka_down_gives_503_within_the_bound_and_health_degraded(
     assert health.json()["status"] == "degraded"
 
 
-class _TcpForwarder:
-    """Listens on ``port`` and forwards every connection to ``target`` (Kafka's bootstrap)."""
-
-    def __init__(self, port: int, target: str) -> None:
-        self.port = port
-        self.host, target_port = target.rsplit(":", 1)
-        self.target_port = int(target_port)
-        self.server: asyncio.Server | None = None
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except (ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(self.host, self.target_port)
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-
-
 async def test_ingest_recovers_when_kafka_comes_back_and_the_retry_publishes(
     kafka_bootstrap: str, tmp_path: Path, pngs: Any
 ) -> None:
@@ -346,7 +316,7 @@ async def test_ingest_recovers_when_kafka_comes_back_and_the_retry_publishes(
         tmp_path, f"127.0.0.1:{port}", publish_timeout_s=1.0, kafka_connect_retry_s=0.2
     )
     body = pngs.valid(51)
-    forwarder = _TcpForwarder(port, kafka_bootstrap)
+    forwarder = TcpForwarder(port, kafka_bootstrap)
     async with running(settings, wait_kafka=False) as harness:
         down = await harness.post(body)
         assert down.status_code == 503

@@ -1,14 +1,14 @@
 """The trainer's model registry (SQLModel): dataset versions, training runs, model versions, deployments.
 
-SQLite file ``$DEFECTLOOP_HOME/trainer.db`` by default; ``DEFECTLOOP_TRAINER_DB_URL`` overrides it
-with any SQLAlchemy URL (e.g. ``postgresql+psycopg://...``). Only portable column types are used
+SQLite file ``$DEFECTLOOP_HOME/trainer.db`` by default; ``DEFECTLOOP_TRAINER_DATABASE_URL`` (or the
+older ``DEFECTLOOP_TRAINER_DB_URL``, see :class:`TrainerSettings`) overrides it with any SQLAlchemy
+URL (e.g. ``postgresql+psycopg://...``). Only portable column types are used
 (JSON documents as TEXT), so the same code runs on PostgreSQL unchanged.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -22,10 +22,10 @@ from sqlmodel import Field, Session, SQLModel, select
 
 from defectloop.common.db import make_engine
 from defectloop.common.errors import ConfigError, NotFoundError, TransientError
-from defectloop.common.paths import state_home
+from defectloop.trainer.settings import TrainerSettings
 from defectloop.vision.manifest import BundleManifest
 
-DB_URL_ENV = "DEFECTLOOP_TRAINER_DB_URL"
+DB_URL_ENV = "DEFECTLOOP_TRAINER_DATABASE_URL"
 
 ROLES = ("champion", "challenger", "shadow")
 
@@ -165,12 +165,7 @@ def model_version_from_manifest(
 
 
 def database_url() -> str:
-    url = os.environ.get(DB_URL_ENV)
-    if url:
-        return url
-    home = state_home()
-    home.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{home / 'trainer.db'}"
+    return TrainerSettings().resolved_database_url()
 
 
 class Registry:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
 from defectloop.common.settings import ServiceSettings
@@ -12,3 +13,9 @@ class TrainerSettings(ServiceSettings):
 
     service_name: str = "trainer"
     port: int = 8085
+    # compose.yaml sets DATABASE_URL like every service; DB_URL is the registry's older name.
+    database_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("DEFECTLOOP_TRAINER_DATABASE_URL", "DEFECTLOOP_TRAINER_DB_URL"),
+        description="SQLAlchemy URL of the registry; default: SQLite file <state>/trainer.db",
+    )

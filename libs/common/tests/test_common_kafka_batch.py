@@ -88,9 +88,7 @@ async def test_batch_narrows_an_unexpected_failure_down_to_the_failing_item() ->
     assert letters.sent == [(1, "unhandled_error")]
 
 
-async def test_batch_dead_letters_a_permanent_error_of_a_single_item_with_its_reason() -> (
-    None
-):
+async def test_batch_dead_letters_a_permanent_error_of_a_single_item_with_its_reason() -> None:
     async def handler(items: Sequence[BatchItem[Any]]) -> list[Rejection]:
         raise InvalidInputError("bad", reason="undecodable")
 
@@ -99,9 +97,7 @@ async def test_batch_dead_letters_a_permanent_error_of_a_single_item_with_its_re
     assert letters.sent == [(5, "undecodable")]
 
 
-async def test_batch_raises_a_persistent_transient_error_so_nothing_is_committed() -> (
-    None
-):
+async def test_batch_raises_a_persistent_transient_error_so_nothing_is_committed() -> None:
     calls = 0
 
     async def handler(items: Sequence[BatchItem[Any]]) -> list[Rejection]:

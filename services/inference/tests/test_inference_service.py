@@ -150,11 +150,14 @@ async def test_inference_dead_letters_an_invalid_model_deployed_and_keeps_servin
     key = f"{site}/champion".encode()
     await _publish(producer, make_bundle("v1").deployed(site))
     await producer.publish(b'{"site_id": "in the backlog"}', topic=topics.MODEL_DEPLOYED, key=key)
-    async with collect(
-        kafka_bootstrap,
-        topics.dlq_topic(topics.MODEL_DEPLOYED),
-        where=lambda letter: letter.site_id == site,
-    ) as letters, run_service(settings_for()) as app:
+    async with (
+        collect(
+            kafka_bootstrap,
+            topics.dlq_topic(topics.MODEL_DEPLOYED),
+            where=lambda letter: letter.site_id == site,
+        ) as letters,
+        run_service(settings_for()) as app,
+    ):
         await letters.wait_for(lambda found: len(found) >= 1)
         await producer.publish(b"{not json", topic=topics.MODEL_DEPLOYED, key=key)
         await letters.wait_for(lambda found: len(found) >= 2)

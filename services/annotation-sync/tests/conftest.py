@@ -9,14 +9,18 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvicorn
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from defectloop.annotation_sync.main import build_app
 from defectloop.annotation_sync.settings import AnnotationSyncSettings
 from defectloop.annotation_sync.sync import AnnotationSync
 from defectloop.common.kafka import build_broker
+from defectloop.common.kafka_admin import partitions_of
 
 
 def free_port() -> int:
@@ -29,12 +33,14 @@ def free_port() -> int:
 class LabelStudioServer:
     url: str
     token: str
+    layout: Any = None  # labelstudio_local.LabelStudioLayout when started here (can be stopped)
 
 
 @pytest.fixture(scope="session")
 def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudioServer]:
     """A real Label Studio (own data dir, free port) for the session, started by
-    ``labelstudio_local``; skipped only when scripts/install-labelstudio.sh has not run."""
+    ``labelstudio_local``. A missing install FAILS the tests that need it (never a skip: a
+    broken install must not silently drop them from CI)."""
     from defectloop.cli import labelstudio_local
 
     external = os.environ.get("DEFECTLOOP_TEST_LABEL_STUDIO_URL")
@@ -42,14 +48,14 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStud
         yield LabelStudioServer(external, os.environ["DEFECTLOOP_TEST_LABEL_STUDIO_TOKEN"])
         return
     if not labelstudio_local.installed():
-        pytest.skip(
+        pytest.fail(
             f"Label Studio is not installed at {labelstudio_local.venv_dir()}: "
             "run scripts/install-labelstudio.sh (make setup does it)"
         )
     layout = labelstudio_local.LabelStudioLayout(tmp_path_factory.mktemp("ls"), port=free_port())
     labelstudio_local.start(layout, timeout_s=400)
     try:
-        yield LabelStudioServer(layout.url, labelstudio_local.credentials(layout)["token"])
+        yield LabelStudioServer(layout.url, labelstudio_local.credentials(layout)["token"], layout)
     finally:
         labelstudio_local.stop(layout)
 
@@ -107,12 +113,43 @@ def service_settings(
     return AnnotationSyncSettings(**values)  # type: ignore[arg-type]
 
 
+async def end_offsets(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
+    """The current end offset of each partition of ``topic``."""
+    partitions = (await partitions_of(bootstrap, [topic])).get(topic, [])
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        return dict(await consumer.end_offsets(tps))
+    finally:
+        await consumer.stop()
+
+
+async def committed(bootstrap: str, group: str) -> dict[TopicPartition, int]:
+    """The offsets ``group`` has committed (what it will never read again)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        found = await admin.list_consumer_group_offsets(group)
+        return {tp: meta.offset for tp, meta in found.items()}
+    finally:
+        await admin.close()
+
+
+async def committed_past(bootstrap: str, group: str, ends: dict[TopicPartition, int]) -> bool:
+    """True once ``group`` committed at least ``ends`` on every partition."""
+    done = await committed(bootstrap, group)
+    return all(done.get(tp, -1) >= end for tp, end in ends.items())
+
+
 @dataclass(frozen=True)
 class Harness:
     """Helpers for tests (conftest modules are not importable under importlib mode)."""
 
     run_service: object = run_service
     service_settings: object = service_settings
+    end_offsets: object = end_offsets
+    committed_past: object = committed_past
 
 
 @pytest.fixture(scope="session")

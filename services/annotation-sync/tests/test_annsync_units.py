@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from sklearn.metrics import cohen_kappa_score
@@ -17,7 +19,8 @@ from defectloop.annotation_sync.sampling import (
     decide,
     unit_hash,
 )
-from defectloop.common.errors import InvalidInputError
+from defectloop.annotation_sync.settings import AnnotationSyncSettings
+from defectloop.common.errors import ConfigError, InvalidInputError
 from defectloop.common.events import (
     AnnotationStatus,
     Box,
@@ -321,3 +324,34 @@ def test_agreement_over_pairs() -> None:
     assert ag.box_matched_share == pytest.approx(2 / 3)
     assert ag.box_mean_iou == 1.0
     assert not math.isnan(ag.decision_agreement or math.nan)
+
+
+# --- doors ---------------------------------------------------------------------------------
+
+
+def test_label_studio_comes_only_from_the_service_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The CLI's info file exists, but annotation-sync must not read it.
+    for name in ("URL", "TOKEN", "INSTANCES"):
+        monkeypatch.delenv(f"DEFECTLOOP_ANNOTATION_SYNC_LABEL_STUDIO_{name}", raising=False)
+    monkeypatch.setenv("DEFECTLOOP_HOME", str(tmp_path))
+    info = tmp_path / "labelstudio" / "info.json"
+    info.parent.mkdir(parents=True)
+    info.write_text(json.dumps({"url": "http://127.0.0.1:1", "token": "t" * 40}))
+    with pytest.raises(ConfigError, match="no Label Studio configured"):
+        AnnotationSyncSettings().instance_for("A")
+    monkeypatch.setenv("DEFECTLOOP_ANNOTATION_SYNC_LABEL_STUDIO_URL", "http://ls:8080")
+    monkeypatch.setenv("DEFECTLOOP_ANNOTATION_SYNC_LABEL_STUDIO_TOKEN", "k" * 40)
+    monkeypatch.setenv(
+        "DEFECTLOOP_ANNOTATION_SYNC_LABEL_STUDIO_INSTANCES",
+        json.dumps({"B": {"url": "http://ls-b:8080", "token": "b" * 40}}),
+    )
+    settings = AnnotationSyncSettings()
+    assert settings.instance_for("A").url == "http://ls:8080"
+    assert settings.instance_for("B").url == "http://ls-b:8080"
+
+
+def test_the_service_code_never_mentions_the_cli_files() -> None:
+    src = Path(convert.__file__).parent
+    assert [p.name for p in src.glob("*.py") if "info.json" in p.read_text()] == []

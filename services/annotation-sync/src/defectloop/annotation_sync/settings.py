@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from pydantic import BaseModel, Field
 from pydantic_settings import SettingsConfigDict
 
 from defectloop.common.errors import ConfigError
-from defectloop.common.paths import state_home
 from defectloop.common.settings import ServiceSettings
 
 
@@ -30,15 +26,15 @@ class AnnotationSyncSettings(ServiceSettings):
 
     # --- Label Studio ---------------------------------------------------------------------
     label_studio_url: str | None = Field(
-        None, description="Shared instance URL; unset = read <state>/labelstudio/info.json."
+        None, description="URL of the shared Label Studio (sites without their own instance)."
     )
     label_studio_token: str | None = Field(
-        None, description="API token of the shared instance; unset = from the info file."
+        None, description="API token (legacy `Token` key) of the shared instance."
     )
     label_studio_instances: dict[str, LabelStudioInstance] = Field(
         default_factory=dict,
-        description="Strict segregation: site -> its own instance (JSON). Sites not listed use "
-        "the shared instance, or <state>/labelstudio/sites/<site>/info.json when it exists.",
+        description="Strict segregation: site -> its own instance {url, token} (JSON). Sites "
+        "not listed use the shared instance.",
     )
     label_studio_timeout_s: float = Field(30.0, gt=0)
     label_studio_retries: int = Field(5, ge=1, description="Attempts per Label Studio call.")
@@ -98,28 +94,17 @@ class AnnotationSyncSettings(ServiceSettings):
         return self.daily_budgets.get(site, self.daily_budget)
 
     def instance_for(self, site: str) -> LabelStudioInstance:
-        """Where ``site``'s project lives: its own instance, else the shared one."""
+        """Where ``site``'s project lives: its own instance, else the shared one.
+
+        Only this service's settings say so (``defectloop up`` passes them): annotation-sync
+        never reads the CLI's files.
+        """
         if site in self.label_studio_instances:
             return self.label_studio_instances[site]
-        own = _read_info(state_home() / "labelstudio" / "sites" / site / "info.json")
-        if own is not None and self.label_studio_url is None:
-            return own
         if self.label_studio_url and self.label_studio_token:
             return LabelStudioInstance(url=self.label_studio_url, token=self.label_studio_token)
-        shared = _read_info(state_home() / "labelstudio" / "info.json")
-        if shared is None:
-            raise ConfigError(
-                f"no Label Studio configured for site {site}",
-                hint="run `defectloop labelstudio start`, or set "
-                "DEFECTLOOP_ANNOTATION_SYNC_LABEL_STUDIO_URL and _TOKEN",
-            )
-        url = self.label_studio_url or shared.url
-        return LabelStudioInstance(url=url, token=self.label_studio_token or shared.token)
-
-
-def _read_info(path: Path) -> LabelStudioInstance | None:
-    try:
-        data = json.loads(path.read_text())
-        return LabelStudioInstance(url=data["url"], token=data["token"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+        raise ConfigError(
+            f"no Label Studio configured for site {site}",
+            hint="set DEFECTLOOP_ANNOTATION_SYNC_LABEL_STUDIO_URL and _TOKEN (or "
+            "_LABEL_STUDIO_INSTANCES); `defectloop up` passes those of its Label Studio",
+        )

@@ -80,7 +80,8 @@ class LabelStudioLayout:
 
     @property
     def info_file(self) -> Path:
-        """``{"url", "token", ...}`` for other components (annotation-sync, simulators)."""
+        """``{"url", "token", ...}`` of this instance, for the CLI itself (the stack passes them
+        to annotation-sync as settings; services never read it)."""
         return self.home / "info.json"
 
 
@@ -244,6 +245,36 @@ def _write_info(layout: LabelStudioLayout) -> None:
     with os.fdopen(fd, "w") as fh:
         json.dump(info, fh)
     os.replace(tmp, layout.info_file)
+
+
+ANNOTATION_SYNC_ENV = "DEFECTLOOP_ANNOTATION_SYNC_"
+
+
+def _running_instance(layout: LabelStudioLayout) -> dict[str, str] | None:
+    """``{"url", "token"}`` of a per-site instance started earlier, if it answers now."""
+    try:
+        info = json.loads(layout.info_file.read_text())
+        url, token = str(info["url"]), str(info["token"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        up = httpx.get(f"{url}/health", timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        up = False
+    return {"url": url, "token": token} if up else None
+
+
+def annotation_sync_env(shared: LabelStudioLayout, sites: list[str]) -> dict[str, str]:
+    """The settings through which the stack hands annotation-sync its Label Studio: the shared
+    instance, and each site's own one when it runs (``labelstudio start --site S``)."""
+    env = {
+        f"{ANNOTATION_SYNC_ENV}LABEL_STUDIO_URL": shared.url,
+        f"{ANNOTATION_SYNC_ENV}LABEL_STUDIO_TOKEN": credentials(shared)["token"],
+    }
+    own = {s: inst for s in sites if (inst := _running_instance(default_layout(s)))}
+    if own:
+        env[f"{ANNOTATION_SYNC_ENV}LABEL_STUDIO_INSTANCES"] = json.dumps(own)
+    return env
 
 
 def projects(layout: LabelStudioLayout) -> dict[str, int]:

@@ -69,6 +69,7 @@ def stack_up(sites: list[str] | None = None) -> None:
         env = {}
         if spec.name == "annotation-sync":  # one Label Studio project per site, made at start
             env["DEFECTLOOP_ANNOTATION_SYNC_SITES"] = json.dumps(site_list)
+            env.update(labelstudio_local.annotation_sync_env(studio, site_list))
         supervisor.start_service(spec, env=env)
     for spec in supervisor.SERVICES:
         with console.status(f"waiting for {spec.name} to report healthy..."):

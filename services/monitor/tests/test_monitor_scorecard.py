@@ -79,75 +79,74 @@ def test_counts_interval_and_mcnemar_come_from_the_paired_table() -> None:
     assert (card.champion_version, card.candidate_version) == ("v1", "v2")
 
 
-def test_candidate_that_finds_more_defects_is_better() -> None:
-    card = scorecard(
-        pairs(
+SCENARIOS = {
+    # name: ((count, truth, champion says defective, candidate says defective), ...), verdict
+    "finds_more_defects": (
+        (
             (40, True, True, True),
             (15, True, False, True),
             (5, True, False, False),
             (40, False, False, False),
-        )
-    )
-    assert card.verdict is Verdict.BETTER
-
-
-def test_candidate_that_misses_more_is_worse() -> None:
-    card = scorecard(
-        pairs(
+        ),
+        Verdict.BETTER,
+    ),
+    "misses_more_defects": (
+        (
             (40, True, True, True),
             (15, True, True, False),
             (5, True, False, False),
             (40, False, False, False),
-        )
-    )
-    assert card.recall.ci_high is not None
-    assert card.recall.ci_high < 0
-    assert card.verdict is Verdict.WORSE
-
-
-def test_identical_models_on_many_labels_are_non_inferior() -> None:
-    card = scorecard(
-        pairs(
+        ),
+        Verdict.WORSE,
+    ),
+    "identical_on_many_labels": (
+        (
             (270, True, True, True),
             (30, True, False, False),
             (180, False, False, False),
             (20, False, True, True),
-        )
-    )
-    assert card.recall.ci_low is not None
-    assert card.recall.ci_low >= -0.02
-    assert (card.precision.ci_low, card.precision.ci_high) == (0.0, 0.0)
-    assert card.verdict is Verdict.NON_INFERIOR
-
-
-def test_fewer_false_alarms_make_a_better_precision() -> None:
-    card = scorecard(
-        pairs(
+        ),
+        Verdict.NON_INFERIOR,
+    ),
+    "fewer_false_alarms": (
+        (
             (270, True, True, True),
             (30, True, False, False),
             (170, False, False, False),
             (30, False, True, False),
-        )
-    )
-    assert card.precision.ci_low is not None
-    assert card.precision.ci_low > 0
-    assert card.verdict is Verdict.BETTER
+        ),
+        Verdict.BETTER,
+    ),
+    "too_few_defective_pairs": (
+        ((10, True, False, True), (50, False, False, False)),
+        Verdict.NOT_ENOUGH_DATA,
+    ),
+    # 60 defective images, identical decisions: the paired interval (about ±0.04) still includes
+    # a loss larger than the 0.02 margin
+    "straddles_the_margin": (
+        ((54, True, True, True), (6, True, False, False), (40, False, False, False)),
+        Verdict.NOT_ENOUGH_DATA,
+    ),
+}
 
 
-def test_too_few_defective_pairs_is_not_enough_data() -> None:
-    card = scorecard(pairs((10, True, False, True), (50, False, False, False)))
-    assert card.verdict is Verdict.NOT_ENOUGH_DATA
-
-
-def test_an_interval_straddling_the_margin_is_not_enough_data() -> None:
-    # 60 defective images, identical decisions: the paired interval (about ±0.04) still
-    # includes a loss larger than the 0.02 margin
-    card = scorecard(
-        pairs((54, True, True, True), (6, True, False, False), (40, False, False, False))
-    )
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_verdict(name: str) -> None:
+    groups, verdict = SCENARIOS[name]
+    card = scorecard(pairs(*groups))
+    assert card.verdict is verdict
     assert card.recall.ci_low is not None
-    assert card.recall.ci_low < -0.02
-    assert card.verdict is Verdict.NOT_ENOUGH_DATA
+    assert card.recall.ci_high is not None
+    if verdict is Verdict.WORSE:
+        assert card.recall.ci_high < 0
+    if verdict is Verdict.NON_INFERIOR:
+        assert card.recall.ci_low >= -0.02
+        assert (card.precision.ci_low, card.precision.ci_high) == (0.0, 0.0)
+    if name == "fewer_false_alarms":
+        assert card.precision.ci_low is not None
+        assert card.precision.ci_low > 0
+    if name == "straddles_the_margin":
+        assert card.recall.ci_low < -0.02
 
 
 def test_precision_difference_agrees_with_scipy_bootstrap() -> None:

@@ -154,3 +154,11 @@ def test_progress_of_a_site_without_annotations(
     assert body["campaign"]["sampled"] == 1
     assert body["by_annotator_day"] == []
     assert body["agreement"]["pairs"] == 0
+
+
+def test_errors_use_the_one_body_of_every_service(
+    client: tuple[TestClient, AnnotationSync, str],
+) -> None:
+    _code, body = _hook(client[0], "{}", secret="wrong")
+    assert set(body) == {"error", "detail", "hint"}
+    assert body["hint"]

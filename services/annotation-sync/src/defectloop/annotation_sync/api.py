@@ -17,16 +17,13 @@ from defectloop.annotation_sync.store import as_utc
 from defectloop.annotation_sync.sync import AnnotationSync
 from defectloop.common.blobstore import open_blob_store
 from defectloop.common.errors import DefectloopError, NotFoundError, PermanentError, TransientError
+from defectloop.common.http_errors import error_response
 from defectloop.common.logging import get_logger
 
 log = get_logger(__name__)
 
 SITE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 SiteParam = Annotated[str, Path(pattern=SITE_PATTERN, description="Site id.")]
-
-
-def _error(status: int, reason: str, detail: str) -> JSONResponse:
-    return JSONResponse({"error": reason, "detail": detail}, status_code=status)
 
 
 class _Annotation(BaseModel):
@@ -79,16 +76,21 @@ def build_router(sync: AnnotationSync) -> APIRouter:
         problem = signing.verify(settings.signing_secret, site, image_id, exp, sig, now=time.time())
         if problem is not None:
             log.warning("image_link_refused", site_id=site, image_id=image_id, reason=problem)
-            return _error(403, problem, "the image link is invalid or has expired")
+            return error_response(
+                403,
+                problem,
+                "the image link is invalid or has expired",
+                "open the task again in Label Studio (links are re-signed on push)",
+            )
         sample = store.get_sample(sync.engine, site, image_id)
         if sample is None:
-            return _error(404, "not_found", "no such image for this site")
+            return error_response(404, "not_found", "no such image for this site")
         try:
             data = blobs.get(sample.blob_uri)
         except NotFoundError as exc:
-            return _error(404, exc.reason, str(exc))
+            return error_response(404, exc.reason, str(exc))
         except DefectloopError as exc:
-            return _error(503, exc.reason, str(exc))
+            return error_response(503, exc.reason, str(exc))
         return Response(
             data,
             media_type="image/png",
@@ -104,14 +106,19 @@ def build_router(sync: AnnotationSync) -> APIRouter:
         """Label Studio annotation events (fire-and-forget: the poll reconciles what is lost)."""
         if x_webhook_secret is None or not hmac.compare_digest(x_webhook_secret, hook_secret):
             log.warning("webhook_refused", site_id=site, reason="bad_secret")
-            return _error(401, "bad_secret", "missing or wrong X-Webhook-Secret")
+            return error_response(
+                401,
+                "bad_secret",
+                "missing or wrong X-Webhook-Secret",
+                "the webhook is registered by annotation-sync; do not post to it by hand",
+            )
         body = await request.body()
         try:
             payload = WebhookPayload.model_validate(json.loads(body))
         except (ValueError, ValidationError) as exc:
             detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             log.warning("webhook_malformed", site_id=site, error=str(exc)[:500])
-            return _error(
+            return error_response(
                 422 if isinstance(exc, ValidationError) else 400, "malformed_payload", detail
             )
         try:
@@ -120,16 +127,20 @@ def build_router(sync: AnnotationSync) -> APIRouter:
             log.warning(
                 "webhook_unprocessable", site_id=site, action=payload.action, error=str(exc)
             )
-            return _error(422, exc.reason, str(exc))
+            return error_response(422, exc.reason, str(exc))
         except TransientError as exc:
             log.warning("webhook_deferred", site_id=site, action=payload.action, error=str(exc))
-            return _error(503, exc.reason, f"{exc} (the reconciliation poll will pick it up)")
+            return error_response(
+                503, exc.reason, str(exc), "the reconciliation poll will pick it up"
+            )
 
     async def _handle(payload: WebhookPayload, site: str) -> JSONResponse:
         action = payload.action
         if action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
             if payload.annotation is None or payload.task is None:
-                return _error(422, "malformed_payload", f"{action} needs annotation and task")
+                return error_response(
+                    422, "malformed_payload", f"{action} needs annotation and task"
+                )
             event = await sync.on_annotation(
                 site, payload.task.model_dump(), payload.annotation.model_dump()
             )

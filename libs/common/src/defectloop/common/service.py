@@ -48,6 +48,7 @@ def build_service_app(
     after_stop: list[Hook] | None = None,
     retry_after_s: int = DEFAULT_RETRY_AFTER_S,
     start_without_broker: bool = False,
+    connect_retry_max_s: float = 10.0,
     **fastapi_kwargs: Any,
 ) -> FastAPI:
     """A FastAPI app whose lifespan starts/stops the broker and which serves ``GET /health``.
@@ -65,15 +66,19 @@ def build_service_app(
     :class:`~defectloop.common.kafka_connection.BackgroundConnection`: publish through its
     ``publish(event, timeout_s=...)``, which waits for the connection at most ``timeout_s`` and
     raises ``BrokerUnavailableError`` (answered 503 ``broker_unavailable`` with ``Retry-After``),
-    and ``wait_connected(timeout)`` for tests. Without the option, a broker that cannot be
-    reached fails the start-up.
+    and ``wait_connected(timeout)`` for tests; ``connect_retry_max_s`` caps the pause between
+    connection attempts. Without the option, a broker that cannot be reached fails the start-up.
 
     Every error is answered with the one JSON body of :mod:`defectloop.common.http_errors`
     (``retry_after_s`` goes into the ``Retry-After`` header of a 503 for a transient error).
     """
     service = settings.service_name
     kafka = broker if broker is not None else broker_from_settings(settings)
-    connection = BackgroundConnection(kafka) if start_without_broker else None
+    connection = (
+        BackgroundConnection(kafka, retry_max_s=connect_retry_max_s)
+        if start_without_broker
+        else None
+    )
     starting: list[Hook] = [*(before_start or []), kafka.start, *(on_startup or [])]
 
     @asynccontextmanager

@@ -21,6 +21,7 @@ from defectloop.common.errors import (
     http_status,
 )
 from defectloop.common.events import utc_now
+from defectloop.common.translate import sqlalchemy_errors
 from defectloop.ingest.records import GatewayToken
 
 TOKEN_PREFIX = "dlg"
@@ -28,6 +29,7 @@ _TOKEN_ID_HEX = 12  # 48 bits: unique enough for lookup, not a secret
 
 
 _HINT = "create a token with: defectloop gateway-token --site <site>"
+_WHAT = "ingest token store"
 
 
 class AuthError(DefectloopError):
@@ -90,7 +92,7 @@ def token_id_of(token: str) -> str | None:
 def issue_token(engine: Engine, site_id: str, camera_id: str | None = None) -> IssuedToken:
     """Create and store a token for ``site_id`` (optionally one camera); the only time it is seen."""
     token_id, token = new_token()
-    with Session(engine) as session:
+    with sqlalchemy_errors(_WHAT), Session(engine) as session:
         session.add(
             GatewayToken(
                 token_id=token_id,
@@ -105,7 +107,7 @@ def issue_token(engine: Engine, site_id: str, camera_id: str | None = None) -> I
 
 def revoke_token(engine: Engine, token_id: str) -> bool:
     """Revoke a token by id; ``False`` if there is no such (active) token."""
-    with Session(engine) as session:
+    with sqlalchemy_errors(_WHAT), Session(engine) as session:
         row = session.get(GatewayToken, token_id)
         if row is None or row.revoked_at is not None:
             return False
@@ -116,7 +118,7 @@ def revoke_token(engine: Engine, token_id: str) -> bool:
 
 
 def list_tokens(engine: Engine, site_id: str | None = None) -> list[GatewayToken]:
-    with Session(engine) as session:
+    with sqlalchemy_errors(_WHAT), Session(engine) as session:
         query = select(GatewayToken)
         if site_id is not None:
             query = query.where(GatewayToken.site_id == site_id)
@@ -142,7 +144,7 @@ def authenticate(engine: Engine, token: str) -> GatewayIdentity:
     token_id = token_id_of(token)
     if token_id is None:
         raise TokenRejectedError("invalid_token", "the token is malformed")
-    with Session(engine) as session:
+    with sqlalchemy_errors(_WHAT), Session(engine) as session:
         row = session.get(GatewayToken, token_id)
     presented = hash_token(token)
     stored = row.token_sha256 if row is not None else hash_token(secrets.token_hex(16))

@@ -6,6 +6,8 @@ never leave this module through the API: responses are built from explicit field
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -16,6 +18,9 @@ from sqlmodel import Field, Session, SQLModel, select
 
 from defectloop.common.db import make_engine
 from defectloop.common.events import utc_now
+from defectloop.common.translate import sqlalchemy_errors
+
+_WHAT = "ingest database"
 
 
 class GatewayToken(SQLModel, table=True):
@@ -68,11 +73,12 @@ INGEST_TABLES = (GatewayToken, ImageRecord, CameraFingerprint)
 
 def open_database(url: str) -> Engine:
     """An engine on ``url`` with ingest's tables created (and only those)."""
-    engine = make_engine(url, create_tables=False)
-    SQLModel.metadata.create_all(
-        engine,
-        tables=[model.__table__ for model in INGEST_TABLES],  # type: ignore[union-attr]
-    )
+    with sqlalchemy_errors(f"{_WHAT} at {url}"):
+        engine = make_engine(url, create_tables=False)
+        SQLModel.metadata.create_all(
+            engine,
+            tables=[model.__table__ for model in INGEST_TABLES],  # type: ignore[union-attr]
+        )
     return engine
 
 
@@ -82,8 +88,10 @@ class ImageStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def _session(self) -> Session:
-        return Session(self.engine, expire_on_commit=False)
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        with sqlalchemy_errors(_WHAT), Session(self.engine, expire_on_commit=False) as session:
+            yield session
 
     def get(self, image_id: str) -> ImageRecord | None:
         with self._session() as session:

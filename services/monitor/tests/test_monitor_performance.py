@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from pydantic import ValidationError
 from scipy.stats import bootstrap as scipy_bootstrap
 from statsmodels.stats.proportion import proportion_confint
 
@@ -302,6 +303,11 @@ def test_a_metric_without_baseline_is_not_watched() -> None:
         policy=PerformancePolicy(),
     )
     assert [s.key.metric for s in out] == ["recall"]
+
+
+def test_policy_watches_only_metrics_it_can_test() -> None:
+    with pytest.raises(ValidationError):
+        PerformancePolicy.model_validate({"metrics": ["map50"]})
 
 
 def test_rule_simulation_is_deterministic() -> None:

@@ -55,6 +55,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -132,7 +133,7 @@ class PerformancePolicy(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    metrics: tuple[str, ...] = Field(
+    metrics: tuple[Literal["recall", "precision"], ...] = Field(
         ("recall", "precision"), description="Baseline metrics watched (recall and/or precision)."
     )
     window_images: int = Field(300, ge=1, description="Newest random-stratum images per window.")

@@ -151,17 +151,38 @@ def test_a_lighting_change_on_every_camera_is_data_drift() -> None:
     assert signal.evidence["contrast.p"] > signal.evidence["alpha_per_test"]
 
 
-def test_excluded_camera_does_not_make_the_site_drift() -> None:
+def _blur(window: list[Observation], cameras: set[str]) -> list[Observation]:
+    return [
+        Observation(o.camera_id, o.at, {**o.values, drift.SHARPNESS: 20.0})
+        if o.camera_id in cameras
+        else o
+        for o in window
+    ]
+
+
+def test_one_camera_alone_does_not_make_the_site_drift() -> None:
     rng = np.random.default_rng(5)
     reference = _images(rng, 600)
-    blurred = [
-        Observation(o.camera_id, o.at, {**o.values, drift.SHARPNESS: 20.0})
-        if o.camera_id == "cam-2"
-        else o
-        for o in _images(rng, 300, start=600)
-    ]
-    assert _signal(reference, blurred).breached
-    assert not _signal(reference, blurred, frozenset({"cam-2"})).breached
+    one = _blur(_images(rng, 300, start=600), {"cam-2"})
+    signal = _signal(reference, one)
+    assert signal.evidence["sharpness.p"] < 1e-6  # the pooled test sees it...
+    assert not signal.breached  # ...but it does not survive leaving cam-2 out
+    assert not _signal(reference, one, frozenset({"cam-2"})).breached
+
+
+def test_two_cameras_of_three_moving_is_site_drift() -> None:
+    rng = np.random.default_rng(9)
+    reference = _images(rng, 600)
+    signal = _signal(reference, _blur(_images(rng, 300, start=600), {"cam-1", "cam-2"}))
+    assert signal.breached
+    assert signal.value > 0.5
+
+
+def test_single_camera_site_keeps_the_pooled_verdict() -> None:
+    rng = np.random.default_rng(10)
+    reference = _images(rng, 300, cameras=("cam-1",))
+    current = _blur(_images(rng, 150, cameras=("cam-1",), start=300), {"cam-1"})
+    assert _signal(reference, current).breached
 
 
 def test_small_windows_are_not_enough_data() -> None:

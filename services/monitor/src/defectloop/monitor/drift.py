@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Literal, Protocol
 
@@ -278,7 +278,12 @@ class DriftVerdict:
     alpha_per_test: float
     drifted: tuple[str, ...]
     settled: bool
-    value: float
+
+    @property
+    def value(self) -> float:
+        """The largest effect among drifted features, else among all."""
+        effects = [t.effect for t in self.tests if t.feature in self.drifted]
+        return max(effects or [t.effect for t in self.tests], default=0.0)
 
     def evidence(self) -> dict[str, float]:
         out: dict[str, float] = {"alpha_per_test": self.alpha_per_test}
@@ -297,8 +302,7 @@ def judge(tests: Sequence[FeatureTest], policy: DriftPolicy) -> DriftVerdict:
     settled = not any(
         t.p_value < policy.exit_alpha and t.effect > policy.exit_effect for t in tests
     )
-    pool = [t.effect for t in tests if t.feature in drifted] or [t.effect for t in tests]
-    return DriftVerdict(tuple(tests), per_test, drifted, settled, max(pool, default=0.0))
+    return DriftVerdict(tuple(tests), per_test, drifted, settled)
 
 
 def _column(window: Sequence[Observation], name: str) -> npt.NDArray[np.float64]:
@@ -425,15 +429,25 @@ def data_drift_signals(
     policy: DriftPolicy | None = None,
     exclude_cameras: Collection[str] = (),
 ) -> list[Signal]:
-    """One ``data_drift`` signal (metric ``input_features``) for the site's pooled cameras."""
+    """One ``data_drift`` signal (metric ``input_features``) for the site's pooled cameras.
+
+    A feature counts as the *site's* drift only if it still drifts with any one camera left out
+    of both windows: one camera's fault (blur, a covered lens) is data quality, whichever of the
+    two detectors sees it first. A site with a single camera keeps the pooled verdict.
+    """
     policy = policy or DriftPolicy()
     reference, current = _without(reference, exclude_cameras), _without(current, exclude_cameras)
     key = SignalKey(site_id, model_version, DegradationKind.DATA_DRIFT, DATA_DRIFT_METRIC)
-    verdict = (
-        judge(data_drift_tests(reference, current, policy), policy)
-        if _enough(reference, current, policy)
-        else None
-    )
+    if not _enough(reference, current, policy):
+        return [_signal(None, key=key, current=current, policy=policy)]
+    verdict = judge(data_drift_tests(reference, current, policy), policy)
+    cameras = {o.camera_id for o in current}
+    if verdict.drifted and len(cameras) > 1:
+        shared = set(verdict.drifted)
+        for camera in cameras:
+            ref, cur = _without(reference, {camera}), _without(current, {camera})
+            shared &= set(judge(data_drift_tests(ref, cur, policy), policy).drifted)
+        verdict = replace(verdict, drifted=tuple(f for f in verdict.drifted if f in shared))
     return [_signal(verdict, key=key, current=current, policy=policy)]
 
 

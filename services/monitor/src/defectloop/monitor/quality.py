@@ -33,7 +33,6 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
-from scipy import stats
 
 from defectloop.common.events import DegradationKind
 from defectloop.monitor.drift import (
@@ -48,6 +47,7 @@ from defectloop.monitor.drift import (
     judge,
 )
 from defectloop.monitor.signals import Signal, SignalKey
+from defectloop.monitor.stats import wilson_interval
 
 QUALITY_FEATURES: tuple[str, ...] = (SHARPNESS, BRIGHTNESS, CONTRAST, OBSTRUCTED)
 QUALITY_METRIC = "camera_quality"
@@ -127,14 +127,6 @@ def camera_windows(
         camera: CameraWindow(camera, by_camera.get(camera, []), dict(counts.get(camera, {})))
         for camera in sorted(by_camera.keys() | counts.keys())
     }
-
-
-def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a proportion (scipy's implementation); (0, 1) when n = 0."""
-    if n == 0:
-        return 0.0, 1.0
-    ci = stats.binomtest(successes, n).proportion_ci(confidence_level=confidence, method="wilson")
-    return float(ci.low), float(ci.high)
 
 
 @dataclass(frozen=True)

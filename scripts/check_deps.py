@@ -22,7 +22,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 MEMBER_DIRS = ("libs", "services", "tools")
 # defectloop.common modules whose third-party imports live in an optional extra.
-COMMON_MODULE_EXTRAS = {"service": "http", "http_errors": "http", "db": "db"}
+COMMON_MODULE_EXTRAS = {
+    "service": "http",
+    "http_errors": "http",
+    "http_log_context": "http",
+    "db": "db",
+}
 _REQUIREMENT = re.compile(r"^(?P<name>[A-Za-z0-9_.-]+)(?:\[(?P<extras>[^\]]*)\])?")
 
 

@@ -31,6 +31,7 @@ from pydantic import ValidationError
 
 from defectloop.common.errors import PermanentError, TransientError
 from defectloop.common.events import DeadLetter, Event, model_for_topic
+from defectloop.common.log_context import KafkaLogContextMiddleware
 from defectloop.common.logging import get_logger
 from defectloop.common.retry import call_with_backoff
 from defectloop.common.topics import dlq_topic
@@ -60,7 +61,10 @@ def build_broker(
         request_timeout_ms=request_timeout_ms,
         graceful_timeout=graceful_timeout,
         ack_policy=AckPolicy.NACK_ON_ERROR,
-        middlewares=(KafkaTelemetryMiddleware(tracer_provider=tracer_provider),),
+        middlewares=(
+            KafkaTelemetryMiddleware(tracer_provider=tracer_provider),
+            KafkaLogContextMiddleware,  # topic/partition/offset and event ids on every line
+        ),
         # Through the root handler (structlog JSON/console), not FastStream's own format; its
         # per-message "Received/Processed" lines go out at DEBUG so they cost nothing at INFO.
         logger=logging.getLogger("defectloop.faststream"),

@@ -23,12 +23,34 @@ def _add_trace_ids(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDic
     return event_dict
 
 
+_configured = False
+
+
+def ensure_logging(
+    service: str,
+    *,
+    fmt: Literal["auto", "json", "console"] = "auto",
+    level: str = "INFO",
+) -> bool:
+    """Configure logging unless it is configured already; True when this call configured it.
+
+    App factories call this, so ``uvicorn --factory`` logs like ``serve()``. Already configured
+    means by :func:`configure_logging`, or by whoever put handlers on the root logger (a test
+    runner capturing logs, an application embedding the service): theirs stay.
+    """
+    if _configured or logging.getLogger().handlers:
+        return False
+    configure_logging(service, fmt=fmt, level=level)
+    return True
+
+
 def configure_logging(
     service: str,
     *,
     fmt: Literal["auto", "json", "console"] = "auto",
     level: str = "INFO",
 ) -> None:
+    global _configured
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
 
     def add_service(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
@@ -68,6 +90,7 @@ def configure_logging(
     root.setLevel(level.upper())
     # aiokafka logs every retry at INFO/WARNING while a broker starts; keep it readable.
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
+    _configured = True
 
 
 def get_logger(name: str | None = None, **initial: Any) -> structlog.stdlib.BoundLogger:

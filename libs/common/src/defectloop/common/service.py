@@ -14,9 +14,10 @@ from fastapi.responses import JSONResponse
 from faststream.kafka import KafkaBroker
 
 from defectloop.common.http_errors import DEFAULT_RETRY_AFTER_S, install_error_handlers
+from defectloop.common.http_log_context import install_http_log_context
 from defectloop.common.kafka import build_broker
 from defectloop.common.kafka_connection import BackgroundConnection
-from defectloop.common.logging import configure_logging, get_logger
+from defectloop.common.logging import configure_logging, ensure_logging, get_logger
 from defectloop.common.settings import ServiceSettings
 from defectloop.common.tracing import build_tracer_provider
 
@@ -73,6 +74,8 @@ def build_service_app(
     (``retry_after_s`` goes into the ``Retry-After`` header of a 503 for a transient error).
     """
     service = settings.service_name
+    # uvicorn --factory reaches here without serve(): configure logging unless already done.
+    ensure_logging(service, fmt=settings.log_format, level=settings.log_level)
     kafka = broker if broker is not None else broker_from_settings(settings)
     connection = (
         BackgroundConnection(kafka, retry_max_s=connect_retry_max_s)
@@ -109,6 +112,7 @@ def build_service_app(
     app.state.connection = connection
     app.state.settings = settings
     install_error_handlers(app, retry_after_s=retry_after_s)
+    install_http_log_context(app)  # before any route: routes take the router's dependencies
 
     @app.get("/health", tags=["ops"])
     async def health() -> JSONResponse:

@@ -99,21 +99,29 @@ async def read_topic(
     *,
     partitions: Iterable[int] | None = None,
     client_id: str = "defectloop-reader",
+    timeout_s: float = 120.0,
 ) -> list[Record]:
     """Every record of ``topics`` (or of their ``partitions``) up to the end offsets seen at start.
 
     Records come in partition order (within a partition, in offset order). Records published
-    after the call began may or may not be included.
+    after the call began may or may not be included. Raises :class:`BrokerUnavailableError` when
+    the end is not reached within ``timeout_s`` (a partition without a leader, a lost broker).
     """
     consumer = _consumer(bootstrap, client_id)
     await _start(consumer, bootstrap)
+    records: list[Record] = []
     try:
-        end = await assign_from_beginning(consumer, bootstrap, topics, partitions=partitions)
-        records: list[Record] = []
-        while not await caught_up(consumer, end):
-            for tp, batch in (await consumer.getmany(timeout_ms=500)).items():
-                records += [r for r in batch if r.offset < end[tp]]
+        async with asyncio.timeout(timeout_s):
+            end = await assign_from_beginning(consumer, bootstrap, topics, partitions=partitions)
+            while not await caught_up(consumer, end):
+                for tp, batch in (await consumer.getmany(timeout_ms=500)).items():
+                    records += [r for r in batch if r.offset < end[tp]]
         return records
+    except TimeoutError as exc:
+        raise BrokerUnavailableError(
+            f"read {len(records)} records of {topics} but not to the end in {timeout_s:g} s",
+            hint="is every partition's leader up? `defectloop kafka status`",
+        ) from exc
     finally:
         await consumer.stop()
 
@@ -143,6 +151,7 @@ async def read_events(
     where: Callable[[ModelT], bool] | None = None,
     partitions: Iterable[int] | None = None,
     client_id: str = "defectloop-reader",
+    timeout_s: float = 120.0,
 ) -> list[ModelT]:
     """The valid events of ``topic`` up to its end, filtered by ``where``.
 
@@ -150,7 +159,10 @@ async def read_events(
     the dead-letter queue's business, not a reader's.
     """
     found: list[ModelT] = []
-    for record in await read_topic(bootstrap, topic, partitions=partitions, client_id=client_id):
+    records = await read_topic(
+        bootstrap, topic, partitions=partitions, client_id=client_id, timeout_s=timeout_s
+    )
+    for record in records:
         event: ModelT | None = parse_event(record, model)
         if event is not None and (where is None or where(event)):
             found.append(event)

@@ -2,8 +2,8 @@
 
 Everything else in ``defectloop.trainer`` is the trainer's own business and may change; the import
 contract (``.importlinter``) lets tools import this module only. Each function opens the model
-registry (``DEFECTLOOP_TRAINER_DB_URL`` or ``<state>/trainer.db``) and closes it again. torch is
-loaded only when a function trains.
+registry (``DEFECTLOOP_TRAINER_DATABASE_URL`` or ``<state>/trainer.db``) and closes it again; its
+failures come out as defectloop errors. torch is loaded only when a function trains.
 """
 
 from __future__ import annotations

@@ -17,11 +17,12 @@ from typing import Any
 
 from sqlalchemy import Column, Text, UniqueConstraint
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, select
 
 from defectloop.common.db import make_engine
 from defectloop.common.errors import ConfigError, NotFoundError, TransientError
+from defectloop.common.translate import sqlalchemy_errors
 from defectloop.trainer.settings import TrainerSettings
 from defectloop.vision.manifest import BundleManifest
 
@@ -183,24 +184,24 @@ class Registry:
                     for t in (DatasetVersion, TrainingRun, ModelVersion, Deployment)
                 ],
             )
+        except (ArgumentError, NoSuchModuleError, ImportError) as exc:  # bad URL, missing driver
+            raise ConfigError(
+                f"invalid trainer registry URL {self.url!r}: {exc}",
+                hint=f"set {DB_URL_ENV} to a SQLAlchemy URL, e.g. sqlite:///trainer.db",
+            ) from exc
         except SQLAlchemyError as exc:
             raise TransientError(
                 f"cannot open the trainer registry at {self.url}: {exc}",
                 hint=f"check {DB_URL_ENV} or $DEFECTLOOP_HOME",
             ) from exc
-        except Exception as exc:  # bad URL scheme, missing driver
-            raise ConfigError(
-                f"invalid trainer registry URL {self.url!r}: {exc}",
-                hint=f"set {DB_URL_ENV} to a SQLAlchemy URL, e.g. sqlite:///trainer.db",
-            ) from exc
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        try:
-            with Session(self.engine, expire_on_commit=False) as session:
-                yield session
-        except SQLAlchemyError as exc:
-            raise TransientError(f"trainer registry error: {exc}") from exc
+        with (
+            sqlalchemy_errors("trainer registry"),
+            Session(self.engine, expire_on_commit=False) as session,
+        ):
+            yield session
 
     def upsert_dataset(self, record: DatasetVersion) -> DatasetVersion:
         with self.session() as s:

@@ -17,12 +17,17 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 
 from defectloop.common import topics
 
+# The one definition of a valid id; HTTP path/query parameters reuse the patterns.
+ID_MAX_LENGTH = 64
+SITE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
+CAMERA_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
 SiteId = Annotated[
     str,
     Field(
         min_length=1,
-        max_length=64,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$",
+        max_length=ID_MAX_LENGTH,
+        pattern=SITE_ID_PATTERN,
         description="Site (factory) identifier.",
         examples=["A"],
     ),
@@ -31,8 +36,8 @@ CameraId = Annotated[
     str,
     Field(
         min_length=1,
-        max_length=64,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        max_length=ID_MAX_LENGTH,
+        pattern=CAMERA_ID_PATTERN,
         description="Camera identifier, unique within a site.",
         examples=["cam-1"],
     ),

@@ -17,13 +17,16 @@ from defectloop.annotation_sync.store import as_utc
 from defectloop.annotation_sync.sync import AnnotationSync
 from defectloop.common.blobstore import open_blob_store
 from defectloop.common.errors import DefectloopError, NotFoundError, PermanentError, TransientError
+from defectloop.common.events import ID_MAX_LENGTH, SITE_ID_PATTERN
 from defectloop.common.http_errors import error_response
 from defectloop.common.logging import get_logger
 
 log = get_logger(__name__)
 
-SITE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
-SiteParam = Annotated[str, Path(pattern=SITE_PATTERN, description="Site id.")]
+SiteParam = Annotated[
+    str, Path(max_length=ID_MAX_LENGTH, pattern=SITE_ID_PATTERN, description="Site id.")
+]
+SiteQuery = Annotated[str, Query(max_length=ID_MAX_LENGTH, pattern=SITE_ID_PATTERN)]
 
 
 class _Annotation(BaseModel):
@@ -68,7 +71,7 @@ def build_router(sync: AnnotationSync) -> APIRouter:
     @router.get("/v1/images/{image_id}", tags=["images"], response_class=Response)
     def image(
         image_id: str,
-        site: Annotated[str, Query(pattern=SITE_PATTERN)],
+        site: SiteQuery,
         exp: Annotated[int, Query()],
         sig: Annotated[str, Query(min_length=64, max_length=64)],
     ) -> Response:
@@ -100,7 +103,7 @@ def build_router(sync: AnnotationSync) -> APIRouter:
     @router.post("/v1/labelstudio/webhook", tags=["labelstudio"])
     async def webhook(
         request: Request,
-        site: Annotated[str, Query(pattern=SITE_PATTERN)],
+        site: SiteQuery,
         x_webhook_secret: Annotated[str | None, Header()] = None,
     ) -> JSONResponse:
         """Label Studio annotation events (fire-and-forget: the poll reconciles what is lost)."""

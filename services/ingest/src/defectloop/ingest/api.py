@@ -15,7 +15,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from sqlalchemy.engine import Engine
 
-from defectloop.common.events import RejectReason
+from defectloop.common.events import (
+    CAMERA_ID_PATTERN,
+    ID_MAX_LENGTH,
+    SITE_ID_PATTERN,
+    RejectReason,
+)
 from defectloop.common.http_errors import ErrorBody, error_example
 from defectloop.common.logging import get_logger
 from defectloop.ingest import auth
@@ -23,8 +28,6 @@ from defectloop.ingest.pipeline import Ingestor
 
 log = get_logger(__name__)
 
-SITE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
-CAMERA_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
 class IngestResponse(BaseModel):
@@ -206,8 +209,12 @@ _bearer = HTTPBearer(
 )
 async def post_image(
     request: Request,
-    site: Annotated[str, Path(max_length=64, pattern=SITE_PATTERN, description="Site id.")],
-    camera: Annotated[str, Path(max_length=64, pattern=CAMERA_PATTERN, description="Camera id.")],
+    site: Annotated[
+        str, Path(max_length=ID_MAX_LENGTH, pattern=SITE_ID_PATTERN, description="Site id.")
+    ],
+    camera: Annotated[
+        str, Path(max_length=ID_MAX_LENGTH, pattern=CAMERA_ID_PATTERN, description="Camera id.")
+    ],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
     content_type: Annotated[str | None, Header(include_in_schema=False)] = None,
     x_captured_at: Annotated[

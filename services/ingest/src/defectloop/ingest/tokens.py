@@ -16,8 +16,8 @@ from datetime import datetime
 from sqlalchemy.engine import Engine
 
 from defectloop.common.errors import InvalidInputError, NotFoundError
+from defectloop.common.events import CAMERA_ID_PATTERN, ID_MAX_LENGTH, SITE_ID_PATTERN
 from defectloop.ingest import auth
-from defectloop.ingest.api import CAMERA_PATTERN, SITE_PATTERN
 from defectloop.ingest.records import open_database
 from defectloop.ingest.settings import IngestSettings
 
@@ -45,7 +45,7 @@ def _database(database_url: str | None) -> Iterator[Engine]:
 
 
 def _check_id(value: str, pattern: str, what: str) -> None:
-    if len(value) > 64 or not re.fullmatch(pattern, value):
+    if len(value) > ID_MAX_LENGTH or not re.fullmatch(pattern, value):
         raise InvalidInputError(
             f"invalid {what} id {value!r}",
             reason=f"invalid_{what}",
@@ -57,9 +57,9 @@ def issue(
     site_id: str, camera_id: str | None = None, *, database_url: str | None = None
 ) -> IssuedToken:
     """A new token for ``site_id`` (optionally one camera); the only time the token is seen."""
-    _check_id(site_id, SITE_PATTERN, "site")
+    _check_id(site_id, SITE_ID_PATTERN, "site")
     if camera_id is not None:
-        _check_id(camera_id, CAMERA_PATTERN, "camera")
+        _check_id(camera_id, CAMERA_ID_PATTERN, "camera")
     with _database(database_url) as engine:
         return auth.issue_token(engine, site_id, camera_id)
 

@@ -101,6 +101,7 @@ async def _phase(args: argparse.Namespace, tmp: Path, site: str, webhook: bool) 
                 inference_latency_ms=0,
             )
         )
+    await sync.push_pending()  # the handler only records samples: make the tasks now
     api = LabelStudioAPI(args.ls_url, args.ls_token)
     team = AnnotatorTeam(site, api, truth, [SimAnnotator("bench", PROFILES["perfect"], site)])
     assert await team.setup()

@@ -8,6 +8,7 @@ import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from defectloop.annotation_sync.main import build_app
 from defectloop.annotation_sync.settings import AnnotationSyncSettings
 from defectloop.annotation_sync.sync import AnnotationSync
+from defectloop.common.events import ModelRole, PredictionMade, ScoredBox, prediction_id_for
 from defectloop.common.kafka import build_broker
 from defectloop.common.kafka_admin import partitions_of
+from defectloop.factory_sim.cameras import Truth
 
 
 def free_port() -> int:
@@ -142,6 +145,57 @@ async def committed_past(bootstrap: str, group: str, ends: dict[TopicPartition, 
     return all(done.get(tp, -1) >= end for tp, end in ends.items())
 
 
+def prediction(
+    site: str,
+    image_id: str,
+    *,
+    boxes: tuple[ScoredBox, ...] = (),
+    size: tuple[int, int] = (64, 64),
+    blob_uri: str = "file:///nowhere.png",
+    sha256: str = "0" * 64,
+    captured_at: datetime | None = None,
+) -> PredictionMade:
+    """A champion's prediction (defective iff it has boxes, far from the threshold)."""
+    return PredictionMade(
+        site_id=site,
+        camera_id="cam-1",
+        prediction_id=prediction_id_for(image_id, "v1", "champion"),
+        image_id=image_id,
+        sha256=sha256,
+        blob_uri=blob_uri,
+        width=size[0],
+        height=size[1],
+        boxes=boxes,
+        defective=bool(boxes),
+        decision_score=0.9 if boxes else 0.01,
+        decision_threshold=0.5,
+        model_name="m",
+        model_version="v1",
+        role=ModelRole.CHAMPION,
+        outlier_score=0.1,
+        outlier=False,
+        captured_at=captured_at or datetime.now(UTC),
+        queue_latency_ms=1,
+        inference_latency_ms=1,
+    )
+
+
+def truth_prediction(site: str, truth: Truth, blob_uri: str) -> PredictionMade:
+    """What a perfect champion predicts for a simulated frame stored at ``blob_uri`` (a local
+    blob store names files by their SHA-256)."""
+    boxes = tuple(
+        ScoredBox(label=b.label, x=b.x, y=b.y, w=b.w, h=b.h, score=0.9) for b in truth.boxes
+    )
+    return prediction(
+        site,
+        truth.image_id,
+        boxes=boxes,
+        size=(truth.width, truth.height),
+        blob_uri=blob_uri,
+        sha256=blob_uri.rsplit("/", 1)[1][:64],
+    )
+
+
 @dataclass(frozen=True)
 class Harness:
     """Helpers for tests (conftest modules are not importable under importlib mode)."""
@@ -150,6 +204,8 @@ class Harness:
     service_settings: object = service_settings
     end_offsets: object = end_offsets
     committed_past: object = committed_past
+    prediction: object = prediction
+    truth_prediction: object = truth_prediction
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ within the daily budget, once per request id (unit level, then through the real 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,7 @@ from defectloop.common.db import make_engine
 from defectloop.common.events import (
     AnnotationCompleted,
     LabelsRequested,
-    ModelRole,
     PredictionMade,
-    prediction_id_for,
 )
 from defectloop.common.kafka import build_broker, publish_event
 from defectloop.testing.net import free_port, wait_until
@@ -32,30 +31,15 @@ from defectloop.testing.net import free_port, wait_until
 NOW = datetime(2026, 3, 1, 12, tzinfo=UTC)
 
 
-def _prediction(site: str, i: int, *, at: datetime = NOW) -> PredictionMade:
-    image_id = f"{site}-img-{i}"
-    return PredictionMade(
-        site_id=site,
-        camera_id="cam-1",
-        prediction_id=prediction_id_for(image_id, "v1", "champion"),
-        image_id=image_id,
-        sha256="0" * 64,
-        blob_uri="file:///x.png",
-        width=64,
-        height=64,
-        boxes=(),
-        defective=False,
-        decision_score=0.01,
-        decision_threshold=0.5,
-        model_name="m",
-        model_version="v1",
-        role=ModelRole.CHAMPION,
-        outlier_score=0.1,
-        outlier=False,
-        captured_at=at,
-        queue_latency_ms=1,
-        inference_latency_ms=1,
-    )
+@pytest.fixture
+def predict(annsync: Any) -> Callable[..., PredictionMade]:
+    """``predict(site, i)``: a champion's prediction of image ``i`` of ``site``, not defective."""
+
+    def make(site: str, i: int, *, at: datetime = NOW) -> PredictionMade:
+        made: PredictionMade = annsync.prediction(site, f"{site}-img-{i}", captured_at=at)
+        return made
+
+    return make
 
 
 def _request(site: str, rid: str = "req-1", **kw: Any) -> LabelsRequested:
@@ -134,25 +118,27 @@ def test_an_active_request_lifts_the_campaign_target_for_random_only() -> None:
 
 
 @pytest.mark.unit
-def test_the_daily_budget_binds_even_with_a_request() -> None:
+def test_the_daily_budget_binds_even_with_a_request(predict: Callable[..., PredictionMade]) -> None:
     spent = Quota(
         used_today=10, daily_budget=10, campaign_done=0, campaign_target=50, requested=True
     )
     policy = SamplingPolicy(random_share=1.0)
-    assert decide(_prediction("A", 1), policy, spent) is None
+    assert decide(predict("A", 1), policy, spent) is None
 
 
 # --- the service's state -----------------------------------------------------------------------
 
 
 @pytest.mark.unit
-async def test_a_request_raises_the_share_until_its_target_is_labelled(tmp_path: Path) -> None:
+async def test_a_request_raises_the_share_until_its_target_is_labelled(
+    tmp_path: Path, predict: Callable[..., PredictionMade]
+) -> None:
     clock = [NOW]
     sync = _sync(tmp_path, clock)
-    assert await sync.on_prediction(_prediction("A", 0)) is None  # share 0: nothing sampled
+    assert await sync.on_prediction(predict("A", 0)) is None  # share 0: nothing sampled
     assert await sync.on_labels_requested(_request("A"))
-    first = await sync.on_prediction(_prediction("A", 1))
-    second = await sync.on_prediction(_prediction("A", 2))
+    first = await sync.on_prediction(predict("A", 1))
+    second = await sync.on_prediction(predict("A", 2))
     assert first is not None
     assert second is not None
     assert (first.reason, second.reason) == ("random", "random")
@@ -182,43 +168,51 @@ async def test_a_request_raises_the_share_until_its_target_is_labelled(tmp_path:
     )
     [state] = sync.request_states("A")
     assert (state.labels_done, state.active) == (2, False)
-    assert await sync.on_prediction(_prediction("A", 3)) is None  # back to the site's share
+    assert await sync.on_prediction(predict("A", 3)) is None  # back to the site's share
 
 
 @pytest.mark.unit
-async def test_a_request_ends_when_it_expires(tmp_path: Path) -> None:
+async def test_a_request_ends_when_it_expires(
+    tmp_path: Path, predict: Callable[..., PredictionMade]
+) -> None:
     clock = [NOW]
     sync = _sync(tmp_path, clock)
     await sync.on_labels_requested(_request("A", expires_at=NOW + timedelta(minutes=5)))
-    assert await sync.on_prediction(_prediction("A", 1)) is not None
+    assert await sync.on_prediction(predict("A", 1)) is not None
     clock[0] = NOW + timedelta(minutes=6)
-    assert await sync.on_prediction(_prediction("A", 2)) is None
+    assert await sync.on_prediction(predict("A", 2)) is None
     assert not sync.request_states("A")[0].active
 
 
 @pytest.mark.unit
-async def test_a_request_never_exceeds_the_daily_budget(tmp_path: Path) -> None:
+async def test_a_request_never_exceeds_the_daily_budget(
+    tmp_path: Path, predict: Callable[..., PredictionMade]
+) -> None:
     sync = _sync(tmp_path, [NOW], daily_budget=2)
     await sync.on_labels_requested(_request("A", target_labels=50))
-    sampled = [await sync.on_prediction(_prediction("A", i)) for i in range(5)]
+    sampled = [await sync.on_prediction(predict("A", i)) for i in range(5)]
     assert sum(s is not None for s in sampled) == 2
 
 
 @pytest.mark.unit
-async def test_requests_are_idempotent_and_per_site(tmp_path: Path) -> None:
+async def test_requests_are_idempotent_and_per_site(
+    tmp_path: Path, predict: Callable[..., PredictionMade]
+) -> None:
     sync = _sync(tmp_path, [NOW])
     assert await sync.on_labels_requested(_request("A"))
     assert not await sync.on_labels_requested(_request("A", random_share=0.5))  # redelivery
     assert [s.request.random_share for s in sync.request_states("A")] == [1.0]
     assert sync.request_states("B") == []
-    assert await sync.on_prediction(_prediction("B", 1)) is None
+    assert await sync.on_prediction(predict("B", 1)) is None
 
 
 @pytest.mark.unit
-async def test_active_requests_are_in_the_campaign_and_progress_api(tmp_path: Path) -> None:
+async def test_active_requests_are_in_the_campaign_and_progress_api(
+    tmp_path: Path, predict: Callable[..., PredictionMade]
+) -> None:
     sync = _sync(tmp_path, [NOW])
     await sync.on_labels_requested(_request("A"))
-    await sync.on_prediction(_prediction("A", 1))
+    await sync.on_prediction(predict("A", 1))
     app = FastAPI()
     install(app, sync)
     client = TestClient(app)
@@ -237,7 +231,7 @@ async def test_active_requests_are_in_the_campaign_and_progress_api(tmp_path: Pa
 
 @pytest.mark.integration
 async def test_labels_requested_from_kafka_raises_sampling_once(
-    kafka_bootstrap: str, tmp_path: Path, annsync: Any
+    kafka_bootstrap: str, tmp_path: Path, annsync: Any, predict: Callable[..., PredictionMade]
 ) -> None:
     site = "r" + uuid.uuid4().hex[:10]
     group = f"annsync-requests-{site}"
@@ -256,7 +250,7 @@ async def test_labels_requested_from_kafka_raises_sampling_once(
     try:
         async with annsync.run_service(settings, kafka_bootstrap, group) as svc:
             for i in range(2):  # before the request: share 0, nothing sampled
-                await publish_event(producer, _prediction(site, i, at=now))
+                await publish_event(producer, predict(site, i, at=now))
             ends = await annsync.end_offsets(kafka_bootstrap, topics.PREDICTION_MADE)
             await wait_until(
                 lambda: annsync.committed_past(kafka_bootstrap, group, ends),
@@ -273,7 +267,7 @@ async def test_labels_requested_from_kafka_raises_sampling_once(
                 what="the request to be consumed",
             )
             for i in range(2, 8):
-                await publish_event(producer, _prediction(site, i, at=now))
+                await publish_event(producer, predict(site, i, at=now))
 
             async def sampled() -> int:
                 return store.count_sampled(svc.sync.engine, site)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import pytest
 
 from defectloop.annotation_sync import store
 from defectloop.common import topics
-from defectloop.common.events import ModelRole, PredictionMade, ScoredBox, prediction_id_for
+from defectloop.common.events import ScoredBox
 from defectloop.common.kafka import build_broker, publish_event
 from defectloop.factory_sim.annotators import LabelStudioAPI
 from defectloop.testing.net import wait_until
@@ -26,32 +25,7 @@ from defectloop.testing.net import wait_until
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 N_DURING_OUTAGE = 6
-
-
-def _prediction(site: str, i: int) -> PredictionMade:
-    image_id = f"{site}-img-{i}"
-    return PredictionMade(
-        site_id=site,
-        camera_id="cam-1",
-        prediction_id=prediction_id_for(image_id, "v1", "champion"),
-        image_id=image_id,
-        sha256="0" * 64,
-        blob_uri="file:///nowhere.png",
-        width=64,
-        height=64,
-        boxes=(ScoredBox(label="spot", x=1, y=2, w=10, h=10, score=0.9),),
-        defective=True,
-        decision_score=0.9,
-        decision_threshold=0.5,
-        model_name="m",
-        model_version="v1",
-        role=ModelRole.CHAMPION,
-        outlier_score=0.1,
-        outlier=False,
-        captured_at=datetime.now(UTC),
-        queue_latency_ms=1,
-        inference_latency_ms=1,
-    )
+BOXES = (ScoredBox(label="spot", x=1, y=2, w=10, h=10, score=0.9),)
 
 
 @pytest.fixture
@@ -105,12 +79,15 @@ async def test_outage_keeps_the_partition_moving_and_tasks_are_pushed_once_back(
                 rows = [store.get_sample(engine, site, i) for i in image_ids]
                 return all(r is not None and r.task_id is not None for r in rows)
 
-            first = _prediction(site, 0)
+            first = annsync.prediction(site, f"{site}-img-0", boxes=BOXES)
             await publish_event(producer, first)
             await wait_until(lambda: pushed([first.image_id]), what="the first task")
 
             labelstudio_local.stop(ls.layout)
-            during = [_prediction(site, i) for i in range(1, N_DURING_OUTAGE + 1)]
+            during = [
+                annsync.prediction(site, f"{site}-img-{i}", boxes=BOXES)
+                for i in range(1, N_DURING_OUTAGE + 1)
+            ]
             for p in during:
                 await publish_event(producer, p)
             ends = await annsync.end_offsets(kafka_bootstrap, topics.PREDICTION_MADE)

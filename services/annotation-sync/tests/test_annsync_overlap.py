@@ -7,7 +7,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from sklearn.metrics import cohen_kappa_score
 from defectloop.annotation_sync import store
 from defectloop.annotation_sync.sampling import unit_hash
 from defectloop.common.blobstore import LocalBlobStore
-from defectloop.common.events import ModelRole, PredictionMade, ScoredBox, prediction_id_for
+from defectloop.common.events import PredictionMade, prediction_id_for
 from defectloop.common.kafka import build_broker, publish_event
 from defectloop.factory_sim.annotators import (
     PROFILES,
@@ -48,33 +47,6 @@ class Served:
     truth_of_task: dict[int, Truth]
     agreement: dict[str, Any]
     emails: tuple[str, str]
-
-
-def _prediction(site: str, truth: Truth, uri: str) -> PredictionMade:
-    return PredictionMade(
-        site_id=site,
-        camera_id=truth.camera,
-        prediction_id=prediction_id_for(truth.image_id, "v1", "champion"),
-        image_id=truth.image_id,
-        sha256=uri.rsplit("/", 1)[1][:64],
-        blob_uri=uri,
-        width=truth.width,
-        height=truth.height,
-        boxes=tuple(
-            ScoredBox(label=b.label, x=b.x, y=b.y, w=b.w, h=b.h, score=0.9) for b in truth.boxes
-        ),
-        defective=bool(truth.boxes),
-        decision_score=0.9,
-        decision_threshold=0.5,
-        model_name="m",
-        model_version="v1",
-        role=ModelRole.CHAMPION,
-        outlier_score=0.1,
-        outlier=False,
-        captured_at=datetime.now(UTC),
-        queue_latency_ms=1,
-        inference_latency_ms=1,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +82,7 @@ async def served(
         else:
             continue
         truth_log.append(truth)
-        predictions.append(_prediction(site, truth, blobs.put(png, suffix=".png")))
+        predictions.append(annsync.truth_prediction(site, truth, blobs.put(png, suffix=".png")))
 
     producer = build_broker(kafka_bootstrap, client_id="annsync-overlap-producer")
     await producer.start()

@@ -2,21 +2,23 @@
 
 Everything else in ``defectloop.trainer`` is the trainer's own business and may change; the import
 contract (``.importlinter``) lets tools import this module only. Each function opens the model
-registry (``DEFECTLOOP_TRAINER_DATABASE_URL`` or ``<state>/trainer.db``) and closes it again; its
-failures come out as defectloop errors. torch is loaded only when a function trains.
+registry (``DEFECTLOOP_TRAINER_DATABASE_URL`` or ``<state>/trainer.db``); its failures come out
+as defectloop errors. torch is loaded only when a function trains: :func:`train` (train, export
+to ONNX, write the bundle, register it) and :func:`reproduce` (retrain a registered version from
+its record).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from defectloop.common.events import ModelDeployed, ModelRole
 from defectloop.trainer.config import available_presets
-from defectloop.trainer.pipeline import ReproduceReport, TrainOutcome, current_author
+from defectloop.trainer.pipeline import ReproduceReport, TrainOutcome, current_author, reproduce
+from defectloop.trainer.pipeline import train_and_register as train
 from defectloop.trainer.registry import ModelVersion, Registry, TrainingRun
 from defectloop.trainer.train import EpochStats, ProgressSink
 
@@ -53,46 +55,6 @@ def _registry() -> Iterator[Registry]:
         yield registry
     finally:
         registry.dispose()
-
-
-def train(
-    dataset_dirs: Sequence[Path],
-    *,
-    preset: str,
-    seed: int,
-    out_dir: Path,
-    site: str | None = None,
-    parent_bundle: Path | None = None,
-    overrides: Path | dict[str, Any] | None = None,
-    progress: ProgressSink | None = None,
-    track: bool = True,
-) -> TrainOutcome:
-    """Train reproducibly, export to ONNX, write the bundle to ``out_dir`` and register it."""
-    from defectloop.trainer.pipeline import train_and_register
-
-    with _registry() as registry:
-        return train_and_register(
-            dataset_dirs,
-            preset=preset,
-            seed=seed,
-            out_dir=out_dir,
-            site=site,
-            parent_bundle=parent_bundle,
-            overrides=overrides,
-            registry=registry,
-            progress=progress,
-            track=track,
-        )
-
-
-def reproduce(
-    version: str, out_dir: Path, *, progress: ProgressSink | None = None
-) -> ReproduceReport:
-    """Retrain a registered version from its recorded dataset, config, seed and parent."""
-    from defectloop.trainer.pipeline import reproduce as reproduce_version
-
-    with _registry() as registry:
-        return reproduce_version(version, out_dir, registry=registry, progress=progress)
 
 
 def list_models(site: str | None = None) -> list[ModelVersion]:

@@ -36,7 +36,7 @@ def current_author() -> str:
         return env
     try:
         return getpass.getuser()
-    except Exception:  # no user database entry (containers)
+    except (KeyError, OSError):  # no user database entry (containers)
         return "unknown"
 
 

@@ -12,6 +12,7 @@ import pytest
 from sklearn.metrics import cohen_kappa_score
 
 from defectloop.annotation_sync import convert, signing
+from defectloop.annotation_sync.progress import LowAgreement, agreement_figures
 from defectloop.annotation_sync.sampling import (
     Quota,
     SamplingPolicy,
@@ -20,6 +21,7 @@ from defectloop.annotation_sync.sampling import (
     unit_hash,
 )
 from defectloop.annotation_sync.settings import AnnotationSyncSettings
+from defectloop.annotation_sync.store import AnnotationRecord
 from defectloop.common.errors import ConfigError, InvalidInputError
 from defectloop.common.events import (
     AnnotationStatus,
@@ -355,3 +357,45 @@ def test_label_studio_comes_only_from_the_service_settings(
 def test_the_service_code_never_mentions_the_cli_files() -> None:
     src = Path(convert.__file__).parent
     assert [p.name for p in src.glob("*.py") if "info.json" in p.read_text()] == []
+
+
+# --- agreement per annotator -----------------------------------------------------------------
+
+
+def _record(image: str, annotator: str, boxes: list[Box]) -> AnnotationRecord:
+    return AnnotationRecord(
+        annotation_id=f"{image}-{annotator}",
+        ls_annotation_id=1,
+        site_id="A",
+        image_id=image,
+        task_id=1,
+        annotator=annotator,
+        status="completed",
+        boxes_json=json.dumps([b.model_dump() for b in boxes]),
+        day=datetime(2026, 1, 1, tzinfo=UTC).date(),
+        updated_at=datetime(2026, 1, 1, tzinfo=UTC),
+        event_json="{}",
+    )
+
+
+def test_each_annotator_is_scored_on_all_its_pairs_and_flagged_by_the_rule() -> None:
+    box = Box(label="spot", x=0, y=0, w=10, h=10)
+    records = []
+    for i in range(6):  # a and b agree, half of the images defective
+        truth = [box] if i % 2 else []
+        records += [_record(f"ab{i}", "a", truth), _record(f"ab{i}", "b", truth)]
+    for i in range(6):  # c sees defects where a sees none, and the reverse
+        records += [_record(f"ac{i}", "a", [box] if i % 2 else []), _record(f"ac{i}", "c", [])]
+        if i % 2 == 0:
+            records[-1] = _record(f"ac{i}", "c", [box])
+    figures = agreement_figures(records, LowAgreement(kappa=0.6, min_pairs=6))
+    rows = {r["annotator"]: r for r in figures["by_annotator"]}
+    a_pairs = [([box] if i % 2 else [], [box] if i % 2 else []) for i in range(6)] + [
+        ([box] if i % 2 else [], [] if i % 2 else [box]) for i in range(6)
+    ]
+    assert rows["a"]["pairs"] == 12
+    assert rows["a"]["kappa"] == pytest.approx(agreement(a_pairs).kappa)
+    assert rows["c"]["kappa"] == pytest.approx(-1.0)
+    assert [rows[n]["low_agreement"] for n in "abc"] == [True, False, True]
+    few = agreement_figures(records, LowAgreement(kappa=0.6, min_pairs=7))
+    assert [r["low_agreement"] for r in few["by_annotator"]] == [True, False, False]

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from defectloop.annotation_sync import signing, store
-from defectloop.annotation_sync.progress import agreement_figures, progress
+from defectloop.annotation_sync.progress import LowAgreement, agreement_figures, progress
 from defectloop.annotation_sync.store import as_utc
 from defectloop.annotation_sync.sync import AnnotationSync
 from defectloop.common.blobstore import open_blob_store
@@ -67,6 +67,7 @@ def build_router(sync: AnnotationSync) -> APIRouter:
     settings = sync.settings
     blobs = open_blob_store(settings.blob_url)
     hook_secret = signing.webhook_secret(settings.signing_secret)
+    low_agreement = LowAgreement(settings.low_agreement_kappa, settings.low_agreement_min_pairs)
 
     @router.get("/v1/images/{image_id}", tags=["images"], response_class=Response)
     def image(
@@ -175,6 +176,7 @@ def build_router(sync: AnnotationSync) -> APIRouter:
             campaign,
             sampled_in_campaign=store.count_sampled(sync.engine, site, since=start),
             campaign_start=start,
+            low=low_agreement,
         )
         body["label_requests"] = label_requests(site)
         return body
@@ -182,7 +184,8 @@ def build_router(sync: AnnotationSync) -> APIRouter:
     @router.get("/v1/sites/{site}/annotation/agreement", tags=["progress"])
     def site_agreement(site: SiteParam) -> dict[str, Any]:
         """Inter-annotator agreement of the site's overlap images: overall and per pair."""
-        return {"site": site, **agreement_figures(store.current_annotations(sync.engine, site))}
+        records = store.current_annotations(sync.engine, site)
+        return {"site": site, **agreement_figures(records, low_agreement)}
 
     @router.get("/v1/sites/{site}/campaigns", tags=["progress"])
     def get_campaign(site: SiteParam) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -53,15 +54,43 @@ def _agreement_dict(pairs: Sequence[tuple[list[Box], list[Box]]]) -> dict[str, A
     }
 
 
-def agreement_figures(records: Sequence[AnnotationRecord]) -> dict[str, Any]:
-    """Agreement over every overlap image, and per annotator pair."""
+@dataclass(frozen=True)
+class LowAgreement:
+    """When an annotator's labels are flagged: kappa against the others below ``kappa`` over at
+    least ``min_pairs`` overlap images (fewer pairs: not enough evidence to flag anyone)."""
+
+    kappa: float = 0.6
+    min_pairs: int = 20
+
+
+def agreement_figures(
+    records: Sequence[AnnotationRecord], low: LowAgreement | None = None
+) -> dict[str, Any]:
+    """Agreement over every overlap image, per annotator pair, and per annotator (each one's
+    pooled pairs with everyone else, own boxes first), with the low-agreement flag."""
+    low = low or LowAgreement()
     grouped = annotator_pairs(records)
     everything = [p for ps in grouped.values() for p in ps]
+    per_annotator: dict[str, list[tuple[list[Box], list[Box]]]] = defaultdict(list)
+    for (a, b), pairs in grouped.items():
+        per_annotator[a] += pairs
+        per_annotator[b] += [(y, x) for x, y in pairs]
+    by_annotator = []
+    for name in sorted(per_annotator):
+        figures = _agreement_dict(per_annotator[name])
+        flagged = (
+            figures["pairs"] >= low.min_pairs
+            and figures["kappa"] is not None
+            and figures["kappa"] < low.kappa
+        )
+        by_annotator.append({"annotator": name, **figures, "low_agreement": flagged})
     return {
         **_agreement_dict(everything),
         "by_pair": [
             {"annotators": list(k), **_agreement_dict(v)} for k, v in sorted(grouped.items())
         ],
+        "by_annotator": by_annotator,
+        "low_agreement_rule": {"kappa_below": low.kappa, "min_pairs": low.min_pairs},
     }
 
 
@@ -72,6 +101,7 @@ def progress(
     *,
     sampled_in_campaign: int,
     campaign_start: datetime,
+    low: LowAgreement | None = None,
 ) -> dict[str, Any]:
     """Per annotator per day, per day, campaign total vs target, agreement."""
     per: Counter[tuple[str, str, str]] = Counter()
@@ -112,5 +142,5 @@ def progress(
             "skipped_images": len(skipped_images),
             "remaining": max(0, campaign.target - len(annotated_images)),
         },
-        "agreement": agreement_figures(records),
+        "agreement": agreement_figures(records, low),
     }

@@ -60,6 +60,12 @@ class AnnotationSyncSettings(ServiceSettings):
     daily_budgets: dict[str, int] = Field(
         default_factory=dict, description="Per-site overrides of daily_budget (JSON)."
     )
+    low_agreement_kappa: float = Field(
+        0.6, ge=-1, le=1, description="An annotator whose kappa with the others is below this..."
+    )
+    low_agreement_min_pairs: int = Field(
+        20, ge=1, description="...over at least this many overlap images is flagged."
+    )
     default_campaign_target: int = Field(
         1000, ge=0, description="Target of a site's campaign until one is set via the API."
     )

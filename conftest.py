@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from defectloop.testing.net import free_port
 
 
 @pytest.fixture(scope="session")
@@ -26,8 +21,8 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from defectloop.cli import kafka_local
 
     home: Path = tmp_path_factory.mktemp("kafka")
-    port = _free_port()
-    layout = kafka_local.KafkaLayout(home, port=port, controller_port=_free_port())
+    port = free_port()
+    layout = kafka_local.KafkaLayout(home, port=port, controller_port=free_port())
     kafka_local.start(layout, partitions=3)
     try:
         yield layout.bootstrap
@@ -71,7 +66,7 @@ def postgres_url() -> Iterator[str]:
         shutil.chown(base, "postgres")
         shutil.chown(sock, "postgres")
         base.chmod(0o755)
-    port = _free_port()
+    port = free_port()
     run = lambda *cmd: subprocess.run([*prefix, *map(str, cmd)], check=True, capture_output=True)  # noqa: E731
     run(initdb, "-D", data, "-U", "defectloop", "--auth=trust", "-E", "UTF8")
     run(

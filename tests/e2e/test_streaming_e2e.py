@@ -17,12 +17,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer
 from fastapi import FastAPI
 
 from defectloop.common import topics
 from defectloop.common.events import ModelDeployed, ModelRole, PredictionMade
 from defectloop.common.kafka import build_broker, publish_event
+from defectloop.testing.kafka import collect, read_to_end
+from defectloop.testing.net import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -51,11 +52,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[FastAPI]:
 
 
 async def _wait_healthy(client: httpx.AsyncClient, deadline_s: float = 60) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline_s
-    while (await client.get("/health")).status_code != 200:
-        assert loop.time() < end, "ingest never connected to Kafka"
-        await asyncio.sleep(0.2)  # readiness polling with a deadline
+    async def healthy() -> bool:
+        return (await client.get("/health")).status_code == 200
+
+    await wait_until(healthy, timeout_s=deadline_s, what="ingest connected to Kafka")
 
 
 async def test_posted_images_become_exactly_one_prediction_each(
@@ -91,26 +91,6 @@ async def test_posted_images_become_exactly_one_prediction_each(
     )
     await producer.stop()
 
-    predictions: list[PredictionMade] = []
-    changed = asyncio.Condition()
-    consumer = AIOKafkaConsumer(
-        topics.PREDICTION_MADE, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-
-    async def collect() -> None:
-        async for record in consumer:
-            p = PredictionMade.model_validate_json(record.value)
-            if p.site_id == site:
-                async with changed:
-                    predictions.append(p)
-                    changed.notify_all()
-
-    async def wait_for(n: int) -> None:
-        async with changed:
-            await asyncio.wait_for(changed.wait_for(lambda: len(predictions) >= n), 120)
-
-    collector = asyncio.create_task(collect())
     ingest = build_ingest(
         IngestSettings(kafka_bootstrap=kafka_bootstrap, database_url=ingest_db, blob_url=blobs)
     )
@@ -125,7 +105,12 @@ async def test_posted_images_become_exactly_one_prediction_each(
     )
     profile = get_site("A")
     accepted: list[str] = []
-    try:
+    collected = collect(kafka_bootstrap, topics.PREDICTION_MADE, where=lambda p: p.site_id == site)
+    async with collected as predictions:
+
+        async def wait_for(n: int) -> None:
+            await predictions.wait_for(lambda found: len(found) >= n, timeout_s=120)
+
         async with _lifespan(ingest), _lifespan(inference):
             transport = httpx.ASGITransport(app=ingest)
             async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
@@ -152,17 +137,14 @@ async def test_posted_images_become_exactly_one_prediction_each(
                 last = await client.post(url, content=marker, headers=headers)
                 accepted.append(last.json()["image_id"])
                 await wait_for(len(accepted))
-    finally:
-        collector.cancel()
-        await asyncio.gather(collector, return_exceptions=True)
-        await consumer.stop()
 
-    assert sorted(p.image_id for p in predictions) == sorted(accepted)
-    assert {(p.model_version, p.role) for p in predictions} == {
+    made: list[PredictionMade] = predictions.items
+    assert sorted(p.image_id for p in made) == sorted(accepted)
+    assert {(p.model_version, p.role) for p in made} == {
         (manifest.version, ModelRole.CHAMPION)
     }
     # the bootstrap model sees the simulator's defects: most defective frames are flagged
-    assert any(p.defective for p in predictions)
+    assert any(p.defective for p in made)
 
 
 def _cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -180,8 +162,6 @@ def _cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_models_deploy_registers_and_publishes_model_deployed(
     kafka_bootstrap: str, bundle: Path, tmp_path: Path
 ) -> None:
-    from aiokafka import TopicPartition
-
     from defectloop.vision.manifest import load_manifest
 
     site = "dep" + uuid.uuid4().hex[:8]
@@ -200,23 +180,10 @@ def test_models_deploy_registers_and_publishes_model_deployed(
     assert result.returncode == 0, result.stderr
     manifest = load_manifest(bundle)
 
-    async def read_deployments() -> list[ModelDeployed]:
-        consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False)
-        await consumer.start()
-        try:
-            tps = [TopicPartition(topics.MODEL_DEPLOYED, p) for p in range(3)]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            end = await consumer.end_offsets(tps)
-            found = []
-            while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
-                for records in (await consumer.getmany(timeout_ms=500)).values():
-                    found += [ModelDeployed.model_validate_json(r.value) for r in records]
-            return [d for d in found if d.site_id == site]
-        finally:
-            await consumer.stop()
-
-    [event] = asyncio.run(read_deployments())
+    deployments = read_to_end(
+        kafka_bootstrap, topics.MODEL_DEPLOYED, model=ModelDeployed, where=lambda d: d.site_id == site
+    )
+    [event] = asyncio.run(deployments)
     assert (event.role, event.model_version, event.sha256) == (
         ModelRole.SHADOW,
         manifest.version,

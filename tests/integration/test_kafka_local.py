@@ -13,6 +13,7 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from defectloop.common import topics
+from defectloop.testing.net import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -72,9 +73,7 @@ def _cli(home: Path, port: int, *args: str) -> subprocess.CompletedProcess[str]:
 def test_cli_start_is_idempotent_and_stop_leaves_no_process(tmp_path: Path) -> None:
     import socket
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     # the controller listens on port+1: make sure it is free too
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port + 1))

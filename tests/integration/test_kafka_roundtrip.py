@@ -8,7 +8,6 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 from faststream.kafka import KafkaBroker
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
@@ -18,6 +17,7 @@ from defectloop.common.errors import PermanentError
 from defectloop.common.events import DeadLetter, ImageRejected, RejectReason
 from defectloop.common.kafka import build_broker, event_subscriber, publish_event
 from defectloop.common.tracing import build_tracer_provider
+from defectloop.testing.kafka import collect
 
 pytestmark = pytest.mark.integration
 
@@ -67,28 +67,9 @@ async def producer(kafka_bootstrap: str) -> AsyncIterator[tuple[KafkaBroker, InM
 async def _dead_letters(
     bootstrap: str, site: str, n: int, timeout: float = 60.0
 ) -> list[DeadLetter]:
-    consumer = AIOKafkaConsumer(
-        topics.dlq_topic(topics.IMAGE_REJECTED),
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    found: list[DeadLetter] = []
-    try:
-
-        async def _collect() -> None:
-            async for record in consumer:
-                letter = DeadLetter.model_validate_json(record.value)
-                if letter.site_id == site:
-                    found.append(letter)
-                    if len(found) >= n:
-                        return
-
-        await asyncio.wait_for(_collect(), timeout)
-    finally:
-        await consumer.stop()
-    return found
+    topic = topics.dlq_topic(topics.IMAGE_REJECTED)
+    async with collect(bootstrap, topic, where=lambda letter: letter.site_id == site) as letters:
+        return list(await letters.wait_for(lambda found: len(found) >= n, timeout_s=timeout))
 
 
 async def test_consumer_span_is_a_child_of_the_producer_span(

@@ -1,15 +1,12 @@
 """The ingest HTTP API against the real Kafka broker.
 
-Events are read back with a plain aiokafka consumer filtered by a site id unique to each test.
+Events are read back with a topic collector filtered by a site id unique to each test.
 Every event of one camera has the same key, hence the same partition and a total order: a final
 "sentinel" upload proves that nothing else was published before it (no sleeps).
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -20,7 +17,6 @@ from typing import Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer
 from fastapi import FastAPI
 
 from defectloop.common import topics
@@ -29,47 +25,26 @@ from defectloop.common.events import ImageCaptured, ImageRejected, RejectReason,
 from defectloop.ingest import auth
 from defectloop.ingest.main import build_app
 from defectloop.ingest.settings import IngestSettings
-from defectloop.testing.kafka import TcpForwarder
+from defectloop.testing.kafka import TcpForwarder, collect
+from defectloop.testing.net import free_port
 
 pytestmark = pytest.mark.integration
 
 MAX_BODY = 2 * 1024 * 1024
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def read_events(
     bootstrap: str, topic: str, site: str, until: Callable[[list[dict[str, Any]]], bool]
 ) -> list[dict[str, Any]]:
-    """Events of ``site`` on ``topic`` from the beginning, until ``until(events)`` holds."""
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
-    )
-    await consumer.start()
-    found: list[dict[str, Any]] = []
-    try:
+    """Events of ``site`` on ``topic`` (as JSON objects) from the beginning, until ``until(events)``
+    holds; other tests' events and poison on the shared topic are skipped by the collector."""
 
-        async def _collect() -> None:
-            if until(found):
-                return
-            async for record in consumer:
-                # other tests share the topic (and publish poison on purpose): filter by key first
-                if (record.key or b"").decode("utf-8", "replace").split("/", 1)[0] != site:
-                    continue
-                body = json.loads(record.value)
-                if body.get("site_id") == site:
-                    found.append(body)
-                    if until(found):
-                        return
+    def as_json(items: list[Any]) -> list[dict[str, Any]]:
+        return [item.model_dump(mode="json") for item in items]
 
-        await asyncio.wait_for(_collect(), 60)
-    finally:
-        await consumer.stop()
-    return found
+    async with collect(bootstrap, topic, where=lambda event: event.site_id == site) as events:
+        found = await events.wait_for(lambda items: until(as_json(items)), timeout_s=60)
+    return as_json(found)
 
 
 @dataclass
@@ -294,7 +269,7 @@ async def test_site_quality_floor_rejects_blurry_frames(
 async def test_kafka_down_gives_503_within_the_bound_and_health_degraded(
     tmp_path: Path, pngs: Any
 ) -> None:
-    settings = _settings(tmp_path, f"127.0.0.1:{_free_port()}", publish_timeout_s=1.0)
+    settings = _settings(tmp_path, f"127.0.0.1:{free_port()}", publish_timeout_s=1.0)
     async with running(settings, wait_kafka=False) as harness:
         began = time.monotonic()
         response = await harness.post(pngs.valid(41))
@@ -311,7 +286,7 @@ async def test_kafka_down_gives_503_within_the_bound_and_health_degraded(
 async def test_ingest_recovers_when_kafka_comes_back_and_the_retry_publishes(
     kafka_bootstrap: str, tmp_path: Path, pngs: Any
 ) -> None:
-    port = _free_port()
+    port = free_port()
     settings = _settings(
         tmp_path, f"127.0.0.1:{port}", publish_timeout_s=1.0, kafka_connect_retry_s=0.2
     )

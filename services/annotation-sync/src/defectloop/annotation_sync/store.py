@@ -25,13 +25,21 @@ from sqlalchemy import Engine, func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, col, select
 
+from defectloop.common.translate import sqlalchemy_errors
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
 
 async def call(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    """Run a blocking store function in a worker thread (keeps the event loop free)."""
-    return await asyncio.to_thread(fn, *args, **kwargs)
+    """Run a blocking store function in a worker thread (keeps the event loop free); database
+    errors come out as the project's (a locked or unreachable database is transient)."""
+
+    def run() -> T:
+        with sqlalchemy_errors("annotation-sync database"):
+            return fn(*args, **kwargs)
+
+    return await asyncio.to_thread(run)
 
 
 def _now() -> datetime:

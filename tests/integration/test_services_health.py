@@ -5,10 +5,13 @@ from __future__ import annotations
 import importlib
 import subprocess
 import sys
-import time
+from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
-from fastapi.testclient import TestClient
+
+from defectloop.testing.net import wait_until
 
 SERVICES = {
     "ingest": "IngestSettings",
@@ -21,8 +24,8 @@ SERVICES = {
 
 @pytest.mark.integration
 @pytest.mark.parametrize("service", sorted(SERVICES))
-def test_service_reports_healthy_on_the_real_broker(
-    service: str, kafka_bootstrap: str, tmp_path: object
+async def test_service_reports_healthy_on_the_real_broker(
+    service: str, kafka_bootstrap: str, tmp_path: Path
 ) -> None:
     main = importlib.import_module(f"defectloop.{service}.main")
     settings_cls = getattr(
@@ -31,15 +34,18 @@ def test_service_reports_healthy_on_the_real_broker(
     settings = settings_cls(
         kafka_bootstrap=kafka_bootstrap, database_url=f"sqlite:///{tmp_path}/db.sqlite"
     )
-    with TestClient(main.build_app(settings)) as client:
-        # Services connect to Kafka in the background and say "degraded" (503) until then.
-        deadline = time.monotonic() + 60
-        resp = client.get("/health")
-        while resp.status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.2)  # readiness polling with a deadline
-            resp = client.get("/health")
-    assert resp.status_code == 200
-    assert resp.json()["kafka"] is True
+    app = main.build_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
+
+            async def healthy() -> dict[str, Any] | None:
+                # Services may connect to Kafka in the background: "degraded" (503) until then.
+                resp = await client.get("/health")
+                return resp.json() if resp.status_code == 200 else None
+
+            body = await wait_until(healthy, timeout_s=60, what=f"{service} to report healthy")
+    assert body["kafka"] is True
 
 
 @pytest.mark.unit

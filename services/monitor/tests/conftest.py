@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from defectloop.common.db import make_engine
@@ -176,3 +177,66 @@ class EventFactory:
 def site() -> EventFactory:
     """Events of a fresh site (unique id: tests sharing a broker never read each other's)."""
     return EventFactory(f"s{uuid.uuid4().hex[:10]}")
+
+
+@dataclass
+class SimulatedCamera:
+    """A camera whose truth and model decisions come from seeded draws (an exact, fast model).
+
+    ``miss_rate``: share of defective images the model calls OK; ``false_alarm_rate``: share of
+    good images it calls defective; ``blurred``: its frames lose sharpness (a data-quality fault).
+    """
+
+    camera_id: str = "cam-1"
+    prevalence: float = 0.3
+    miss_rate: float = 0.08
+    false_alarm_rate: float = 0.02
+    blurred: bool = False
+
+
+def simulate(
+    site: EventFactory,
+    rng: np.random.Generator,
+    start: int,
+    count: int,
+    *,
+    cameras: Sequence[SimulatedCamera] = (SimulatedCamera(),),
+    version: str = "v1",
+    shadow: tuple[str, SimulatedCamera] | None = None,
+) -> list[list[object]]:
+    """Events of ``count`` frames per camera from index ``start``: one group per frame (image
+    captured, prediction(s), random-stratum annotation), in the order the services emit them."""
+    groups: list[list[object]] = []
+    for i in range(start, start + count):
+        for cam in cameras:
+            idx = i * 16 + cameras.index(cam)  # distinct image per camera and frame
+            defective = bool(rng.random() < cam.prevalence)
+            sharp = float(rng.normal(60.0, 10.0) if cam.blurred else rng.normal(400.0, 40.0))
+            group: list[object] = [
+                site.captured(
+                    idx,
+                    cam.camera_id,
+                    sharpness=max(sharp, 1.0),
+                    brightness=float(rng.normal(120.0, 5.0)),
+                    contrast=float(rng.normal(40.0, 3.0)),
+                )
+            ]
+            models = [(version, ModelRole.CHAMPION, cam)]
+            if shadow is not None:
+                models.append((shadow[0], ModelRole.SHADOW, shadow[1]))
+            for v, role, behaviour in models:
+                p_def = 1 - behaviour.miss_rate if defective else behaviour.false_alarm_rate
+                if cam.blurred and not defective:
+                    p_def = 0.35  # blur makes the model divert good parts
+                group.append(
+                    site.prediction(
+                        idx,
+                        defective=bool(rng.random() < p_def),
+                        camera_id=cam.camera_id,
+                        version=v,
+                        role=role,
+                    )
+                )
+            group.append(site.annotation(idx, defective=defective, camera_id=cam.camera_id))
+            groups.append(group)
+    return groups

@@ -160,7 +160,7 @@ def test_features_and_rejections_per_camera(store: MonitorStore, site: EventFact
 
     blurred = store.captured(site.site_id, camera_id="cam-2", last=2)
 
-    assert [c.quality.sharpness for c in blurred] == [20.0, 20.0]
+    assert [c.sharpness for c in blurred] == [20.0, 20.0]
     assert [c.captured_at for c in blurred] == [site.at(3), site.at(4)]
     assert [(r.camera_id, r.reason) for r in store.rejections(site.site_id)] == [
         ("cam-2", "too_blurry")
@@ -217,3 +217,20 @@ def test_outbox_holds_events_until_published(store: MonitorStore, site: EventFac
     assert store.cursor("performance/x") == 100
     assert store.cursor("never") == 0
     assert key_from_text(key_text(key)) == key
+
+
+def test_one_batch_with_redeliveries_and_a_correction(
+    store: MonitorStore, site: EventFactory
+) -> None:
+    original = site.annotation(1, defective=True, annotation_id="b1")
+    correction = site.annotation(1, defective=False, annotation_id="b1c", supersedes="b1")
+    prediction = site.prediction(1, defective=True)
+
+    store.record_many([correction, prediction, prediction, original, correction])
+    store.record_many([original, prediction])  # the whole batch again after a crash
+
+    assert [(r.truth_defective, r.annotator) for r in store.labelled(site.site_id)] == [
+        (False, "ann-1")
+    ]
+    assert [a.annotation_id for a in store.annotations(site.site_id)] == ["b1c"]
+    assert len(store.annotations(site.site_id, include_superseded=True)) == 2

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -109,3 +109,23 @@ def agreement(pairs: Sequence[tuple[Sequence[Box], Sequence[Box]]]) -> Agreement
         box_matched_share=total.matched_share,
         box_mean_iou=total.mean_iou,
     )
+
+
+def pairs_by_annotator(
+    labels: Iterable[tuple[str, str, Sequence[Box]]],
+) -> dict[tuple[str, str], list[tuple[Sequence[Box], Sequence[Box]]]]:
+    """Overlap images grouped by annotator pair, from ``(image_id, annotator, boxes)`` labels.
+
+    Each image annotated by two or more annotators contributes every pair of them (names sorted,
+    boxes in that order); pass each annotator's current label once per image (skips left out).
+    """
+    by_image: dict[str, dict[str, Sequence[Box]]] = {}
+    for image_id, annotator, boxes in labels:
+        by_image.setdefault(image_id, {})[annotator] = boxes
+    out: dict[tuple[str, str], list[tuple[Sequence[Box], Sequence[Box]]]] = {}
+    for image_id in sorted(by_image):
+        names = sorted(by_image[image_id])
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                out.setdefault((a, b), []).append((by_image[image_id][a], by_image[image_id][b]))
+    return out

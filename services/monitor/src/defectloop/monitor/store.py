@@ -20,6 +20,7 @@ Datetimes are timezone-aware UTC in and out (SQLModel's UTC type; SQLite keeps n
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -27,7 +28,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import TypeAdapter
-from sqlalchemy import Column, Engine, Text, func
+from sqlalchemy import Column, Engine, Text, func, update
+from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError as SQLIntegrityError
 from sqlmodel import Field, Session, SQLModel, col, select
 
@@ -44,7 +46,6 @@ from defectloop.common.events import (
     ModelDeployed,
     ModelRole,
     PredictionMade,
-    QualityMetrics,
     ScoredBox,
     model_for_topic,
 )
@@ -260,7 +261,12 @@ class CapturedImage:
     captured_at: datetime
     width: int
     height: int
-    quality: QualityMetrics
+    sharpness: float
+    brightness: float
+    contrast: float
+    uniform: bool
+    obstructed_fraction: float
+    near_duplicate: bool
 
 
 @dataclass(frozen=True)
@@ -379,89 +385,32 @@ class MonitorStore:
 
     def record(self, event: Event) -> None:
         """Record one consumed event; a redelivery (same id) changes nothing."""
-        if isinstance(event, ImageCaptured):
-            self._insert(_captured_row(event))
-        elif isinstance(event, ImageRejected):
-            self._insert(
-                RejectionRow(
-                    event_id=event.event_id,
-                    site_id=event.site_id,
-                    camera_id=event.camera_id,
-                    reason=event.reason.value,
-                    occurred_at=_aware(event.occurred_at),
-                )
-            )
-        elif isinstance(event, PredictionMade):
-            self._insert(_prediction_row(event))
-        elif isinstance(event, AnnotationCompleted):
-            self._record_annotation(event)
-        elif isinstance(event, ModelDeployed):
-            self._insert(
-                DeploymentRow(
-                    event_id=event.event_id,
-                    site_id=event.site_id,
-                    role=event.role.value,
-                    model_name=event.model_name,
-                    model_version=event.model_version,
-                    baseline_json=json.dumps(event.baseline_metrics, sort_keys=True),
-                    active=event.active,
-                    approved_by=event.approved_by,
-                    occurred_at=_aware(event.occurred_at),
-                )
-            )
-        else:
-            raise TypeError(f"the monitor does not consume {type(event).__name__}")
+        self.record_many([event])
+
+    def record_many(self, events: Sequence[Event]) -> None:
+        """Record consumed events in one transaction (a Kafka batch); redeliveries are no-ops."""
+        try:
+            with Session(self.engine) as s:
+                _add_all(s, events)
+                s.commit()
+        except SQLIntegrityError:
+            # A concurrent consumer recorded one of them first: redo one by one, skipping it.
+            if len(events) == 1:
+                return
+            for event in events:
+                self.record_many([event])
 
     def _insert(self, row: SQLModel) -> bool:
         """Insert ``row`` unless its primary key exists; True when it was new."""
         with Session(self.engine) as s:
-            pk = row.__table__.primary_key.columns  # type: ignore[attr-defined]
-            ident = tuple(getattr(row, c.name) for c in pk)
-            if s.get(type(row), ident if len(ident) > 1 else ident[0]) is not None:
+            if not _add_new(s, row):
                 return False
-            s.add(row)
             try:
                 s.commit()
-            except SQLIntegrityError:  # a concurrent redelivery won the race: same content
+            except SQLIntegrityError:  # a concurrent writer won the race: same content
                 s.rollback()
                 return False
         return True
-
-    def _record_annotation(self, event: AnnotationCompleted) -> None:
-        with Session(self.engine) as s:
-            if s.get(AnnotationRow, event.annotation_id) is not None:
-                return
-            # Its successor may have arrived first: then it is born superseded.
-            successor = s.exec(
-                select(AnnotationRow.annotation_id).where(
-                    AnnotationRow.supersedes == event.annotation_id
-                )
-            ).first()
-            s.add(
-                AnnotationRow(
-                    annotation_id=event.annotation_id,
-                    site_id=event.site_id,
-                    camera_id=event.camera_id,
-                    image_id=event.image_id,
-                    annotator=event.annotator,
-                    status=event.status.value,
-                    boxes_json=_BOXES.dump_json(event.boxes).decode(),
-                    skip_reason=event.skip_reason,
-                    sampling_reason=event.sampling_reason,
-                    labelled_at=_aware(event.occurred_at),
-                    supersedes=event.supersedes,
-                    superseded=successor is not None,
-                )
-            )
-            if event.supersedes:
-                previous = s.get(AnnotationRow, event.supersedes)
-                if previous is not None:
-                    previous.superseded = True
-                    s.add(previous)
-            try:
-                s.commit()
-            except SQLIntegrityError:
-                s.rollback()
 
     # -- deployments and baselines --
 
@@ -548,48 +497,77 @@ class MonitorStore:
         ``sampling_reason=None`` returns every stratum; ``last`` keeps the most recent captures
         (the count window) after the time window [since, until) is applied.
         """
+        p, a = PredictionRow, AnnotationRow
+        names = (
+            *("prediction_id", "site_id", "camera_id", "model_version", "role", "image_id"),
+            *("defective", "decision_score", "boxes_json", "captured_at"),
+        )
+        columns = [col(getattr(p, n)) for n in names] + [
+            col(a.boxes_json),
+            col(a.sampling_reason),
+            col(a.labelled_at),
+            col(a.annotator),
+        ]
+        # Plain columns, not ORM entities: the evaluator reads a model's whole history each time.
+        q = (
+            sa_select(*columns)
+            .join(
+                a,
+                (col(a.site_id) == col(p.site_id)) & (col(a.image_id) == col(p.image_id)),
+            )
+            .where(
+                col(p.site_id) == site_id,
+                col(a.superseded).is_(False),
+                col(a.status) == AnnotationStatus.COMPLETED.value,
+            )
+        )
+        if model_version is not None:
+            q = q.where(col(p.model_version) == model_version)
+        if role is not None:
+            q = q.where(col(p.role) == role.value)
+        if sampling_reason is not None:
+            q = q.where(col(a.sampling_reason) == sampling_reason)
+        if since is not None:
+            q = q.where(col(p.captured_at) >= _aware(since))
+        if until is not None:
+            q = q.where(col(p.captured_at) < _aware(until))
+        if exclude_cameras:
+            q = q.where(col(p.camera_id).not_in(list(exclude_cameras)))
+        if camera_id is not None:
+            q = q.where(col(p.camera_id) == camera_id)
+        q = q.order_by(
+            col(p.captured_at),
+            col(p.prediction_id),
+            col(a.labelled_at),
+            col(a.annotation_id),
+        )
         with Session(self.engine) as s:
-            q = (
-                select(PredictionRow, AnnotationRow)
-                .join(
-                    AnnotationRow,
-                    (col(AnnotationRow.site_id) == col(PredictionRow.site_id))
-                    & (col(AnnotationRow.image_id) == col(PredictionRow.image_id)),
-                )
-                .where(
-                    PredictionRow.site_id == site_id,
-                    col(AnnotationRow.superseded).is_(False),
-                    AnnotationRow.status == AnnotationStatus.COMPLETED.value,
-                )
-            )
-            if model_version is not None:
-                q = q.where(PredictionRow.model_version == model_version)
-            if role is not None:
-                q = q.where(PredictionRow.role == role.value)
-            if sampling_reason is not None:
-                q = q.where(AnnotationRow.sampling_reason == sampling_reason)
-            if since is not None:
-                q = q.where(col(PredictionRow.captured_at) >= _aware(since))
-            if until is not None:
-                q = q.where(col(PredictionRow.captured_at) < _aware(until))
-            if exclude_cameras:
-                q = q.where(col(PredictionRow.camera_id).not_in(list(exclude_cameras)))
-            if camera_id is not None:
-                q = q.where(PredictionRow.camera_id == camera_id)
-            q = q.order_by(
-                col(PredictionRow.captured_at),
-                col(PredictionRow.prediction_id),
-                col(AnnotationRow.labelled_at),
-                col(AnnotationRow.annotation_id),
-            )
-            pairs = s.exec(q).all()
+            found = s.execute(q).all()
         rows: list[LabelledPrediction] = []
         seen: set[str] = set()
-        for p, a in pairs:
-            if p.prediction_id in seen:  # a second annotator of an overlap task: first one scores
+        for r in found:
+            if r[0] in seen:  # a second annotator of an overlap task: the first one scores
                 continue
-            seen.add(p.prediction_id)
-            rows.append(_labelled(p, a))
+            seen.add(r[0])
+            truth = _truth_boxes(r[10])
+            rows.append(
+                LabelledPrediction(
+                    site_id=r[1],
+                    camera_id=r[2],
+                    model_version=r[3],
+                    role=ModelRole(r[4]),
+                    image_id=r[5],
+                    truth_defective=len(truth) > 0,
+                    predicted_defective=r[6],
+                    decision_score=r[7],
+                    truth_boxes=truth,
+                    predicted_boxes=_predicted_boxes(r[8]),
+                    sampling_reason=r[11],
+                    captured_at=_aware(r[9]),
+                    labelled_at=_aware(r[12]),
+                    annotator=r[13],
+                )
+            )
         return rows[-last:] if last is not None else rows
 
     def count_labelled(
@@ -696,9 +674,13 @@ class MonitorStore:
         since: datetime | None = None,
         until: datetime | None = None,
         camera_id: str | None = None,
+        first: int | None = None,
         last: int | None = None,
     ) -> list[CapturedImage]:
-        """Accepted images' quality features, oldest capture first (drift and quality windows)."""
+        """Accepted images' quality features, oldest capture first (drift and quality windows).
+
+        ``first`` keeps the oldest captures of the window (a reference), ``last`` the newest.
+        """
         with Session(self.engine) as s:
             q = select(CapturedRow).where(CapturedRow.site_id == site_id)
             if since is not None:
@@ -707,18 +689,36 @@ class MonitorStore:
                 q = q.where(col(CapturedRow.captured_at) < _aware(until))
             if camera_id is not None:
                 q = q.where(CapturedRow.camera_id == camera_id)
-            q = q.order_by(col(CapturedRow.captured_at).desc(), col(CapturedRow.image_id).desc())
-            if last is not None:
-                q = q.limit(last)
+            newest_first = first is None
+            order = [col(CapturedRow.captured_at), col(CapturedRow.image_id)]
+            q = q.order_by(*(c.desc() for c in order) if newest_first else order)
+            if first is not None or last is not None:
+                q = q.limit(first if first is not None else last)
             rows = list(s.exec(q).all())
-        rows.reverse()
+        if newest_first:
+            rows.reverse()
         return [_captured(r) for r in rows]
 
-    def count_captured(self, site_id: str, *, camera_id: str | None = None) -> int:
+    def count_captured(
+        self, site_id: str, *, camera_id: str | None = None, since: datetime | None = None
+    ) -> int:
         with Session(self.engine) as s:
             q = select(func.count()).select_from(CapturedRow).where(CapturedRow.site_id == site_id)
             if camera_id is not None:
                 q = q.where(CapturedRow.camera_id == camera_id)
+            if since is not None:
+                q = q.where(col(CapturedRow.captured_at) >= _aware(since))
+            return int(s.exec(q).one())
+
+    def count_rejected(self, site_id: str, *, camera_id: str | None = None) -> int:
+        with Session(self.engine) as s:
+            q = (
+                select(func.count())
+                .select_from(RejectionRow)
+                .where(RejectionRow.site_id == site_id)
+            )
+            if camera_id is not None:
+                q = q.where(RejectionRow.camera_id == camera_id)
             return int(s.exec(q).one())
 
     def cameras(self, site_id: str) -> list[str]:
@@ -739,8 +739,10 @@ class MonitorStore:
         since: datetime | None = None,
         until: datetime | None = None,
         camera_id: str | None = None,
+        first: int | None = None,
+        last: int | None = None,
     ) -> list[Rejection]:
-        """Ingest rejections of ``site_id``, oldest first."""
+        """Ingest rejections of ``site_id``, oldest first (``first``/``last`` as in captured)."""
         with Session(self.engine) as s:
             q = select(RejectionRow).where(RejectionRow.site_id == site_id)
             if since is not None:
@@ -749,9 +751,14 @@ class MonitorStore:
                 q = q.where(col(RejectionRow.occurred_at) < _aware(until))
             if camera_id is not None:
                 q = q.where(RejectionRow.camera_id == camera_id)
-            rows = s.exec(
-                q.order_by(col(RejectionRow.occurred_at), col(RejectionRow.event_id))
-            ).all()
+            newest_first = first is None
+            order = [col(RejectionRow.occurred_at), col(RejectionRow.event_id)]
+            q = q.order_by(*(c.desc() for c in order) if newest_first else order)
+            if first is not None or last is not None:
+                q = q.limit(first if first is not None else last)
+            rows = list(s.exec(q).all())
+        if newest_first:
+            rows.reverse()
         return [Rejection(r.site_id, r.camera_id, r.reason, _aware(r.occurred_at)) for r in rows]
 
     def predictions(
@@ -973,6 +980,109 @@ class MonitorStore:
         return [StoredSignal(_signal(r), _aware(r.evaluated_at)) for r in rows]
 
 
+# --- recording ----------------------------------------------------------------------------
+
+
+def _add_new(s: Session, row: SQLModel) -> bool:
+    """Add ``row`` to the session unless a row with its primary key exists (or is pending)."""
+    pk = row.__table__.primary_key.columns  # type: ignore[attr-defined]
+    ident = tuple(getattr(row, c.name) for c in pk)
+    if s.get(type(row), ident if len(ident) > 1 else ident[0]) is not None:
+        return False
+    s.add(row)
+    s.flush()  # later events of the same batch must see it (dedupe, supersedes)
+    return True
+
+
+def _row(event: Event) -> SQLModel:
+    """The table row of a non-annotation event."""
+    if isinstance(event, ImageCaptured):
+        return _captured_row(event)
+    if isinstance(event, PredictionMade):
+        return _prediction_row(event)
+    if isinstance(event, ImageRejected):
+        return RejectionRow(
+            event_id=event.event_id,
+            site_id=event.site_id,
+            camera_id=event.camera_id,
+            reason=event.reason.value,
+            occurred_at=_aware(event.occurred_at),
+        )
+    if isinstance(event, ModelDeployed):
+        return DeploymentRow(
+            event_id=event.event_id,
+            site_id=event.site_id,
+            role=event.role.value,
+            model_name=event.model_name,
+            model_version=event.model_version,
+            baseline_json=json.dumps(event.baseline_metrics, sort_keys=True),
+            active=event.active,
+            approved_by=event.approved_by,
+            occurred_at=_aware(event.occurred_at),
+        )
+    raise TypeError(f"the monitor does not consume {type(event).__name__}")
+
+
+def _add_all(s: Session, events: Sequence[Event]) -> None:
+    """Add the events' rows that are not stored yet: one existence query per table."""
+    by_table: dict[type[SQLModel], dict[str, SQLModel]] = {}
+    for event in events:
+        if isinstance(event, AnnotationCompleted):
+            continue
+        row = _row(event)
+        (pk,) = row.__table__.primary_key.columns  # type: ignore[attr-defined]
+        by_table.setdefault(type(row), {}).setdefault(getattr(row, pk.name), row)
+    for table, rows in by_table.items():
+        (pk,) = table.__table__.primary_key.columns  # type: ignore[attr-defined]
+        stored = set(s.execute(sa_select(pk).where(pk.in_(list(rows)))).scalars())
+        s.add_all(row for key, row in rows.items() if key not in stored)
+    s.flush()
+    _add_annotations(s, [e for e in events if isinstance(e, AnnotationCompleted)])
+
+
+def _add_annotations(s: Session, events: Sequence[AnnotationCompleted]) -> None:
+    """Add new annotations; an annotation is superseded once its successor is known, whichever
+    of the two arrived (or was batched) first."""
+    if not events:
+        return
+    a = AnnotationRow
+    fresh = {e.annotation_id: e for e in events}
+    stored = set(
+        s.execute(sa_select(col(a.annotation_id)).where(col(a.annotation_id).in_(list(fresh))))
+        .scalars()
+        .all()
+    )
+    fresh = {k: e for k, e in fresh.items() if k not in stored}
+    successors = {e.supersedes for e in fresh.values() if e.supersedes}
+    successors |= set(
+        s.execute(sa_select(col(a.supersedes)).where(col(a.supersedes).in_(list(fresh))))
+        .scalars()
+        .all()
+    )
+    s.add_all(_annotation_row(e, superseded=k in successors) for k, e in fresh.items())
+    replaced = [e.supersedes for e in fresh.values() if e.supersedes]
+    if replaced:
+        s.execute(update(a).where(col(a.annotation_id).in_(replaced)).values(superseded=True))
+    s.flush()
+
+
+def _annotation_row(event: AnnotationCompleted, *, superseded: bool) -> AnnotationRow:
+    return AnnotationRow(
+        annotation_id=event.annotation_id,
+        site_id=event.site_id,
+        camera_id=event.camera_id,
+        image_id=event.image_id,
+        annotator=event.annotator,
+        status=event.status.value,
+        boxes_json=_BOXES.dump_json(event.boxes).decode(),
+        skip_reason=event.skip_reason,
+        sampling_reason=event.sampling_reason,
+        labelled_at=_aware(event.occurred_at),
+        supersedes=event.supersedes,
+        superseded=superseded,
+    )
+
+
 # --- row <-> value conversions ------------------------------------------------------------------
 
 
@@ -1002,14 +1112,12 @@ def _captured(r: CapturedRow) -> CapturedImage:
         captured_at=_aware(r.captured_at),
         width=r.width,
         height=r.height,
-        quality=QualityMetrics(
-            sharpness=r.sharpness,
-            brightness=r.brightness,
-            contrast=r.contrast,
-            uniform=r.uniform,
-            obstructed_fraction=r.obstructed_fraction,
-            near_duplicate=r.near_duplicate,
-        ),
+        sharpness=r.sharpness,
+        brightness=r.brightness,
+        contrast=r.contrast,
+        uniform=r.uniform,
+        obstructed_fraction=r.obstructed_fraction,
+        near_duplicate=r.near_duplicate,
     )
 
 
@@ -1043,31 +1151,22 @@ def _stored_prediction(r: PredictionRow) -> StoredPrediction:
         defective=r.defective,
         decision_score=r.decision_score,
         decision_threshold=r.decision_threshold,
-        boxes=_SCORED_BOXES.validate_json(r.boxes_json),
+        boxes=_predicted_boxes(r.boxes_json),
         outlier_score=r.outlier_score,
         outlier=r.outlier,
         captured_at=_aware(r.captured_at),
     )
 
 
-def _labelled(p: PredictionRow, a: AnnotationRow) -> LabelledPrediction:
-    truth = _BOXES.validate_json(a.boxes_json)
-    return LabelledPrediction(
-        site_id=p.site_id,
-        camera_id=p.camera_id,
-        model_version=p.model_version,
-        role=ModelRole(p.role),
-        image_id=p.image_id,
-        truth_defective=len(truth) > 0,
-        predicted_defective=p.defective,
-        decision_score=p.decision_score,
-        truth_boxes=truth,
-        predicted_boxes=_SCORED_BOXES.validate_json(p.boxes_json),
-        sampling_reason=a.sampling_reason,
-        captured_at=_aware(p.captured_at),
-        labelled_at=_aware(a.labelled_at),
-        annotator=a.annotator,
-    )
+@functools.lru_cache(maxsize=4096)
+def _truth_boxes(text: str) -> tuple[Box, ...]:
+    """Parsed boxes (frozen models, so sharing a cached tuple is safe): "[]" is most images."""
+    return _BOXES.validate_json(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _predicted_boxes(text: str) -> tuple[ScoredBox, ...]:
+    return _SCORED_BOXES.validate_json(text)
 
 
 def _annotation(r: AnnotationRow) -> StoredAnnotation:
@@ -1078,7 +1177,7 @@ def _annotation(r: AnnotationRow) -> StoredAnnotation:
         image_id=r.image_id,
         annotator=r.annotator,
         status=AnnotationStatus(r.status),
-        boxes=_BOXES.validate_json(r.boxes_json),
+        boxes=_truth_boxes(r.boxes_json),
         sampling_reason=r.sampling_reason,
         labelled_at=_aware(r.labelled_at),
         skip_reason=r.skip_reason,
@@ -1174,4 +1273,3 @@ __all__ = [
     "key_from_text",
     "key_text",
 ]
-

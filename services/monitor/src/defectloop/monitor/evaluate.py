@@ -1,0 +1,458 @@
+"""One evaluation of every site: detectors -> signals -> incident state machine -> events.
+
+:meth:`Evaluator.run_once` is synchronous and pure over the store (no Kafka, no clock of its own:
+``now`` is a parameter), so the service runs it in a thread every few seconds and the simulator
+harness drives it in-process with simulated time. Per site, in this order:
+
+1. **Retire**: an open incident of a model that no longer serves the site as champion closes with
+   ``metric.recovered`` reason ``model_retired`` (the incident was about that model; its successor
+   starts with a clean slate and its own baseline). This is the "one recovery after a better model
+   is deployed" of the issue: a better model is deployed -> the old model's incident closes once.
+2. **Data quality** per camera (``quality.py``): a camera's first frames the monitor saw are its
+   own reference (not reset when the model changes: a blurred camera stays blurred), its newest
+   frames are compared with it. These incidents carry no model version.
+3. **Excluded cameras**: cameras with an open data-quality incident or whose newest quality
+   evaluation departed on their own are left out of the site's performance and drift windows, so
+   a blurred camera gives one ``data_quality`` incident and no performance one.
+4. **Performance** of the champion (``performance.py``) on the random stratum since it became
+   champion, against its baseline: ``model.deployed``'s ``baseline_metrics`` (its own held-out
+   evaluation) when present, else the figures of its first ``baseline_window_labels`` random
+   labels at the site. A baseline is frozen the first time it is known.
+5. **Drift** (``drift.py``): the first ``drift_reference_images`` images after the deployment are
+   the reference, the newest ``drift_window_images`` the window (data drift on ingest quality
+   features and the outlier score; prediction drift on scores, defect rate, boxes per image, box
+   area, boxes per class, outlier rate), and the label-free recall estimate (``estimate.py``)
+   calibrated on the baseline window's random labels.
+
+Each detector evaluates again only after enough new data (the settings' cadences): the M-of-N rule
+counts evaluations, and two evaluations of the same data are one piece of evidence. Every opened
+incident of kind performance or drift also asks annotation-sync for more random labels
+(``labels.requested``; reason ``early_warning`` for the label-free estimate). Data-quality
+incidents do not: labels of a blurred camera would not help. Tracks, cursors, signals, incidents
+and the events to publish are saved in one transaction (the store's outbox); event ids derive
+from incident ids, so a re-run never publishes a second ``metric.degraded`` for an incident.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from defectloop.common.errors import DefectloopError
+from defectloop.common.events import (
+    DegradationKind,
+    Event,
+    LabelsRequested,
+    MetricDegraded,
+    MetricRecovered,
+    ModelRole,
+    deterministic_id,
+)
+from defectloop.common.logging import get_logger
+from defectloop.monitor import drift, estimate, incidents, performance, quality, stats
+from defectloop.monitor.settings import MonitorSettings
+from defectloop.monitor.signals import Signal, SignalKey
+from defectloop.monitor.store import (
+    Baseline,
+    CapturedImage,
+    Deployment,
+    Incident,
+    MonitorStore,
+    Rejection,
+    StoredPrediction,
+)
+
+log = get_logger(__name__)
+
+LABEL_ASKING_KINDS = frozenset(
+    {DegradationKind.PERFORMANCE, DegradationKind.DATA_DRIFT, DegradationKind.PREDICTION_DRIFT}
+)
+_TICK = timedelta(microseconds=1)
+
+
+@dataclass
+class _SiteRun:
+    """What one evaluation of one site accumulates before it is saved in one transaction."""
+
+    site_id: str
+    now: datetime
+    tracks: dict[SignalKey, incidents.IncidentTrack]
+    changed: set[SignalKey] = field(default_factory=set)
+    cursors: dict[str, int] = field(default_factory=dict)
+    signals: list[Signal] = field(default_factory=list)
+    opened: list[MetricDegraded] = field(default_factory=list)
+    closed: list[MetricRecovered] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+
+class Evaluator:
+    """Turns the store's observations into incident events (see the module docstring)."""
+
+    def __init__(self, store: MonitorStore, settings: MonitorSettings) -> None:
+        self.store = store
+        self.settings = settings
+
+    def run_once(self, now: datetime) -> list[Event]:
+        """Evaluate every site once; the events to publish (also saved in the store's outbox)."""
+        events: list[Event] = []
+        for site_id in self.settings.sites or self.store.sites():
+            events.extend(self.evaluate_site(site_id, now))
+        return events
+
+    def evaluate_site(self, site_id: str, now: datetime) -> list[Event]:
+        run = _SiteRun(
+            site_id,
+            now,
+            {
+                key: incidents.IncidentTrack.model_validate_json(text)
+                for key, text in self.store.tracks(site_id).items()
+            },
+        )
+        champion = self.store.current_models(site_id).get(ModelRole.CHAMPION)
+        self._retire(run, champion.model_version if champion is not None else None)
+        self._quality(run)
+        excluded = self._excluded_cameras(run)
+        if champion is not None:
+            since = self.store.champion_since(site_id, champion.model_version)
+            history = _History(self.store, champion, since)
+            baseline = self._baseline(champion, history)
+            self._performance(run, history, baseline, excluded)
+            self._drift(run, history, excluded)
+        self.store.save_evaluation(
+            tracks={k: run.tracks[k].model_dump_json() for k in run.changed},
+            cursors=run.cursors,
+            signals=run.signals,
+            opened=run.opened,
+            closed=run.closed,
+            outbox=run.events,
+            evaluated_at=now,
+        )
+        for event in run.events:
+            log.info(
+                "monitor_event",
+                topic=event.topic,
+                site_id=site_id,
+                incident_id=getattr(event, "incident_id", None),
+                kind=str(getattr(event, "kind", "")) or None,
+                metric=getattr(event, "metric", None),
+                camera_id=getattr(event, "camera_id", None),
+            )
+        return run.events
+
+    # -- incidents --
+
+    def _step(self, run: _SiteRun, signal: Signal) -> None:
+        run.signals.append(signal)
+        track = run.tracks.get(signal.key) or incidents.IncidentTrack(key=signal.key)
+        new, transition = incidents.step(track, signal, self.settings.incidents)
+        run.tracks[signal.key] = new
+        run.changed.add(signal.key)
+        if transition is not None:
+            self._publish(run, transition)
+
+    def _publish(self, run: _SiteRun, transition: incidents.Transition) -> None:
+        event = transition.to_event(run.now)
+        run.events.append(event)
+        if isinstance(event, MetricRecovered):
+            run.closed.append(event)
+            return
+        run.opened.append(event)
+        if event.kind in LABEL_ASKING_KINDS:
+            run.events.append(self._labels_request(event))
+
+    def _labels_request(self, incident: MetricDegraded) -> LabelsRequested:
+        s = self.settings
+        early = incident.metric == estimate.ESTIMATE_METRIC
+        return LabelsRequested(
+            event_id=deterministic_id("labels.requested", incident.incident_id),
+            occurred_at=incident.occurred_at,
+            site_id=incident.site_id,
+            request_id=deterministic_id("labels-request", incident.incident_id),
+            reason="early_warning" if early else "incident",
+            incident_id=incident.incident_id,
+            random_share=s.labels_random_share,
+            target_labels=s.labels_target,
+            expires_at=incident.occurred_at + timedelta(hours=s.labels_valid_hours),
+        )
+
+    def _retire(self, run: _SiteRun, champion_version: str | None) -> None:
+        for inc in self.store.incidents(run.site_id, open_only=True):
+            if inc.model_version is None or inc.model_version == champion_version:
+                continue
+            key = SignalKey(inc.site_id, inc.model_version, inc.kind, inc.metric, inc.camera_id)
+            track = run.tracks.get(key)
+            if track is not None and track.incident_id == inc.incident_id:
+                new, transition = incidents.retire(track)
+                run.tracks[key] = new
+                run.changed.add(key)
+                if transition is not None:
+                    self._publish(run, transition)
+                    continue
+            recovered = _retired(inc, run.now)  # a track lost with its rows: close from the log
+            run.events.append(recovered)
+            run.closed.append(recovered)
+
+    # -- data quality --
+
+    def _quality(self, run: _SiteRun) -> None:
+        s, site = self.settings, run.site_id
+        name = f"quality/{site}"
+        total = self.store.count_captured(site) + self.store.count_rejected(site)
+        if total - self.store.cursor(name) < s.quality_every_frames:
+            return
+        run.cursors[name] = total
+        reference: dict[str, quality.CameraWindow] = {}
+        current: dict[str, quality.CameraWindow] = {}
+        for camera in self.store.cameras(site):
+            seen = self.store.count_captured(site, camera_id=camera) + self.store.count_rejected(
+                site, camera_id=camera
+            )
+            if seen < s.quality_reference_frames + s.quality_window_frames:
+                continue  # the window would overlap the camera's own reference
+            reference[camera] = self._camera_window(site, camera, first=s.quality_reference_frames)
+            current[camera] = self._camera_window(site, camera, last=s.quality_window_frames)
+        if not current:
+            return
+        for signal in quality.quality_signals(
+            reference, current, site_id=site, model_version=None, policy=s.quality
+        ):
+            self._step(run, signal)
+
+    def _camera_window(
+        self, site_id: str, camera_id: str, *, first: int | None = None, last: int | None = None
+    ) -> quality.CameraWindow:
+        """A camera's first or last frames, accepted and rejected interleaved by time."""
+        frames = self.store.captured(site_id, camera_id=camera_id, first=first, last=last)
+        rejected = self.store.rejections(site_id, camera_id=camera_id, first=first, last=last)
+        timeline: list[CapturedImage | Rejection] = sorted([*frames, *rejected], key=_time_of)
+        picked = timeline[:first] if first is not None else timeline[-(last or 0) :]
+        windows = quality.camera_windows(
+            drift.observations(x for x in picked if isinstance(x, CapturedImage)),
+            [x for x in picked if isinstance(x, Rejection)],
+        )
+        return windows.get(camera_id) or quality.CameraWindow(camera_id, [])
+
+    def _excluded_cameras(self, run: _SiteRun) -> frozenset[str]:
+        """Cameras left out of the site's figures: an open data-quality incident, or departing
+        on their own in the newest quality evaluation."""
+        open_dq = {
+            i.camera_id
+            for i in self.store.incidents(
+                run.site_id, open_only=True, kind=DegradationKind.DATA_QUALITY
+            )
+            if i.camera_id
+        }
+        newest = [s for s in run.signals if s.key.kind == DegradationKind.DATA_QUALITY] or [
+            s.signal
+            for s in self.store.latest_signals(run.site_id)
+            if s.signal.key.kind == DegradationKind.DATA_QUALITY
+        ]
+        departing = {s.key.camera_id for s in newest if s.breached and s.key.camera_id}
+        return frozenset(open_dq | departing)
+
+    # -- performance --
+
+    def _baseline(self, champion: Deployment, history: _History) -> dict[str, float]:
+        """The champion's baseline per watched metric, frozen the first time it is known."""
+        site, version = champion.site_id, champion.model_version
+        policy = self.settings.performance
+        frozen = {m: b.value for m, b in self.store.baselines(site, version).items()}
+        missing = [m for m in policy.metrics if m not in frozen]
+        if not missing:
+            return frozen
+        deployed = {
+            m: champion.baseline_metrics[m] for m in missing if m in champion.baseline_metrics
+        }
+        found = [Baseline(site, version, m, v, "deployment", 0, 0) for m, v in deployed.items()]
+        for metric in (m for m in missing if m not in deployed):
+            first = self._first_window(history.rows(), metric)
+            if first is not None:
+                found.append(first)
+        if found:
+            self.store.freeze_baselines(found)
+            for b in found:
+                log.info(
+                    "baseline_frozen",
+                    site_id=site,
+                    model_version=version,
+                    metric=b.metric,
+                    value=round(b.value, 4),
+                    source=b.source,
+                    sample_size=b.sample_size,
+                )
+        return {**frozen, **{b.metric: b.value for b in found}}
+
+    def _first_window(
+        self, rows: Sequence[performance.LabelledPrediction], metric: str
+    ) -> Baseline | None:
+        """The metric over the model's first random labels at the site, or None while too few.
+
+        The window grows until it holds ``baseline_window_labels`` images and
+        ``baseline_min_positive`` in the metric's denominator. Its figure is a sample too, so the
+        baseline is the Wilson lower bound at ``baseline_confidence``: a lucky first window must
+        not turn the model's normal performance into an incident later.
+        """
+        s = self.settings
+        den = hits = 0
+        for n, r in enumerate(rows, start=1):
+            counted = r.truth_defective if metric == "recall" else r.predicted_defective
+            if counted:
+                den += 1
+                hits += int(r.truth_defective and r.predicted_defective)
+            if n >= s.baseline_window_labels and den >= s.baseline_min_positive:
+                low, _ = stats.wilson_interval(hits, den, s.baseline_confidence)
+                n_pos = sum(x.truth_defective for x in rows[:n])
+                return Baseline(r.site_id, r.model_version, metric, low, "first_window", n, n_pos)
+        return None
+
+    def _performance(
+        self,
+        run: _SiteRun,
+        history: _History,
+        baseline: dict[str, float],
+        excluded: frozenset[str],
+    ) -> None:
+        site, version = run.site_id, history.version
+        name = f"performance/{site}/{version}"
+        n = self.store.count_labelled(site, model_version=version, role=ModelRole.CHAMPION)
+        if not baseline or n - self.store.cursor(name) < self.settings.performance_every_labels:
+            return
+        run.cursors[name] = n
+        for signal in performance.performance_signals(
+            history.rows(),
+            site_id=site,
+            model_version=version,
+            baseline=baseline,
+            policy=self.settings.performance,
+            exclude_cameras=excluded,
+            now=run.now,
+        ):
+            self._step(run, signal)
+
+    # -- drift and the label-free estimate --
+
+    def _drift(self, run: _SiteRun, history: _History, excluded: frozenset[str]) -> None:
+        s, site, version, since = self.settings, run.site_id, history.version, history.since
+        name = f"drift/{site}/{version}"
+        n = self.store.count_captured(site, since=since)
+        if n - self.store.cursor(name) < s.drift_every_images:
+            return
+        run.cursors[name] = n
+        if n < s.drift_reference_images + s.drift_window_images:
+            return
+        ref = self._observations(
+            site, version, self.store.captured(site, since=since, first=s.drift_reference_images)
+        )
+        cur = self._observations(
+            site, version, self.store.captured(site, since=since, last=s.drift_window_images)
+        )
+        for detector in (drift.data_drift_signals, drift.prediction_drift_signals):
+            signals = detector(
+                ref.observations,
+                cur.observations,
+                site_id=site,
+                model_version=version,
+                policy=s.drift,
+                exclude_cameras=excluded,
+            )
+            for signal in signals:
+                self._step(run, signal)
+        ref_scores = [p.decision_score for p in ref.predictions if p.camera_id not in excluded]
+        cur_preds = [p for p in cur.predictions if p.camera_id not in excluded]
+        if not cur_preds or not ref_scores:
+            return
+        calibration = _calibration(
+            history.rows()[: s.baseline_window_labels], cur_preds[0].decision_threshold
+        )
+        for signal in estimate.estimate_signals(
+            calibration,
+            ref_scores,
+            [p.decision_score for p in cur_preds],
+            site_id=site,
+            model_version=version,
+            window_start=cur_preds[0].captured_at,
+            window_end=cur_preds[-1].captured_at,
+            policy=s.estimate,
+        ):
+            self._step(run, signal)
+
+    def _observations(self, site_id: str, version: str, images: Sequence[CapturedImage]) -> _Window:
+        if not images:
+            return _Window([], [])
+        preds = {
+            p.image_id: p
+            for p in self.store.predictions(
+                site_id,
+                model_version=version,
+                role=ModelRole.CHAMPION,
+                since=images[0].captured_at,
+                until=images[-1].captured_at + _TICK,
+            )
+        }
+        matched = [preds[i.image_id] for i in images if i.image_id in preds]
+        return _Window(drift.observations(images, matched), matched)
+
+
+class _History:
+    """The champion's random-stratum labelled predictions since it became champion, loaded once
+    per evaluation and only if a detector needs them."""
+
+    def __init__(self, store: MonitorStore, champion: Deployment, since: datetime | None) -> None:
+        self._store = store
+        self.site_id = champion.site_id
+        self.version = champion.model_version
+        self.since = since
+        self._rows: list[performance.LabelledPrediction] | None = None
+
+    def rows(self) -> list[performance.LabelledPrediction]:
+        if self._rows is None:
+            self._rows = self._store.labelled(
+                self.site_id, model_version=self.version, role=ModelRole.CHAMPION, since=self.since
+            )
+        return self._rows
+
+
+@dataclass(frozen=True)
+class _Window:
+    observations: list[drift.Observation]
+    predictions: list[StoredPrediction]
+
+
+def _time_of(item: CapturedImage | Rejection) -> datetime:
+    return item.captured_at if isinstance(item, CapturedImage) else item.occurred_at
+
+
+def _calibration(
+    rows: Sequence[performance.LabelledPrediction], decision_threshold: float
+) -> estimate.Calibration | None:
+    if not rows:
+        return None
+    try:
+        return estimate.fit_calibration(
+            [r.decision_score for r in rows], [r.truth_defective for r in rows], decision_threshold
+        )
+    except DefectloopError as exc:  # e.g. a window of one class only: no estimate yet
+        log.info("calibration_unavailable", reason=exc.reason, error=str(exc))
+        return None
+
+
+def _retired(incident: Incident, now: datetime) -> MetricRecovered:
+    d = incident.degraded
+    return MetricRecovered(
+        event_id=deterministic_id("incident", "closed", incident.incident_id),
+        occurred_at=now,
+        site_id=d.site_id,
+        model_version=d.model_version,
+        kind=d.kind,
+        metric=d.metric,
+        value=d.value,
+        baseline=d.baseline,
+        threshold=d.threshold,
+        window_start=d.window_start,
+        window_end=d.window_end,
+        sample_size=d.sample_size,
+        camera_id=d.camera_id,
+        incident_id=incident.incident_id,
+        reason="model_retired",
+    )

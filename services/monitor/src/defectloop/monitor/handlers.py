@@ -1,0 +1,80 @@
+"""Kafka adapters: the five consumed topics -> the store; the evaluator's events -> Kafka.
+
+Each topic is consumed in batches (one SQLite transaction per batch instead of one per event:
+the monitor reads every image and every prediction of every site). A batch is committed only
+after it is in the database; a locked or unreachable database is a transient error (the batch is
+re-read, never dropped). Events to publish are read from the store's outbox and marked after the
+broker acknowledged them, so a crash in between re-publishes the same event (same ``event_id``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from faststream.kafka import KafkaBroker
+from sqlalchemy.exc import OperationalError
+
+from defectloop.common import topics
+from defectloop.common.errors import TransientError
+from defectloop.common.events import Event
+from defectloop.common.kafka import publish_event
+from defectloop.common.kafka_batch import BatchItem, Rejection, batch_event_subscriber
+from defectloop.common.logging import get_logger
+from defectloop.monitor.settings import MonitorSettings
+from defectloop.monitor.store import MonitorStore
+
+GROUP_ID = "monitor"
+CONSUMED: tuple[str, ...] = (
+    topics.IMAGE_CAPTURED,
+    topics.IMAGE_REJECTED,
+    topics.PREDICTION_MADE,
+    topics.ANNOTATION_COMPLETED,
+    topics.MODEL_DEPLOYED,
+)
+
+log = get_logger(__name__)
+
+
+async def record(store: MonitorStore, events: Sequence[Event]) -> None:
+    """Record a batch off the event loop; a database that cannot write now is transient."""
+    try:
+        await asyncio.to_thread(store.record_many, events)
+    except OperationalError as exc:
+        raise TransientError(f"monitor database unavailable: {exc}") from exc
+
+
+def subscribe(
+    broker: KafkaBroker,
+    store: MonitorStore,
+    settings: MonitorSettings,
+    *,
+    group_id: str = GROUP_ID,
+) -> None:
+    """One batch subscriber per consumed topic, all in the monitor's consumer group."""
+    for topic in CONSUMED:
+
+        async def record_batch(items: Sequence[BatchItem[Event]]) -> list[Rejection]:
+            await record(store, [item.event for item in items])
+            return []
+
+        record_batch.__name__ = f"record_{topic.replace('.', '_')}"
+        batch_event_subscriber(
+            broker,
+            topic,
+            group_id=group_id,
+            service=settings.service_name,
+            max_records=settings.max_batch,
+            batch_timeout_ms=settings.batch_wait_ms,
+        )(record_batch)
+
+
+async def publish_pending(broker: KafkaBroker, store: MonitorStore) -> int:
+    """Publish the outbox in order; each event is marked once the broker acknowledged it."""
+    pending = await asyncio.to_thread(store.pending_events)
+    for event in pending:
+        await publish_event(broker, event)
+        await asyncio.to_thread(store.mark_published, event.event_id)
+    if pending:
+        log.info("events_published", count=len(pending))
+    return len(pending)

@@ -96,7 +96,7 @@ def workspace_problems(members: list[Member]) -> list[str]:
         imports = imported_modules(member.path / "src")
         used = {owner[p] for p, _ in imports if p in owner} - {member.name}
         unknown = sorted({p for p, _ in imports if p not in owner})
-        rel = member.path.relative_to(ROOT)
+        rel = member.path.relative_to(member.path.parents[1])
         for package in unknown:
             problems.append(f"{rel}: imports defectloop.{package}, which no workspace member ships")
         for name in sorted(used - member.required.keys() - member.optional):
@@ -145,7 +145,7 @@ def deptry_problems(members: list[Member]) -> list[str]:
             check=False,
         )
         if run.returncode != 0:
-            rel = member.path.relative_to(ROOT)
+            rel = member.path.relative_to(member.path.parents[1])
             output = (run.stdout + run.stderr).splitlines()
             lines = [ln for ln in output if re.search(r"DEP\d{3}", ln)]
             problems += [f"{rel}/{ln}" for ln in lines] or [f"{rel}: deptry failed: {run.stderr}"]

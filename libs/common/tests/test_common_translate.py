@@ -23,7 +23,9 @@ from sqlalchemy import exc as sa
 
 from defectloop.common import errors
 from defectloop.common.blobstore import S3BlobStore
+from defectloop.common.kafka_admin import partitions_of
 from defectloop.common.translate import httpx_errors, kafka_errors, s3_errors, sqlalchemy_errors
+from defectloop.testing.net import free_port
 
 pytestmark = pytest.mark.unit
 
@@ -167,3 +169,9 @@ def test_an_unopenable_database_is_transient(tmp_path: Path) -> None:
 def test_an_unreachable_http_server_is_transient() -> None:
     with pytest.raises(errors.TransientError), httpx_errors("probe"), httpx.Client() as client:
         client.get("http://127.0.0.1:1/", timeout=2)
+
+
+async def test_an_unreachable_kafka_is_broker_unavailable_for_the_admin_client() -> None:
+    with pytest.raises(errors.BrokerUnavailableError) as caught:
+        await partitions_of(f"127.0.0.1:{free_port()}", ["image.captured"])
+    assert caught.value.hint == "is Kafka running? `defectloop kafka status`"

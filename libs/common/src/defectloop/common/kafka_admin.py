@@ -3,32 +3,31 @@
 from __future__ import annotations
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError
 
-from defectloop.common.errors import BrokerUnavailableError
 from defectloop.common.topics import TopicSpec
+from defectloop.common.translate import kafka_errors
+
+_HINT = "is Kafka running? `defectloop kafka status`"
 
 
 async def ensure_topics(bootstrap: str, specs: list[TopicSpec]) -> list[str]:
     """Create the missing topics of ``specs``; return the names created."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
     try:
-        await admin.start()
-        existing = set(await admin.list_topics())
-        missing = [s for s in specs if s.name not in existing]
-        if missing:
-            await admin.create_topics(
-                [
-                    NewTopic(s.name, s.partitions, replication_factor=1, topic_configs=s.configs())
-                    for s in missing
-                ]
-            )
+        with kafka_errors(f"cannot create topics on {bootstrap}", hint=_HINT):
+            await admin.start()
+            existing = set(await admin.list_topics())
+            missing = [s for s in specs if s.name not in existing]
+            if missing:
+                await admin.create_topics(
+                    [
+                        NewTopic(
+                            s.name, s.partitions, replication_factor=1, topic_configs=s.configs()
+                        )
+                        for s in missing
+                    ]
+                )
         return [s.name for s in missing]
-    except KafkaError as exc:
-        raise BrokerUnavailableError(
-            f"cannot create topics on {bootstrap}: {exc}",
-            hint="is Kafka running? `defectloop kafka status`",
-        ) from exc
     finally:
         await admin.close()
 
@@ -37,13 +36,9 @@ async def partitions_of(bootstrap: str, topics: list[str]) -> dict[str, list[int
     """The partition numbers of each of ``topics`` that exists (a missing topic is left out)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
     try:
-        await admin.start()
-        described = await admin.describe_topics(topics)
-    except KafkaError as exc:
-        raise BrokerUnavailableError(
-            f"cannot describe topics on {bootstrap}: {exc}",
-            hint="is Kafka running? `defectloop kafka status`",
-        ) from exc
+        with kafka_errors(f"cannot describe topics on {bootstrap}", hint=_HINT):
+            await admin.start()
+            described = await admin.describe_topics(topics)
     finally:
         await admin.close()
     return {

@@ -18,12 +18,18 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 from pydantic import BaseModel, ValidationError
 
-from defectloop.common.errors import BrokerUnavailableError, ConfigError, TransientError
+from defectloop.common.errors import (
+    BrokerUnavailableError,
+    ConfigError,
+    DefectloopError,
+    TransientError,
+)
 from defectloop.common.events import DeadLetter, model_for_topic
 from defectloop.common.kafka_admin import partitions_of
 from defectloop.common.logging import get_logger
 from defectloop.common.retry import call_with_backoff
 from defectloop.common.topics import DLQ_SUFFIX
+from defectloop.common.translate import kafka_errors
 
 Record: TypeAlias = ConsumerRecord[Any, Any]
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -84,13 +90,13 @@ def _consumer(bootstrap: str, client_id: str) -> AIOKafkaConsumer:
 
 async def _start(consumer: AIOKafkaConsumer, bootstrap: str) -> None:
     try:
-        await consumer.start()
-    except KafkaError as exc:
+        with kafka_errors(
+            f"cannot reach Kafka at {bootstrap}", hint="is Kafka running? `defectloop kafka status`"
+        ):
+            await consumer.start()
+    except DefectloopError:
         await consumer.stop()
-        raise BrokerUnavailableError(
-            f"cannot reach Kafka at {bootstrap}: {exc}",
-            hint="is Kafka running? `defectloop kafka status`",
-        ) from exc
+        raise
 
 
 async def read_topic(

@@ -43,8 +43,8 @@ def _say(what: str, exc: BaseException) -> str:
 
 
 @contextmanager
-def kafka_errors(what: str = "Kafka") -> Iterator[None]:
-    """Translate aiokafka's exceptions raised inside the block."""
+def kafka_errors(what: str = "Kafka", *, hint: str | None = None) -> Iterator[None]:
+    """Translate aiokafka's exceptions raised inside the block (``hint``: when unreachable)."""
     from aiokafka import errors as ak
 
     unavailable = (
@@ -68,7 +68,7 @@ def kafka_errors(what: str = "Kafka") -> Iterator[None]:
         yield
     except unavailable as exc:
         raise BrokerUnavailableError(
-            _say(what, exc), hint="check that Kafka is running and reachable"
+            _say(what, exc), hint=hint or "check that Kafka is running and reachable"
         ) from exc
     except too_large as exc:
         raise InvalidInputError(_say(what, exc), reason="message_too_large") from exc

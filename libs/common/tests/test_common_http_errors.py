@@ -47,6 +47,8 @@ async def _call(app: FastAPI, method: str, path: str, **kwargs: Any) -> httpx.Re
     [
         (errors.InvalidInputError("bad image", hint="send a PNG"), 422, "invalid_input"),
         (errors.BadRequestError("not JSON"), 400, "bad_request"),
+        (errors.InvalidEventError("wrong schema"), 422, "schema_violation"),
+        (errors.PermanentError("never works"), 400, "permanent_error"),
         (errors.PayloadTooLargeError("too big"), 413, "too_large"),
         (errors.UnsupportedMediaTypeError("jpeg"), 415, "unsupported_media_type"),
         (errors.UnauthenticatedError("no token"), 401, "unauthenticated"),

@@ -119,6 +119,7 @@ _HTTP_STATUS: dict[type[DefectloopError], int] = {
     ConfigError: 500,
     PermanentError: 400,
     InvalidInputError: 422,
+    InvalidEventError: 422,
     BadRequestError: 400,
     PayloadTooLargeError: 413,
     UnsupportedMediaTypeError: 415,

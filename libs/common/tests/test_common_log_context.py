@@ -24,7 +24,7 @@ from structlog.testing import capture_logs
 from defectloop.common import logging as dl_logging
 from defectloop.common import topics
 from defectloop.common.events import ImageCaptured, QualityMetrics, image_id_for
-from defectloop.common.kafka import build_broker, publish_event
+from defectloop.common.kafka import build_broker, event_subscriber, publish_event
 from defectloop.common.kafka_admin import ensure_topics
 from defectloop.common.logging import ensure_logging, get_logger
 from defectloop.common.service import build_service_app
@@ -78,6 +78,26 @@ async def test_a_line_logged_in_a_handler_carries_the_message_and_event_ids() ->
     }
     assert isinstance(line["partition"], int)
     assert isinstance(line["offset"], int)
+
+
+@pytest.mark.unit
+async def test_the_services_event_subscriber_gets_the_same_context() -> None:
+    broker = build_broker("127.0.0.1:9092", client_id="log-context-unit")
+
+    @event_subscriber(broker, topics.IMAGE_CAPTURED, group_id="logctx", service="logctx")
+    async def handle(event: ImageCaptured) -> None:
+        log.info("service_handled")
+
+    event = _image("logctx-service")
+    with capture_logs(processors=[merge_contextvars]) as captured:
+        async with TestKafkaBroker(broker) as test_broker:
+            await publish_event(test_broker, event)
+    (line,) = _lines(captured, "service_handled")
+    assert (line["topic"], line["event_id"], line["image_id"]) == (
+        topics.IMAGE_CAPTURED,
+        event.event_id,
+        event.image_id,
+    )
 
 
 @pytest.mark.unit

@@ -1,22 +1,20 @@
 """Deploying a bundle: register it (with its lineage) and publish ``model.deployed``.
 
 Inference follows the compacted ``model.deployed`` topic (keyed site/role) and verifies the
-bundle's sha256 before loading it; the registry keeps the audit trail (who, when, which version).
+bundle's sha256 before loading it; the registry keeps the deployments and the audit log (who,
+when, which version, approved by whom): :meth:`defectloop.trainer.governance.Governance.activate`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 
-from defectloop.common.errors import IntegrityMismatchError, InvalidInputError
+from defectloop.common.errors import ForbiddenError, IntegrityMismatchError, InvalidInputError
 from defectloop.common.events import ModelDeployed, ModelRole
-from defectloop.common.kafka import build_broker, publish_event
+from defectloop.common.kafka import build_broker, publish_events
 from defectloop.trainer.registry import (
     DatasetVersion,
-    Deployment,
     ModelVersion,
     Registry,
     model_version_from_manifest,
@@ -58,11 +56,11 @@ def register_bundle(
     )
 
 
-async def publish_deployment(bootstrap: str, event: ModelDeployed) -> None:
+async def publish_deployment(bootstrap: str, *events: ModelDeployed) -> None:
     broker = build_broker(bootstrap, client_id="defectloop-deploy")
     await broker.start()
     try:
-        await publish_event(broker, event)
+        await publish_events(broker, events)
     finally:
         await broker.stop()
 
@@ -76,38 +74,49 @@ def deploy_bundle(
     bootstrap: str,
     requested_by: str,
     reason: str = "manual deploy",
+    approved_by: str | None = None,
 ) -> ModelDeployed:
-    """Register ``bundle_dir``, record the deployment, publish ``model.deployed`` (acknowledged)."""
+    """Register ``bundle_dir`` and make it ``role`` at ``site`` (published, recorded, audited).
+
+    A shadow or challenger has no approver. A champion needs ``approved_by``, someone other than
+    the model's author, except the first model of a site (nothing to replace: recorded as
+    approved by ``policy:first-model``) and a re-deployment of the current champion. A version
+    whose gates failed is refused.
+    """
+    from defectloop.trainer.governance import FIRST_MODEL_APPROVER, Governance, PromotionPolicy
+
     if not (bundle_dir / "model.onnx").is_file():
         raise InvalidInputError(
             f"no model bundle at {bundle_dir}",
             hint="a bundle is a directory with model.onnx and model.json",
         )
     model = register_bundle(registry, bundle_dir, site=site, author=requested_by)
-    now = datetime.now(UTC)
-    event = ModelDeployed(
-        site_id=site,
-        role=role,
-        model_name=model.name,
-        model_version=model.version,
-        artifact_uri=str(Path(model.bundle_path).resolve()),
-        sha256=model.sha256,
-        baseline_metrics={k: float(v) for k, v in model.metrics.items()},
-        approved_by=requested_by,
+    governance = Governance(
+        registry, bootstrap=bootstrap, policy=PromotionPolicy(require_gates=False)
     )
-    asyncio.run(publish_deployment(bootstrap, event))
-    registry.add_deployment(
-        Deployment(
-            site=site,
-            role=role.value,
-            model_version=model.version,
-            status="active",
-            requested_by=requested_by,
-            approver=requested_by,
-            reason=reason,
-            requested_at=now,
-            approved_at=now,
-            activated_at=datetime.now(UTC),
+    governance.check_gate(model, site)
+    if role is not ModelRole.CHAMPION:
+        approved_by = None
+    elif approved_by is None:
+        current = governance.champion(site)
+        if current is None:
+            approved_by = FIRST_MODEL_APPROVER
+        elif current.model_version == model.version:
+            approved_by = current.approver
+        else:
+            raise ForbiddenError(
+                f"site {site} has a champion ({current.model_version}): replacing it needs an "
+                "approver who is not the model's author",
+                reason="approval_required",
+                hint=f"deploy it with --role shadow, then `defectloop models approve "
+                f"{model.version} --as USER` and `defectloop models promote {model.version}`",
+            )
+    if approved_by is not None and approved_by == model.author:
+        raise ForbiddenError(
+            f"{approved_by} is the author of model {model.version} and cannot approve it",
+            reason="approval_by_author",
+            hint="ask someone else to approve it",
         )
+    return governance.activate(
+        model, site, role, by=requested_by, approved_by=approved_by, reason=reason
     )
-    return event

@@ -61,25 +61,28 @@ def train_and_register(
     progress: ProgressSink | None = None,
     track: bool = True,
     config: TrainerConfig | None = None,
+    version: str | None = None,
 ) -> TrainOutcome:
     """Resolve the config, train, write the bundle, register it with lineage, log to MLflow."""
     from defectloop.trainer.train import train
 
     cfg = config or resolve_config(preset, site=site, overrides=overrides)
     started = datetime.now(UTC)
+    registry = registry or Registry()
     result = train(
         dataset_dirs,
         cfg,
         seed=seed,
+        version=version,
         out_dir=out_dir,
         site=site,
         parent_bundle=parent_bundle,
         progress=progress,
+        parent_sha256=_parent_digest(registry, parent_bundle),
     )
     manifest = result.manifest
     lineage = manifest.lineage
     dirs = [str(Path(d).resolve()) for d in dataset_dirs]
-    registry = registry or Registry()
     registry.upsert_dataset(
         DatasetVersion(
             version=lineage.dataset_version,
@@ -163,6 +166,12 @@ def train_and_register(
     return TrainOutcome(result=result, model=model, run=run, mlflow_run_id=mlflow_id)
 
 
+def _parent_digest(registry: Registry, parent_bundle: Path | None) -> str | None:
+    from defectloop.trainer.checkpoints import expected_parent_digest
+
+    return None if parent_bundle is None else expected_parent_digest(registry, parent_bundle)
+
+
 @dataclass
 class ReproduceReport:
     version: str
@@ -225,6 +234,7 @@ def reproduce(
         site=run.site,
         parent_bundle=parent_bundle,
         progress=progress,
+        parent_sha256=_parent_digest(registry, parent_bundle),
     )
     return ReproduceReport(
         version=version,

@@ -23,6 +23,8 @@ from sqlmodel import Field, Session, SQLModel, select
 from defectloop.common.db import make_engine
 from defectloop.common.errors import ConfigError, NotFoundError, TransientError
 from defectloop.common.translate import sqlalchemy_errors
+from defectloop.trainer.audit import AuditAction, AuditRecord, append_record, install_guards
+from defectloop.trainer.checkpoints import CheckpointDigest, record_checkpoint
 from defectloop.trainer.settings import TrainerSettings
 from defectloop.vision.manifest import BundleManifest
 
@@ -180,10 +182,18 @@ class Registry:
             SQLModel.metadata.create_all(
                 self.engine,
                 tables=[
-                    t.__table__  # type: ignore[attr-defined]
-                    for t in (DatasetVersion, TrainingRun, ModelVersion, Deployment)
+                    t.__table__  # type: ignore[union-attr]  # SQLModel tables have one
+                    for t in (
+                        DatasetVersion,
+                        TrainingRun,
+                        ModelVersion,
+                        Deployment,
+                        AuditRecord,
+                        CheckpointDigest,
+                    )
                 ],
             )
+            install_guards(self.engine)
         except (ArgumentError, NoSuchModuleError, ImportError) as exc:  # bad URL, missing driver
             raise ConfigError(
                 f"invalid trainer registry URL {self.url!r}: {exc}",
@@ -224,8 +234,27 @@ class Registry:
             return run
 
     def add_model(self, model: ModelVersion) -> ModelVersion:
+        """Register ``model``: its checkpoint's digest and a ``registered`` audit record go in the
+        same transaction."""
         with self.session() as s:
             s.add(model)
+            digest = record_checkpoint(s, model.version, Path(model.bundle_path))
+            append_record(
+                s,
+                action=AuditAction.REGISTERED,
+                actor=model.author,
+                model_version=model.version,
+                site=model.site,
+                reason="new model version",
+                evidence={
+                    "sha256": model.sha256,
+                    "checkpoint_sha256": digest.sha256 if digest is not None else None,
+                    "dataset_version": model.dataset_version,
+                    "parent_version": model.parent_version,
+                    "training_run_id": model.training_run_id,
+                    "metrics": model.metrics,
+                },
+            )
             s.commit()
             return model
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
@@ -18,4 +20,14 @@ class TrainerSettings(ServiceSettings):
         None,
         validation_alias=AliasChoices("DEFECTLOOP_TRAINER_DATABASE_URL", "DEFECTLOOP_TRAINER_DB_URL"),
         description="SQLAlchemy URL of the registry; default: SQLite file <state>/trainer.db",
+    )
+    # Promotion governance (brief §8): JSON env, e.g. DEFECTLOOP_TRAINER_PROMOTION_POLICY='{"B":"auto"}'.
+    promotion_policy: dict[str, Literal["auto", "approval"]] = Field(
+        default_factory=dict, description="Per-site promotion policy: auto or approval."
+    )
+    default_promotion_policy: Literal["auto", "approval"] = Field(
+        "approval", description="Policy of the sites not in promotion_policy."
+    )
+    require_gates: bool = Field(
+        True, description="Deploy a candidate only with a passed gate report against the champion."
     )

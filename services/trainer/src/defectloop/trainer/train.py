@@ -22,7 +22,8 @@ import numpy as np
 import numpy.typing as npt
 import yaml
 
-from defectloop.common.errors import InvalidInputError, NotFoundError
+from defectloop.common.errors import ConfigError, InvalidInputError, NotFoundError
+from defectloop.trainer.checkpoints import read_verified
 from defectloop.trainer.config import TrainerConfig, validate_config
 from defectloop.trainer.data import (
     MEAN,
@@ -153,8 +154,13 @@ def train(
     parent_bundle: Path | None = None,
     progress: ProgressSink | None = None,
     version: str | None = None,
+    parent_sha256: str | None = None,
 ) -> TrainResult:
-    """Train, export, check parity, evaluate on the hold-out split and write the bundle."""
+    """Train, export, check parity, evaluate on the hold-out split and write the bundle.
+
+    A parent's checkpoint must match ``parent_sha256`` (its registered digest: see
+    :func:`defectloop.trainer.checkpoints.expected_parent_digest`).
+    """
     import time
 
     import torch
@@ -165,7 +171,15 @@ def train(
 
     sink = progress or ProgressSink()
     parent = load_parent(parent_bundle) if parent_bundle is not None else None
+    parent_blob: bytes | None = None
     if parent is not None:
+        if parent_sha256 is None:
+            raise ConfigError(
+                "fine-tuning needs the parent checkpoint's registered sha256",
+                hint="pass parent_sha256=expected_parent_digest(registry, parent_bundle)",
+            )
+        # Checked before any work, and torch loads exactly the bytes that were checked.
+        parent_blob = read_verified(parent.checkpoint, parent_sha256)
         cfg = apply_parent_architecture(cfg, parent)
     tc = cfg.train
     configure_determinism(seed, tc.num_threads)
@@ -177,8 +191,10 @@ def train(
     data = load_resized(ds.samples, cfg.model.input_size)
 
     net = build_model(cfg.model, len(cfg.labels))
-    if parent is not None:
-        state = torch.load(parent.checkpoint, map_location="cpu", weights_only=True)
+    if parent_blob is not None:
+        import io
+
+        state = torch.load(io.BytesIO(parent_blob), map_location="cpu", weights_only=True)
         net.load_state_dict(state)
     optimizer = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     rng = np.random.default_rng(seed)

@@ -14,8 +14,10 @@ from defectloop.cli import (
     bench,
     evaluation,
     gateway,
+    governance_cmd,
     kafka_cmd,
     labelstudio,
+    monitor_cmd,
     simulate,
     stack,
     training,
@@ -31,7 +33,18 @@ def build_cli() -> typer.Typer:
         pretty_exceptions_enable=False,
         add_completion=False,
     )
-    for module in (kafka_cmd, labelstudio, stack, simulate, training, evaluation, gateway, bench):
+    for module in (
+        kafka_cmd,
+        labelstudio,
+        stack,
+        simulate,
+        training,
+        governance_cmd,
+        evaluation,
+        gateway,
+        bench,
+        monitor_cmd,
+    ):
         module.register(app)
     return app
 

@@ -261,6 +261,7 @@ def models_reproduce(
 def models_app() -> typer.Typer:
     """The `models` group; other modules may add commands (promote, approve, rollback) to it."""
     from defectloop.cli.deploy_cmd import models_deploy
+    from defectloop.cli.governance_cmd import add_models_commands
 
     models = typer.Typer(
         help="The model registry: list, show, reproduce, deploy.", no_args_is_help=True
@@ -269,6 +270,7 @@ def models_app() -> typer.Typer:
     models.command("deploy")(models_deploy)
     models.command("show")(models_show)
     models.command("reproduce")(models_reproduce)
+    add_models_commands(models)
     return models
 
 

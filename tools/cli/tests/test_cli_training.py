@@ -7,9 +7,21 @@ from pathlib import Path
 
 import pytest
 
+from defectloop.cli import app as cli_app
+from defectloop.testing.datasets import make_coco_dir
+from defectloop.testing.state import isolate_state
+
 pytestmark = pytest.mark.unit
 
-cli_app = pytest.importorskip("defectloop.cli.app")
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    return isolate_state(monkeypatch, tmp_path)
+
+
+@pytest.fixture
+def coco_dir(tmp_path: Path) -> Path:
+    return make_coco_dir(tmp_path / "ds")
 
 
 def _run(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> int:

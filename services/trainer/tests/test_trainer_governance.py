@@ -439,3 +439,16 @@ def test_deploy_bundle_records_a_real_approver_or_refuses(
         ("shadow", "d2"),
     ]
     assert [d.approver for d in registry.deployments(site)] == [FIRST_MODEL_APPROVER, None]
+
+
+@pytest.mark.unit
+def test_the_public_governance_module_does_not_load_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, defectloop.trainer.governance, defectloop.trainer.gates; "
+        "print(sorted(m for m in ('torch', 'cv2') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -48,6 +48,8 @@ def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
         ("models", "show", "v1"),
         ("train", "--dataset", "d", "--out", "o"),
         ("models", "deploy", "bundle", "--site", "A"),
+        ("models", "approve", "v1", "--as", "bob"),
+        ("audit", "verify"),
     ],
 )
 def test_a_training_command_without_the_trainer_is_one_line_and_a_hint(

@@ -55,6 +55,20 @@ from defectloop.trainer.audit import (
 from defectloop.trainer.gates import GateReport
 from defectloop.trainer.registry import Deployment, ModelVersion, Registry
 
+__all__ = [
+    "AUTO_APPROVER",
+    "FIRST_MODEL_APPROVER",
+    "AuditRecord",
+    "ChainVerdict",
+    "GateEvidence",
+    "GateReport",
+    "Governance",
+    "PromotionPolicy",
+    "deployed_event",
+    "kafka_publisher",
+    "open_governance",
+]
+
 log = get_logger(__name__)
 
 PolicyName = Literal["auto", "approval"]
@@ -552,5 +566,6 @@ class Governance:
             raise ConflictError(
                 f"model {model.version} has no gate report against the champion of site {site}",
                 reason="gate_missing",
-                hint="the trainer gates every candidate before it is deployed",
+                hint="the trainer gates every candidate before it is deployed (an operator may "
+                "waive gates with DEFECTLOOP_TRAINER_REQUIRE_GATES=false)",
             )

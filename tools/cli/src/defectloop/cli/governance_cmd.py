@@ -7,6 +7,7 @@ the same rules and the same audit log as the trainer service. Refusals are one l
 from __future__ import annotations
 
 import json
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -14,12 +15,22 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from defectloop.trainer.audit import AuditRecord
+    from defectloop.trainer.governance import AuditRecord, Governance
 
 console = Console()
 
 AsUser = Annotated[str, typer.Option("--as", help="Who does it (goes into the audit log).")]
 Bootstrap = Annotated[str | None, typer.Option(help="Kafka bootstrap (default: the local broker).")]
+
+
+def _open(bootstrap: str | None = None) -> AbstractContextManager[Governance]:
+    """The trainer's governance over the default registry (one line + hint without the trainer)."""
+    from defectloop.cli.errors import require_trainer
+
+    require_trainer()
+    from defectloop.trainer.governance import open_governance
+
+    return open_governance(bootstrap)
 
 
 def _bootstrap(value: str | None) -> str:
@@ -34,9 +45,7 @@ def models_approve(
     reason: Annotated[str, typer.Option(help="Why (goes into the audit log).")] = "",
 ) -> None:
     """Approve a version as its site's next champion (the approver must not be its author)."""
-    from defectloop.trainer.governance import open_governance
-
-    with open_governance() as gov:
+    with _open() as gov:
         row = gov.approve(version, user, reason=reason)
     console.print(f"approved model {version} for site {row.site} by {user}")
 
@@ -48,9 +57,7 @@ def models_promote(
     bootstrap: Bootstrap = None,
 ) -> None:
     """Make a version its site's champion (auto policy, or after an approval by a non-author)."""
-    from defectloop.trainer.governance import open_governance
-
-    with open_governance(_bootstrap(bootstrap)) as gov:
+    with _open(_bootstrap(bootstrap)) as gov:
         event = gov.promote(version, user, reason=reason)
     console.print(
         f"promoted model {version} to champion of site {event.site_id} "
@@ -65,9 +72,7 @@ def models_rollback(
     bootstrap: Bootstrap = None,
 ) -> None:
     """Re-deploy the previous champion of a site."""
-    from defectloop.trainer.governance import open_governance
-
-    with open_governance(_bootstrap(bootstrap)) as gov:
+    with _open(_bootstrap(bootstrap)) as gov:
         event = gov.rollback(site, user, reason)
     console.print(f"rolled back site {site}: model {event.model_version} is champion again")
 
@@ -86,9 +91,7 @@ def models_history(
     ] = False,
 ) -> None:
     """The audit trail of a site and/or a version, oldest first."""
-    from defectloop.trainer.governance import open_governance
-
-    with open_governance() as gov:
+    with _open() as gov:
         records = gov.history(site=site, version=version)
     if as_json:
         console.print_json(json.dumps([_record_dict(r) for r in records], default=str))
@@ -112,9 +115,8 @@ def models_history(
 def audit_verify() -> None:
     """Recompute the audit log's hash chain; exit 1 at the first broken record."""
     from defectloop.common.errors import IntegrityMismatchError
-    from defectloop.trainer.governance import open_governance
 
-    with open_governance() as gov:
+    with _open() as gov:
         verdict = gov.verify_audit()
     if not verdict.intact:
         raise IntegrityMismatchError(

@@ -27,6 +27,9 @@ class BlobStore(Protocol):
 
     def exists(self, uri: str) -> bool: ...
 
+    def uri_for(self, digest: str, *, suffix: str = "") -> str:
+        """Where the blob with this digest lives (or would live): a digest alone locates it."""
+
 
 def _digest_from_name(name: str) -> str:
     return Path(name).name.split(".", 1)[0]
@@ -65,6 +68,9 @@ class LocalBlobStore:
                 Path(tmp).unlink(missing_ok=True)
                 raise
         return path.as_uri()
+
+    def uri_for(self, digest: str, *, suffix: str = "") -> str:
+        return self._path(digest, suffix).as_uri()
 
     def _local_path(self, uri: str) -> Path:
         parsed = urlparse(uri)
@@ -115,6 +121,9 @@ class S3BlobStore:
         with s3_errors(f"S3 put of s3://{self.bucket}/{key}"):
             self._client.put_object(Bucket=self.bucket, Key=key, Body=data)
         return f"s3://{self.bucket}/{key}"
+
+    def uri_for(self, digest: str, *, suffix: str = "") -> str:
+        return f"s3://{self.bucket}/{self._key(digest, suffix)}"
 
     def get(self, uri: str) -> bytes:
         parsed = urlparse(uri)

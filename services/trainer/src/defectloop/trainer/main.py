@@ -2,14 +2,71 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+import asyncio
+import contextlib
 
-from defectloop.common.service import build_service_app, serve
+from fastapi import FastAPI
+from faststream.kafka import KafkaBroker
+from sqlalchemy import Engine
+
+from defectloop.common.blobstore import BlobStore, open_blob_store
+from defectloop.common.db import make_engine
+from defectloop.common.service import broker_from_settings, build_service_app, serve
+from defectloop.trainer import handlers
+from defectloop.trainer.jobs import JobStore
+from defectloop.trainer.retrain import OnTrained, Retrainer
+from defectloop.trainer.runner import JobRunner, LocalProcessRunner
 from defectloop.trainer.settings import TrainerSettings
 
 
-def build_app(settings: TrainerSettings) -> FastAPI:
-    return build_service_app(settings)
+def build_app(
+    settings: TrainerSettings,
+    *,
+    broker: KafkaBroker | None = None,
+    engine: Engine | None = None,
+    runner: JobRunner | None = None,
+    blobs: BlobStore | None = None,
+    on_trained: OnTrained | None = None,
+    group_id: str = handlers.GROUP_ID,
+) -> FastAPI:
+    kafka = broker if broker is not None else broker_from_settings(settings)
+    db = (
+        engine
+        if engine is not None
+        else make_engine(settings.resolved_database_url(), create_tables=False)
+    )
+    retrainer = Retrainer(
+        settings,
+        JobStore(db),
+        runner if runner is not None else LocalProcessRunner(settings.resolved_work_dir() / "runs"),
+        blobs if blobs is not None else open_blob_store(settings.blob_url),
+        handlers.labels_request_publisher(kafka),
+        on_trained=on_trained,
+    )
+    handlers.subscribe(kafka, retrainer, group_id=group_id)
+    deployments = handlers.deployments_follower(kafka, retrainer)
+    background: list[asyncio.Task[None]] = []
+
+    async def on_startup() -> None:
+        background.append(asyncio.create_task(retrainer.run_forever(), name="trainer-jobs"))
+
+    async def on_shutdown() -> None:
+        for task in background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await deployments.stop()
+
+    app = build_service_app(
+        settings,
+        broker=kafka,
+        # The champion of each site is known before the first incident is handled.
+        before_start=[deployments.start],
+        on_startup=[on_startup],
+        on_shutdown=[on_shutdown],
+    )
+    app.state.retrainer = retrainer
+    return app
 
 
 def create_app() -> FastAPI:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
+from defectloop.common.paths import state_home
 from defectloop.common.settings import ServiceSettings
+from defectloop.trainer.jobs import RetrainPolicy
 
 
 class TrainerSettings(ServiceSettings):
@@ -31,3 +34,34 @@ class TrainerSettings(ServiceSettings):
     require_gates: bool = Field(
         True, description="Deploy a candidate only with a passed gate report against the champion."
     )
+    # Retraining (closed-loop R8-R9): JSON env, e.g.
+    # DEFECTLOOP_TRAINER_SITE_RETRAIN_POLICY='{"B":{"min_fresh_labels":40,"retrain_on_drift":true}}'.
+    retrain_policy: RetrainPolicy = Field(
+        default_factory=RetrainPolicy, description="Retraining policy of every site."
+    )
+    site_retrain_policy: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Per-site overrides of retrain_policy fields."
+    )
+    train_preset: str = Field("quick", description="Training preset of retraining runs.")
+    train_seed: int = Field(0, description="Seed of retraining runs.")
+    work_dir: Path | None = Field(
+        None, description="Snapshots and runs of retraining jobs; default <state>/trainer-jobs."
+    )
+    only_sites: list[str] = Field(
+        default_factory=list, description="Sites this trainer handles; empty = every site."
+    )
+    job_tick_s: float = Field(
+        2.0, gt=0, description="Longest pause between two looks at the open jobs."
+    )
+
+    def retrain_policy_for(self, site_id: str) -> RetrainPolicy:
+        overrides = self.site_retrain_policy.get(site_id)
+        if not overrides:
+            return self.retrain_policy
+        return RetrainPolicy.model_validate({**self.retrain_policy.model_dump(), **overrides})
+
+    def handles(self, site_id: str) -> bool:
+        return not self.only_sites or site_id in self.only_sites
+
+    def resolved_work_dir(self) -> Path:
+        return self.work_dir if self.work_dir is not None else state_home() / "trainer-jobs"

@@ -7,6 +7,7 @@ The refusals are checked on SQLite with a publisher that records what it was ask
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import Sequence
@@ -452,3 +453,28 @@ def test_the_public_governance_module_does_not_load_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.unit
+def test_two_writers_racing_for_the_chain_keep_it_whole(registry: Registry, tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    versions = [f"r{i}" for i in range(16)]
+    for version in versions:
+        _model(registry, version, "B", "alice", tmp_path)
+    # Two processes' worth of writers: each has its own engine on the same file.
+    writers = [Governance(Registry(registry.url)) for _ in range(2)]
+
+    def approve(i: int) -> None:
+        # Half approvals, half refusals (a refusal writes the audit record alone).
+        user = "alice" if i % 4 < 2 else f"approver{i % 2}"
+        with contextlib.suppress(ForbiddenError):
+            writers[i % 2].approve(versions[i], user)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(approve, range(len(versions))))
+    actions = [r.action for r in Governance(registry).history() if r.action != "registered"]
+    assert sorted(actions) == sorted(["approved", "approval_refused"] * (len(versions) // 2))
+    verdict = Governance(registry).verify_audit()
+    assert verdict.intact
+    assert verdict.count == 2 * len(versions)  # registered + one decision each

@@ -27,7 +27,7 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Column, Text
@@ -40,6 +40,7 @@ from defectloop.common.errors import (
     ForbiddenError,
     InvalidInputError,
     NotFoundError,
+    TransientError,
 )
 from defectloop.common.events import ModelDeployed, ModelRole
 from defectloop.common.logging import get_logger
@@ -76,6 +77,7 @@ AUTO_APPROVER = "policy:auto"
 FIRST_MODEL_APPROVER = "policy:first-model"
 
 Publisher = Callable[[Sequence[ModelDeployed]], None]
+T = TypeVar("T")
 
 
 class PromotionPolicy(BaseModel):
@@ -247,7 +249,8 @@ class Governance:
         """Store the gate report on the candidate and audit ``gate_passed`` / ``gate_failed``."""
         model = self.registry.get_model(report.candidate_version)
         evidence = report.model_dump(mode="json")
-        with self.registry.session() as s:
+
+        def work(s: Session) -> GateEvidence:
             row = GateEvidence(
                 model_version=model.version,
                 champion_version=report.champion_version,
@@ -266,8 +269,9 @@ class Governance:
                 reason="; ".join(report.reasons) or "all gates passed",
                 evidence=evidence,
             )
-            s.commit()
-            s.refresh(row)
+            return row
+
+        row = self._transaction(work)
         log.info(
             "gate_recorded", version=model.version, site=report.degraded_site, passed=report.passed
         )
@@ -293,7 +297,8 @@ class Governance:
                     reason="gate_failed",
                     hint=f"see the evidence: defectloop models history {version}",
                 )
-        with self.registry.session() as s:
+
+        def work(s: Session) -> Deployment | None:
             if refusal is not None:
                 append_record(
                     s,
@@ -304,9 +309,7 @@ class Governance:
                     reason=str(refusal),
                     evidence={"author": model.author, "refusal": refusal.reason},
                 )
-                s.commit()
-                log.warning("approval_refused", version=version, user=user, why=refusal.reason)
-                raise refusal
+                return None
             now = _now()
             row = Deployment(
                 site=site,
@@ -329,8 +332,13 @@ class Governance:
                 reason=reason,
                 evidence={"author": model.author},
             )
-            s.commit()
-            s.refresh(row)
+            return row
+
+        row = self._transaction(work)
+        if refusal is not None:
+            log.warning("approval_refused", version=version, user=user, why=refusal.reason)
+            raise refusal
+        assert row is not None  # work returns None only with a refusal
         log.info("model_approved", version=version, site=site, approver=user)
         return row
 
@@ -435,7 +443,8 @@ class Governance:
         self._send(events)
         gate = self.latest_gate(model.version)
         now = _now()
-        with self.registry.session() as s:
+
+        def work(s: Session) -> tuple[AuditAction, list[Deployment]]:
             retired = _active(s, site, role)
             if role is ModelRole.CHAMPION:
                 retired += [
@@ -508,7 +517,9 @@ class Governance:
                         "rollback_target": old.status == "retired" and old.role == "champion",
                     },
                 )
-            s.commit()
+            return action, retired
+
+        action, retired = self._transaction(work)
         log.info(
             "model_activated",
             version=model.version,
@@ -521,6 +532,32 @@ class Governance:
         return event
 
     # -- helpers --------------------------------------------------------------------------
+
+    def _transaction(self, work: Callable[[Session], T]) -> T:
+        """Run ``work`` in one transaction and commit; again on a lost race for the chain's head.
+
+        Two writers (the trainer service and a CLI) may both read the same newest audit record:
+        the unique ``prev_hash`` refuses the second insert (a conflict), SQLite may refuse its
+        stale snapshot (transient). Either way the whole unit re-reads the state and retries.
+        """
+        from tenacity import (
+            Retrying,
+            retry_if_exception_type,
+            stop_after_attempt,
+            wait_exponential_jitter,
+        )
+
+        for attempt in Retrying(
+            retry=retry_if_exception_type((ConflictError, TransientError)),
+            stop=stop_after_attempt(8),
+            wait=wait_exponential_jitter(initial=0.02, max=1.0),
+            reraise=True,
+        ):
+            with attempt, self.registry.session() as s:
+                result = work(s)
+                s.commit()
+                return result
+        raise AssertionError("unreachable: tenacity re-raises the last error")
 
     def _send(self, events: Sequence[ModelDeployed]) -> None:
         if self._publish is None:

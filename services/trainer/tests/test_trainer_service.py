@@ -3,6 +3,12 @@ incident opens one job that asks for labels; enough captures + labels move it to
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -13,12 +19,14 @@ import pytest
 
 from defectloop.common import topics
 from defectloop.common.blobstore import LocalBlobStore
+from defectloop.common.db import make_engine
 from defectloop.common.events import DegradationKind, LabelsRequested, MetricDegraded
 from defectloop.common.kafka import build_broker, publish_event, publish_events
 from defectloop.testing.kafka import collect, started_broker
 from defectloop.testing.net import free_port, wait_until
-from defectloop.trainer.jobs import Job, JobState, labels_request_id_for
+from defectloop.trainer.jobs import Job, JobState, JobStore, labels_request_id_for
 from defectloop.trainer.main import build_app
+from defectloop.trainer.registry import Registry
 from defectloop.trainer.retrain import Retrainer
 from defectloop.trainer.runner import SPEC_FILE, TrainingSpec
 from defectloop.trainer.settings import TrainerSettings
@@ -139,3 +147,80 @@ async def test_incidents_over_kafka_open_one_job_that_waits_asks_and_trains(
         finally:
             if handle is not None:  # the full training run is the runner tests' (slow) business
                 retrainer.runner.cancel(handle)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+async def test_a_trainer_killed_mid_training_resumes_the_run_and_registers_one_version(
+    kafka_bootstrap: str, tmp_path: Path, sim_labelled: Callable[..., list[tuple[Any, Any]]]
+) -> None:
+    site = "k" + uuid.uuid4().hex[:10]
+    db_url = f"sqlite:///{tmp_path / 'trainer.db'}"
+    env = {
+        **os.environ,
+        "DEFECTLOOP_TRAINER_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "DEFECTLOOP_TRAINER_DATABASE_URL": db_url,
+        "DEFECTLOOP_TRAINER_BLOB_URL": (tmp_path / "blobs").as_uri(),
+        "DEFECTLOOP_TRAINER_WORK_DIR": str(tmp_path / "work"),
+        "DEFECTLOOP_TRAINER_TRAIN_PRESET": "tiny",
+        "DEFECTLOOP_TRAINER_RETRAIN_POLICY": '{"min_fresh_labels": 12, "min_fresh_defective": 3}',
+        "DEFECTLOOP_TRAINER_ONLY_SITES": json.dumps([site]),
+        "DEFECTLOOP_TRAINER_CONSUMER_GROUP": f"trainer-{site}",
+        "DEFECTLOOP_TRAINER_JOB_TICK_S": "0.5",
+        "DEFECTLOOP_TRAINER_LOG_FORMAT": "json",
+    }
+    store = JobStore(make_engine(db_url, create_tables=False))
+    change = datetime.now(UTC) - timedelta(hours=1)
+
+    def start() -> subprocess.Popen[bytes]:
+        env["DEFECTLOOP_TRAINER_PORT"] = str(free_port())
+        with (tmp_path / "trainer.log").open("ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "defectloop.trainer.main"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    async def job_in(*states: JobState) -> Job | None:
+        jobs = [j for j in store.jobs(site) if j.job_state in states]
+        return jobs[0] if jobs else None
+
+    trainer = start()
+    try:
+        async with started_broker(kafka_bootstrap, client_id="trainer-kill-producer") as producer:
+            await publish_event(
+                producer, incident(site, DegradationKind.PERFORMANCE, "perf-1", change)
+            )
+            pairs = sim_labelled(
+                LocalBlobStore(tmp_path / "blobs"),
+                site,
+                24,
+                change + timedelta(minutes=1),
+                profile="B",
+            )
+            await publish_events(producer, [captured for captured, _ in pairs])
+            await publish_events(producer, [label for _, label in pairs])
+            training = await wait_until(
+                lambda: job_in(JobState.TRAINING), timeout_s=180, what="training to start"
+            )
+        trainer.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(trainer.wait)
+        trainer = start()
+        gating = await wait_until(
+            lambda: job_in(JobState.GATING), timeout_s=480, interval_s=1.0, what="the trained job"
+        )
+    finally:
+        trainer.terminate()
+        await asyncio.to_thread(trainer.wait)
+    # Resumed, not restarted: the first attempt's run finished and is the only version.
+    assert gating.job_id == training.job_id
+    assert (gating.attempt, gating.candidate_version) == (1, training.candidate_version)
+    registry = Registry(db_url)
+    try:
+        versions = [m.version for m in registry.list_models(site=site)]
+    finally:
+        registry.dispose()
+    assert versions == [training.candidate_version]
+    runs = sorted(p.name for p in (tmp_path / "work" / "runs" / training.job_id).iterdir())
+    assert runs == ["a1"]

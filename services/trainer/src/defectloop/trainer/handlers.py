@@ -22,8 +22,6 @@ from defectloop.common.kafka import DeadLetterPublisher, event_subscriber, publi
 from defectloop.common.kafka_table import CompactedTableFollower
 from defectloop.trainer.retrain import PublishLabelsRequest, Retrainer
 
-GROUP_ID = "trainer"
-
 
 def labels_request_publisher(broker: KafkaBroker) -> PublishLabelsRequest:
     async def publish(event: LabelsRequested) -> None:
@@ -32,7 +30,7 @@ def labels_request_publisher(broker: KafkaBroker) -> PublishLabelsRequest:
     return publish
 
 
-def subscribe(broker: KafkaBroker, retrainer: Retrainer, *, group_id: str = GROUP_ID) -> None:
+def subscribe(broker: KafkaBroker, retrainer: Retrainer, *, group_id: str) -> None:
     settings = retrainer.settings
     service = settings.service_name
     store = retrainer.store

@@ -27,7 +27,7 @@ def build_app(
     runner: JobRunner | None = None,
     blobs: BlobStore | None = None,
     on_trained: OnTrained | None = None,
-    group_id: str = handlers.GROUP_ID,
+    group_id: str | None = None,
 ) -> FastAPI:
     kafka = broker if broker is not None else broker_from_settings(settings)
     db = (
@@ -43,7 +43,7 @@ def build_app(
         handlers.labels_request_publisher(kafka),
         on_trained=on_trained,
     )
-    handlers.subscribe(kafka, retrainer, group_id=group_id)
+    handlers.subscribe(kafka, retrainer, group_id=group_id or settings.consumer_group)
     deployments = handlers.deployments_follower(kafka, retrainer)
     background: list[asyncio.Task[None]] = []
 

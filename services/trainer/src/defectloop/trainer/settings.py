@@ -21,7 +21,9 @@ class TrainerSettings(ServiceSettings):
     # compose.yaml sets DATABASE_URL like every service; DB_URL is the registry's older name.
     database_url: str | None = Field(
         None,
-        validation_alias=AliasChoices("DEFECTLOOP_TRAINER_DATABASE_URL", "DEFECTLOOP_TRAINER_DB_URL"),
+        validation_alias=AliasChoices(
+            "DEFECTLOOP_TRAINER_DATABASE_URL", "DEFECTLOOP_TRAINER_DB_URL"
+        ),
         description="SQLAlchemy URL of the registry; default: SQLite file <state>/trainer.db",
     )
     # Promotion governance (brief §8): JSON env, e.g. DEFECTLOOP_TRAINER_PROMOTION_POLICY='{"B":"auto"}'.
@@ -47,6 +49,7 @@ class TrainerSettings(ServiceSettings):
     work_dir: Path | None = Field(
         None, description="Snapshots and runs of retraining jobs; default <state>/trainer-jobs."
     )
+    consumer_group: str = Field("trainer", description="Kafka consumer group of the service.")
     only_sites: list[str] = Field(
         default_factory=list, description="Sites this trainer handles; empty = every site."
     )

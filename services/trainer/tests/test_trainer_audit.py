@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, ProgrammingError
 
 from defectloop.trainer.audit import (
     GENESIS_HASH,
@@ -115,3 +115,37 @@ def test_two_records_cannot_follow_the_same_one(registry: Registry) -> None:
         s.add(fork)
         with pytest.raises(IntegrityError, match="prev_hash"):
             s.commit()
+
+
+@pytest.mark.integration
+def test_the_chain_and_its_guard_on_postgres(postgres_url: str) -> None:
+    from defectloop.trainer.audit import install_guards
+
+    reg = Registry(postgres_url)
+    Registry(postgres_url).dispose()  # a second start finds the guard in place
+    with reg.session() as s:
+        before = len(chain_records(s))
+        for i in range(3):
+            append_record(s, action=AuditAction.APPROVED, actor=f"pg{i}", evidence={"i": i})
+        s.commit()
+    with reg.session() as s:
+        records = list(chain_records(s))
+    assert verify_chain(records).count == before + 3
+    assert verify_chain(records).intact
+    with pytest.raises(ProgrammingError, match="append-only"), reg.engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM audit_records")
+
+    target = records[-2]
+    with reg.engine.begin() as conn:  # tamper, as the database owner could
+        conn.exec_driver_sql("DROP TRIGGER audit_records_no_change ON audit_records")
+        conn.exec_driver_sql(f"UPDATE audit_records SET actor = 'x' WHERE seq = {target.seq}")
+    try:
+        with reg.session() as s:
+            assert verify_chain(chain_records(s)).broken_seq == target.seq
+    finally:  # leave the shared database as it was
+        with reg.engine.begin() as conn:
+            conn.exec_driver_sql(
+                f"UPDATE audit_records SET actor = '{target.actor}' WHERE seq = {target.seq}"
+            )
+        install_guards(reg.engine)
+        reg.dispose()

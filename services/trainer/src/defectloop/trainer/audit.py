@@ -3,9 +3,10 @@
 Each record says who did what to which model version at which site, when, why, with its evidence
 (JSON), and links to the record before it: ``hash = sha256(canonical JSON of the record's fields,
 prev_hash included)``. Changing, inserting or deleting any record but the newest breaks the chain
-at that record, which :func:`verify_chain` reports. A unique ``prev_hash`` makes a fork (two
-writers appending after the same record) fail in the database instead of silently branching; on
-SQLite a trigger also refuses UPDATE and DELETE, so tampering needs deliberate access to the file.
+at that record, which :func:`verify_chain` reports (removing the newest records is not visible
+from the chain alone). A unique ``prev_hash`` makes a fork (two writers appending after the same
+record) fail in the database instead of silently branching; a trigger also refuses UPDATE and
+DELETE (SQLite, PostgreSQL), so tampering needs deliberate access to the database.
 
 Records are written in the caller's session, inside the same transaction as the registry change
 they describe. This module does not import the registry (the registry imports it).
@@ -187,10 +188,28 @@ _SQLITE_GUARDS = (
 )
 
 
+_POSTGRES_GUARD_FUNCTION = (
+    "CREATE OR REPLACE FUNCTION audit_records_append_only() RETURNS trigger "
+    "LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'audit records are append-only'; END $$"
+)
+_POSTGRES_GUARD = (
+    "CREATE TRIGGER audit_records_no_change BEFORE UPDATE OR DELETE ON audit_records "
+    "FOR EACH ROW EXECUTE FUNCTION audit_records_append_only()"
+)
+
+
 def install_guards(engine: Engine) -> None:
-    """Refuse UPDATE/DELETE of audit records in the database itself (SQLite)."""
-    if engine.dialect.name != "sqlite":
-        return
-    with engine.begin() as conn:
-        for ddl in _SQLITE_GUARDS:
-            conn.exec_driver_sql(ddl)
+    """Refuse UPDATE/DELETE of audit records in the database itself (SQLite, PostgreSQL)."""
+    if engine.dialect.name == "sqlite":
+        with engine.begin() as conn:
+            for ddl in _SQLITE_GUARDS:
+                conn.exec_driver_sql(ddl)
+    elif engine.dialect.name == "postgresql":
+        with engine.begin() as conn:
+            present = conn.exec_driver_sql(
+                "SELECT 1 FROM pg_trigger WHERE tgname = 'audit_records_no_change' "
+                "AND tgrelid = 'audit_records'::regclass"
+            ).first()
+            if present is None:
+                conn.exec_driver_sql(_POSTGRES_GUARD_FUNCTION)
+                conn.exec_driver_sql(_POSTGRES_GUARD)

@@ -3,27 +3,34 @@
 Everything else in ``defectloop.trainer`` is the trainer's own business and may change; the import
 contract (``.importlinter``) lets tools import this module only. Each function opens the model
 registry (``DEFECTLOOP_TRAINER_DATABASE_URL`` or ``<state>/trainer.db``); its failures come out
-as defectloop errors. torch is loaded only when a function trains: :func:`train` (train, export
-to ONNX, write the bundle, register it) and :func:`reproduce` (retrain a registered version from
-its record).
+as defectloop errors. :func:`train` (train, export to ONNX, write the bundle, register it) and
+:func:`reproduce` (retrain a registered version from its record) load the training half on first
+use; :func:`open_governance` (approve, promote, rollback, the audit log) is the trainer's own.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from defectloop.common.events import ModelDeployed, ModelRole
 from defectloop.trainer.config import available_presets
-from defectloop.trainer.pipeline import ReproduceReport, TrainOutcome, current_author, reproduce
-from defectloop.trainer.pipeline import train_and_register as train
+from defectloop.trainer.governance import AuditRecord, Governance, open_governance
 from defectloop.trainer.registry import ModelVersion, Registry, TrainingRun
-from defectloop.trainer.train import EpochStats, ProgressSink
+
+if TYPE_CHECKING:
+    from defectloop.trainer.pipeline import ReproduceReport, TrainOutcome, reproduce
+    from defectloop.trainer.pipeline import train_and_register as train
+    from defectloop.trainer.train import EpochStats, ProgressSink
 
 __all__ = [
+    "AuditRecord",
     "EpochStats",
+    "Governance",
     "ModelDetails",
     "ModelVersion",
     "ProgressSink",
@@ -33,13 +40,31 @@ __all__ = [
     "active_champion",
     "available_presets",
     "config_files",
-    "current_author",
     "deploy",
     "get_model",
     "list_models",
+    "open_governance",
     "reproduce",
     "train",
 ]
+
+# The training half (numpy, OpenCV, the data pipeline; torch when it runs) is imported on first
+# use, so listing models or governing them stays light (PEP 562 module __getattr__).
+_TRAINING = {
+    "train": ("defectloop.trainer.pipeline", "train_and_register"),
+    "reproduce": ("defectloop.trainer.pipeline", "reproduce"),
+    "TrainOutcome": ("defectloop.trainer.pipeline", "TrainOutcome"),
+    "ReproduceReport": ("defectloop.trainer.pipeline", "ReproduceReport"),
+    "EpochStats": ("defectloop.trainer.train", "EpochStats"),
+    "ProgressSink": ("defectloop.trainer.train", "ProgressSink"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _TRAINING:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module, attribute = _TRAINING[name]
+    return getattr(importlib.import_module(module), attribute)
 
 
 @dataclass(frozen=True)
@@ -81,6 +106,7 @@ def deploy(
 ) -> ModelDeployed:
     """Register the bundle (verified by sha256), record the deployment, publish ``model.deployed``."""
     from defectloop.trainer.deploy import deploy_bundle
+    from defectloop.trainer.pipeline import current_author
 
     with _registry() as registry:
         return deploy_bundle(

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from defectloop.trainer.governance import AuditRecord, Governance
+    from defectloop.trainer.api import AuditRecord, Governance
 
 console = Console()
 
@@ -28,7 +28,7 @@ def _open(bootstrap: str | None = None) -> AbstractContextManager[Governance]:
     from defectloop.cli.errors import require_trainer
 
     require_trainer()
-    from defectloop.trainer.governance import open_governance
+    from defectloop.trainer.api import open_governance
 
     return open_governance(bootstrap)
 

@@ -1,4 +1,4 @@
-"""`defectloop gateway-token`: creates a token in the ingest database and prints it once."""
+"""`defectloop gateway-token` / `gateway-revoke`: tokens issued through ingest's door, printed once."""
 
 from __future__ import annotations
 

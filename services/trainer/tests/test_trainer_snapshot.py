@@ -124,7 +124,12 @@ def test_the_manifest_mixes_fresh_and_replay_and_keeps_eval_apart(
     assert not evals & {i.image_id for i in train}
     assert {i.site_id for i in manifest.items if i.split == "eval"} == {"A", "B", "C"}
     counts = manifest.counts()
-    assert counts == {"train_fresh": len(fresh), "train_replay": len(replay), "eval": len(evals)}
+    assert counts == {
+        "train_fresh": len(fresh),
+        "train_replay": len(replay),
+        "eval": len(evals),
+        "excluded": 0,
+    }
 
 
 def test_eval_images_stay_out_of_training_in_every_later_snapshot(
@@ -203,3 +208,20 @@ def test_the_training_dir_is_the_coco_layout_the_trainer_reads(
     assert sum(len(s.boxes) for s in ds.samples) == n_boxes > 0
     doc = json.loads((dirs["train"] / "annotations.json").read_text())
     assert {img["source_site"] for img in doc["images"]} == {"A", "B", "C"}
+
+
+def test_a_label_of_an_unknown_class_is_left_out_and_listed() -> None:
+    labelled = [_image("B", i, "scratch") for i in range(6)] + [_image("B", 6, "dent")]
+    manifest = build_manifest(
+        site_id="B",
+        job_id="job-1",
+        change_point_at=CHANGE,
+        labelled=labelled,
+        eval_ids=set(),
+        labels=LABELS,
+        replay_share=0.5,
+        seed=0,
+    )
+    assert manifest.excluded_annotations == ("a-B-6",)
+    assert "B-6" not in {i.image_id for i in manifest.items}
+    assert manifest.counts()["train_fresh"] == 6

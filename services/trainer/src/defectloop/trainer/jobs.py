@@ -487,49 +487,43 @@ class JobStore:
     # --- labelled data ----------------------------------------------------------------------
 
     def labelled_images(self, site_id: str | None = None) -> list[LabelledImage]:
-        """Every labelled image whose capture we saw (of ``site_id``), one label each."""
+        """Every labelled image whose capture we saw (of ``site_id``), one label each.
+
+        An annotation that arrived before its capture is counted once the capture arrives.
+        """
         with self.session() as s:
-            label_query = select(LabelRow)
-            if site_id is not None:
-                label_query = label_query.where(LabelRow.site_id == site_id)
-            labels = chosen_labels(list(s.exec(label_query).all()))
-            if not labels:
-                return []
-            images = {
-                row.image_id: row
-                for row in s.exec(
-                    select(ImageRow).where(col(ImageRow.image_id).in_(list(labels)))
-                ).all()
-            }
-        out = []
-        for image_id in sorted(labels):
-            image = images.get(image_id)
-            if image is None:  # the annotation arrived before its capture: counted once it does
-                continue
-            label = labels[image_id]
-            out.append(
-                LabelledImage(
-                    image_id=image_id,
-                    site_id=image.site_id,
-                    sha256=image.sha256,
-                    blob_uri=image.blob_uri,
-                    width=image.width,
-                    height=image.height,
-                    captured_at=_aware(image.captured_at),
-                    annotation_id=label.annotation_id,
-                    boxes=tuple(json.loads(label.boxes_json)),
-                )
+            query = select(LabelRow, ImageRow).join(
+                ImageRow,
+                col(LabelRow.image_id) == col(ImageRow.image_id),
             )
-        return out
+            if site_id is not None:
+                query = query.where(LabelRow.site_id == site_id)
+            rows = list(s.exec(query).all())
+        images = {image.image_id: image for _, image in rows}
+        labels = chosen_labels([label for label, _ in rows])
+        return [
+            LabelledImage(
+                image_id=image_id,
+                site_id=images[image_id].site_id,
+                sha256=images[image_id].sha256,
+                blob_uri=images[image_id].blob_uri,
+                width=images[image_id].width,
+                height=images[image_id].height,
+                captured_at=_aware(images[image_id].captured_at),
+                annotation_id=labels[image_id].annotation_id,
+                boxes=tuple(json.loads(labels[image_id].boxes_json)),
+            )
+            for image_id in sorted(labels)
+        ]
 
     def eval_assignment(self, images: Sequence[LabelledImage], eval_fraction: float) -> set[str]:
         """The ids of ``images`` in their site's frozen eval set; new assignments are stored."""
         with self.session() as s:
-            ids = [i.image_id for i in images]
+            sites = sorted({i.site_id for i in images})
             known = {
                 row.image_id: row.in_eval
                 for row in s.exec(
-                    select(EvalAssignment).where(col(EvalAssignment.image_id).in_(ids))
+                    select(EvalAssignment).where(col(EvalAssignment.site_id).in_(sites))
                 ).all()
             }
             for image in images:
@@ -543,7 +537,8 @@ class JobStore:
                         )
                     )
             s.commit()
-        return {image_id for image_id, in_eval in known.items() if in_eval}
+        wanted = {i.image_id for i in images}
+        return {image_id for image_id, in_eval in known.items() if in_eval and image_id in wanted}
 
 
 @dataclass(frozen=True)

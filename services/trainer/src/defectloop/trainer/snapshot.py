@@ -76,6 +76,9 @@ class SnapshotManifest(BaseModel):
     replay_share: float
     seed: int
     items: tuple[ManifestItem, ...]
+    excluded_annotations: tuple[str, ...] = Field(
+        (), description="Labels naming a class the model does not have: left out, listed here."
+    )
 
     def canonical_json(self) -> bytes:
         return json.dumps(
@@ -92,6 +95,7 @@ class SnapshotManifest(BaseModel):
             "train_fresh": sum(1 for i in train if i.origin == "fresh"),
             "train_replay": sum(1 for i in train if i.origin == "replay"),
             "eval": sum(1 for i in self.items if i.split == "eval"),
+            "excluded": len(self.excluded_annotations),
         }
 
 
@@ -140,10 +144,18 @@ def build_manifest(
     """Fresh = the site's images captured since the change point; the rest is the replay pool.
 
     Every eval-assigned image of every site goes into the ``eval`` split (frozen sets the gates
-    score champion and candidate on); only non-eval images are ever trained on.
+    score champion and candidate on); only non-eval images are ever trained on. A label naming a
+    class the model does not have is left out (and listed), not allowed to fail the whole run.
     """
+    known = set(labels)
+    excluded = sorted(
+        i.annotation_id for i in labelled if any(str(b["label"]) not in known for b in i.boxes)
+    )
+    left_out = set(excluded)
     fresh_train, pool, evals = [], [], []
     for image in labelled:
+        if image.annotation_id in left_out:
+            continue
         fresh = image.site_id == site_id and image.captured_at >= change_point_at
         if image.image_id in eval_ids:
             evals.append((image, fresh))
@@ -162,12 +174,6 @@ def build_manifest(
         *(_item(i, "train", "replay") for i in replay),
         *(_item(i, "eval", "fresh" if fresh else "replay") for i, fresh in evals),
     ]
-    unknown = sorted({b.label for it in items for b in it.boxes} - set(labels))
-    if unknown:
-        raise InvalidInputError(
-            f"labels {unknown} are not classes of the model {list(labels)}",
-            reason="unknown_label",
-        )
     items.sort(key=lambda it: (it.split, it.site_id, it.image_id))
     return SnapshotManifest(
         site_id=site_id,
@@ -177,6 +183,7 @@ def build_manifest(
         replay_share=replay_share,
         seed=seed,
         items=tuple(items),
+        excluded_annotations=tuple(excluded),
     )
 
 

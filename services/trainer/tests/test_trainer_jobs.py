@@ -17,6 +17,8 @@ from defectloop.common.events import (
     DegradationKind,
     ImageCaptured,
     MetricDegraded,
+    ModelDeployed,
+    ModelRole,
     QualityMetrics,
 )
 from defectloop.trainer.jobs import (
@@ -273,3 +275,24 @@ def test_eval_assignment_is_frozen_both_ways(store: JobStore) -> None:
     # A different fraction later moves nothing that was already assigned.
     assert store.eval_assignment(images, 0.9) == first
     assert store.eval_assignment(images, 0.01) == first
+
+
+def test_an_incident_about_a_model_that_no_longer_serves_is_ignored(store: JobStore) -> None:
+    def deployed(version: str) -> ModelDeployed:
+        return ModelDeployed(
+            site_id="B",
+            role=ModelRole.CHAMPION,
+            model_name="detector",
+            model_version=version,
+            artifact_uri="file:///bundles/x",
+            sha256="b" * 64,
+        )
+
+    store.record_deployment(deployed("champion-1"))
+    store.record_deployment(deployed("champion-2"))  # promoted since
+    stale = store.on_incident(incident("B", incident_id="late"), POLICY)  # about champion-1
+    assert stale.job.job_state == JobState.IGNORED
+    assert "champion-1" in stale.job.reason
+    assert "champion-2" in stale.job.reason
+    store.record_deployment(deployed("champion-1"))  # rolled back
+    assert store.on_incident(incident("B", incident_id="now"), POLICY).action == "open"

@@ -260,13 +260,23 @@ class Decision:
     job: Job
 
 
-def _ignore_reason(kind: DegradationKind, policy: RetrainPolicy) -> str | None:
+def _ignore_reason(
+    event: MetricDegraded, policy: RetrainPolicy, champion: DeployedRow | None
+) -> str | None:
+    kind = event.kind
     if kind == DegradationKind.DATA_QUALITY:
         return "data_quality incidents are an alert for ops (camera/upstream), never a retraining"
     if kind in (DegradationKind.DATA_DRIFT, DegradationKind.PREDICTION_DRIFT) and (
         not policy.retrain_on_drift
     ):
         return f"{kind.value} incidents retrain only where the site's policy allows it"
+    if champion is not None and event.model_version not in (None, champion.model_version):
+        # A late incident about a retired champion, or about a shadow: the model serving the
+        # site is another one, and retraining would answer a question nobody asks any more.
+        return (
+            f"the incident is about model {event.model_version}, "
+            f"not the site's champion {champion.model_version}"
+        )
     return None
 
 
@@ -400,7 +410,11 @@ class JobStore:
 
     def champion(self, site_id: str) -> DeployedRow | None:
         with self.session() as s:
-            row = s.get(DeployedRow, f"{site_id}/champion")
+            return self._champion(s, site_id)
+
+    @staticmethod
+    def _champion(s: Session, site_id: str) -> DeployedRow | None:
+        row = s.get(DeployedRow, f"{site_id}/champion")
         return row if row is not None and row.active else None
 
     # --- incidents -> jobs ----------------------------------------------------------------
@@ -415,7 +429,7 @@ class JobStore:
                 if event.incident_id in job.incident_ids:
                     return Decision("duplicate", job)
             now = _now()
-            reason = _ignore_reason(event.kind, policy)
+            reason = _ignore_reason(event, policy, self._champion(s, event.site_id))
             if reason is not None:
                 job = _job_of(event, JobState.IGNORED, reason, deadline_at=now)
                 s.add(job)

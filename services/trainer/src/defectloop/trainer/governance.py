@@ -1,7 +1,8 @@
 """Model governance: gates on record, shadow, approve, promote, retire, roll back, audit.
 
-PUBLIC trainer entry module: the CLI imports it (lazily, inside commands). It must stay free of
-torch: it touches only the registry, the audit log and Kafka.
+PUBLIC trainer module: the trainer service uses it, and ``defectloop.trainer.api`` (the door the
+CLI imports, lazily, inside commands) re-exports it. It must stay free of torch: it touches only
+the registry, the audit log and Kafka (a test checks that importing it loads neither torch nor cv2).
 
 Rules (brief §8, closed-loop R10-R12):
 

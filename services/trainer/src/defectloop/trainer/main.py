@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 from defectloop.common.blobstore import BlobStore, open_blob_store
 from defectloop.common.db import make_engine
 from defectloop.common.service import broker_from_settings, build_service_app, serve
-from defectloop.trainer import handlers
+from defectloop.trainer import handlers, routes
 from defectloop.trainer.jobs import JobStore
 from defectloop.trainer.retrain import OnTrained, Retrainer
 from defectloop.trainer.runner import JobRunner, LocalProcessRunner
@@ -66,6 +66,7 @@ def build_app(
         on_shutdown=[on_shutdown],
     )
     app.state.retrainer = retrainer
+    routes.install(app, retrainer.store)
     return app
 
 

@@ -15,6 +15,8 @@
   same random-stratum labels;
 - ``GET /v1/sites/{site}/agreement``: inter-annotator agreement over the overlap images, for the
   site and per annotator pair (Cohen's kappa on the decision, IoU-matched boxes);
+- ``GET /v1/sites/{site}/evaluation``: each detector's progress (observations seen at its last
+  evaluation) and each incident track's state (ok, pending, degraded, recovering);
 - ``GET /v1/sites/{site}/models``: the deployment history and the frozen baselines.
 
 Handlers are plain functions: FastAPI runs them in its thread pool, so database reads and the
@@ -259,6 +261,31 @@ class MonitorApi:
             ),
         }
 
+    def evaluation(self, site_id: str) -> dict[str, Any]:
+        tracks = [
+            incidents.IncidentTrack.model_validate_json(t)
+            for t in self.store.tracks(site_id).values()
+        ]
+        return {
+            "site_id": site_id,
+            "observations_evaluated": self.store.cursors(site_id),
+            "cadence": {
+                "performance_labels": self.settings.performance_every_labels,
+                "drift_images": self.settings.drift_every_images,
+                "quality_frames": self.settings.quality_every_frames,
+            },
+            "tracks": [
+                {
+                    **_plain(t.key),
+                    "state": t.state.value,
+                    "incident_id": t.incident_id,
+                    "recent_breaches": list(t.recent),
+                    "exit_streak": t.exit_streak,
+                }
+                for t in tracks
+            ],
+        }
+
     def models(self, site_id: str) -> dict[str, Any]:
         deployments = self.store.deployments(site_id)
         versions = sorted({d.model_version for d in deployments})
@@ -324,6 +351,12 @@ def build_router(store: MonitorStore, settings: MonitorSettings) -> APIRouter:
     def site_agreement(site_id: SiteParam) -> dict[str, Any]:
         """Inter-annotator agreement on overlap images: the site, and per annotator pair."""
         return api.agreement(api.known_site(site_id))
+
+    @router.get("/sites/{site_id}/evaluation")
+    def site_evaluation(site_id: SiteParam) -> dict[str, Any]:
+        """Where each detector and incident track stands: observations seen at the last
+        evaluation (a detector evaluates again after ``cadence`` new ones) and track states."""
+        return api.evaluation(api.known_site(site_id))
 
     @router.get("/sites/{site_id}/models")
     def site_models(site_id: SiteParam) -> dict[str, Any]:

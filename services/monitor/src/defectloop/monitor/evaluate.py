@@ -199,39 +199,56 @@ class Evaluator:
         s, site = self.settings, run.site_id
         name = f"quality/{site}"
         total = self.store.count_captured(site) + self.store.count_rejected(site)
-        if total - self.store.cursor(name) < s.quality_every_frames:
+        cursor = self.store.cursor(name)
+        points = _checkpoints(cursor, total, s.quality_every_frames, s.max_replayed_evaluations)
+        if not points:
             return
-        run.cursors[name] = total
+        run.cursors[name] = points[-1]
+        # When each checkpoint was: the time of the site's frame number ``point``.
+        fresh = total - points[0] + 1
+        newest: list[CapturedImage | Rejection] = [
+            *self.store.captured(site, last=fresh),
+            *self.store.rejections(site, last=fresh),
+        ]
+        newest = sorted(newest, key=_time_of)[-fresh:]
+        times = [_time_of(newest[p - points[0]]) for p in points if p - points[0] < len(newest)]
+        frames = s.quality_reference_frames + s.quality_window_frames
         reference: dict[str, quality.CameraWindow] = {}
-        current: dict[str, quality.CameraWindow] = {}
+        recent: dict[str, list[CapturedImage | Rejection]] = {}
         for camera in self.store.cameras(site):
             seen = self.store.count_captured(site, camera_id=camera) + self.store.count_rejected(
                 site, camera_id=camera
             )
-            if seen < s.quality_reference_frames + s.quality_window_frames:
+            if seen < frames:
                 continue  # the window would overlap the camera's own reference
-            reference[camera] = self._camera_window(site, camera, first=s.quality_reference_frames)
-            current[camera] = self._camera_window(site, camera, last=s.quality_window_frames)
-        if not current:
+            reference[camera] = _camera_window(
+                camera, self._camera_timeline(site, camera, first=s.quality_reference_frames)
+            )
+            recent[camera] = self._camera_timeline(
+                site, camera, last=s.quality_window_frames + fresh
+            )
+        if not recent:
             return
-        for signal in quality.quality_signals(
-            reference, current, site_id=site, model_version=None, policy=s.quality
-        ):
-            self._step(run, signal)
+        for at in sorted(set(times)):
+            current = {
+                camera: _camera_window(
+                    camera, [x for x in items if _time_of(x) <= at][-s.quality_window_frames :]
+                )
+                for camera, items in recent.items()
+            }
+            for signal in quality.quality_signals(
+                reference, current, site_id=site, model_version=None, policy=s.quality
+            ):
+                self._step(run, signal)
 
-    def _camera_window(
+    def _camera_timeline(
         self, site_id: str, camera_id: str, *, first: int | None = None, last: int | None = None
-    ) -> quality.CameraWindow:
+    ) -> list[CapturedImage | Rejection]:
         """A camera's first or last frames, accepted and rejected interleaved by time."""
         frames = self.store.captured(site_id, camera_id=camera_id, first=first, last=last)
         rejected = self.store.rejections(site_id, camera_id=camera_id, first=first, last=last)
         timeline: list[CapturedImage | Rejection] = sorted([*frames, *rejected], key=_time_of)
-        picked = timeline[:first] if first is not None else timeline[-(last or 0) :]
-        windows = quality.camera_windows(
-            drift.observations(x for x in picked if isinstance(x, CapturedImage)),
-            [x for x in picked if isinstance(x, Rejection)],
-        )
-        return windows.get(camera_id) or quality.CameraWindow(camera_id, [])
+        return timeline[:first] if first is not None else timeline[-(last or 0) :]
 
     def _excluded_cameras(self, run: _SiteRun) -> frozenset[str]:
         """Cameras left out of the site's figures: an open data-quality incident, or departing
@@ -315,20 +332,36 @@ class Evaluator:
     ) -> None:
         site, version = run.site_id, history.version
         name = f"performance/{site}/{version}"
-        n = self.store.count_labelled(site, model_version=version, role=ModelRole.CHAMPION)
-        if not baseline or n - self.store.cursor(name) < self.settings.performance_every_labels:
+        s = self.settings
+        n = self.store.count_labelled(
+            site, model_version=version, role=ModelRole.CHAMPION, since=history.since
+        )
+        cursor = self.store.cursor(name)
+        if not baseline or n - cursor < s.performance_every_labels:
             return
-        run.cursors[name] = n
-        for signal in performance.performance_signals(
-            history.rows(),
-            site_id=site,
-            model_version=version,
-            baseline=baseline,
-            policy=self.settings.performance,
-            exclude_cameras=excluded,
-            now=run.now,
-        ):
-            self._step(run, signal)
+        rows = history.rows()
+        points = _checkpoints(
+            cursor, len(rows), s.performance_every_labels, s.max_replayed_evaluations
+        )
+        if not points:
+            return
+        run.cursors[name] = points[-1]
+        # Replayed in the order the labels came: a batch of 200 labels is 20 evaluations, as if
+        # they had trickled in, so the M-of-N rule does not depend on how Kafka batched them.
+        arrival = sorted(rows, key=lambda r: (r.labelled_at, r.image_id))
+        for point in points:
+            seen = {r.image_id for r in arrival[:point]}
+            at = min(arrival[point - 1].labelled_at, run.now)
+            for signal in performance.performance_signals(
+                [r for r in rows if r.image_id in seen],
+                site_id=site,
+                model_version=version,
+                baseline=baseline,
+                policy=s.performance,
+                exclude_cameras=excluded,
+                now=at,
+            ):
+                self._step(run, signal)
 
     # -- drift and the label-free estimate --
 
@@ -336,17 +369,41 @@ class Evaluator:
         s, site, version, since = self.settings, run.site_id, history.version, history.since
         name = f"drift/{site}/{version}"
         n = self.store.count_captured(site, since=since)
-        if n - self.store.cursor(name) < s.drift_every_images:
+        cursor = self.store.cursor(name)
+        points = _checkpoints(cursor, n, s.drift_every_images, s.max_replayed_evaluations)
+        if not points:
             return
-        run.cursors[name] = n
-        if n < s.drift_reference_images + s.drift_window_images:
+        run.cursors[name] = points[-1]
+        window, first = s.drift_window_images, s.drift_reference_images
+        points = [p for p in points if p >= first + window]
+        if not points:
             return
-        ref = self._observations(
-            site, version, self.store.captured(site, since=since, first=s.drift_reference_images)
-        )
-        cur = self._observations(
-            site, version, self.store.captured(site, since=since, last=s.drift_window_images)
-        )
+        ref = self._observations(site, version, self.store.captured(site, since=since, first=first))
+        recent_images = self.store.captured(site, since=since, last=n - points[0] + window)
+        recent = self._observations(site, version, recent_images)
+        by_id = {p.image_id: p for p in recent.predictions}
+        calibration_rows = history.rows()[: s.baseline_window_labels]
+        for point in points:
+            end = len(recent_images) - (n - point)
+            images = recent_images[max(0, end - window) : end]
+            cur = _Window(
+                drift.observations(
+                    images, [by_id[i.image_id] for i in images if i.image_id in by_id]
+                ),
+                [by_id[i.image_id] for i in images if i.image_id in by_id],
+            )
+            self._drift_at(run, version, ref, cur, excluded, calibration_rows)
+
+    def _drift_at(
+        self,
+        run: _SiteRun,
+        version: str,
+        ref: _Window,
+        cur: _Window,
+        excluded: frozenset[str],
+        calibration_rows: Sequence[performance.LabelledPrediction],
+    ) -> None:
+        s, site = self.settings, run.site_id
         for detector in (drift.data_drift_signals, drift.prediction_drift_signals):
             signals = detector(
                 ref.observations,
@@ -362,9 +419,7 @@ class Evaluator:
         cur_preds = [p for p in cur.predictions if p.camera_id not in excluded]
         if not cur_preds or not ref_scores:
             return
-        calibration = _calibration(
-            history.rows()[: s.baseline_window_labels], cur_preds[0].decision_threshold
-        )
+        calibration = _calibration(calibration_rows, cur_preds[0].decision_threshold)
         for signal in estimate.estimate_signals(
             calibration,
             ref_scores,
@@ -417,6 +472,23 @@ class _History:
 class _Window:
     observations: list[drift.Observation]
     predictions: list[StoredPrediction]
+
+
+def _checkpoints(cursor: int, total: int, every: int, most: int) -> list[int]:
+    """Observation counts at which a detector evaluates: every ``every`` new observations since
+    ``cursor``, the newest ``most`` of them (older ones are skipped, not piled up)."""
+    points = list(range(cursor + every, total + 1, every))
+    return points[-most:]
+
+
+def _camera_window(
+    camera_id: str, items: Sequence[CapturedImage | Rejection]
+) -> quality.CameraWindow:
+    windows = quality.camera_windows(
+        drift.observations(x for x in items if isinstance(x, CapturedImage)),
+        [x for x in items if isinstance(x, Rejection)],
+    )
+    return windows.get(camera_id) or quality.CameraWindow(camera_id, [])
 
 
 def _time_of(item: CapturedImage | Rejection) -> datetime:

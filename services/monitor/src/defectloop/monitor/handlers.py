@@ -51,11 +51,18 @@ def subscribe(
     *,
     group_id: str = GROUP_ID,
 ) -> None:
-    """One batch subscriber per consumed topic, all in the monitor's consumer group."""
+    """One batch subscriber per consumed topic, all in the monitor's consumer group.
+
+    With ``settings.sites`` set, other sites' events are read and skipped (a monitor per group
+    of sites).
+    """
+    only = frozenset(settings.sites)
     for topic in CONSUMED:
 
         async def record_batch(items: Sequence[BatchItem[Event]]) -> list[Rejection]:
-            await record(store, [item.event for item in items])
+            events = [i.event for i in items if not only or i.event.site_id in only]
+            if events:
+                await record(store, events)
             return []
 
         record_batch.__name__ = f"record_{topic.replace('.', '_')}"

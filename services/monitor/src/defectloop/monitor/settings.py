@@ -46,6 +46,14 @@ class MonitorSettings(ServiceSettings):
     quality: QualityPolicy = QualityPolicy()
     estimate: EstimatePolicy = EstimatePolicy()
 
+    max_replayed_evaluations: int = Field(
+        50,
+        ge=1,
+        description=(
+            "Most evaluations one run replays when many observations arrived at once (a Kafka "
+            "batch, a backlog): each detector evaluates at every cadence step, in arrival order."
+        ),
+    )
     performance_every_labels: int = Field(
         10, ge=1, description="New random-stratum labels between two performance evaluations."
     )

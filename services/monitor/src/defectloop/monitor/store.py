@@ -577,6 +577,7 @@ class MonitorStore:
         model_version: str | None = None,
         role: ModelRole | None = ModelRole.CHAMPION,
         sampling_reason: str | None = RANDOM,
+        since: datetime | None = None,
     ) -> int:
         """How many distinct predictions have a ground truth (cheap cadence check)."""
         with Session(self.engine) as s:
@@ -600,6 +601,8 @@ class MonitorStore:
                 q = q.where(PredictionRow.role == role.value)
             if sampling_reason is not None:
                 q = q.where(AnnotationRow.sampling_reason == sampling_reason)
+            if since is not None:
+                q = q.where(col(PredictionRow.captured_at) >= _aware(since))
             return int(s.exec(q).one())
 
     def paired(
@@ -826,6 +829,17 @@ class MonitorStore:
         with Session(self.engine) as s:
             row = s.get(CursorRow, name)
         return row.value if row is not None else 0
+
+    def cursors(self, site_id: str) -> dict[str, int]:
+        """Every detector cursor of ``site_id`` (``<detector>/<site>[/<model version>]``)."""
+        with Session(self.engine) as s:
+            rows = s.exec(
+                select(CursorRow).where(
+                    (col(CursorRow.name).like(f"%/{site_id}"))
+                    | (col(CursorRow.name).like(f"%/{site_id}/%"))
+                )
+            ).all()
+        return {r.name: r.value for r in rows}
 
     def save_evaluation(
         self,

@@ -20,12 +20,13 @@ Datetimes are timezone-aware UTC in and out (SQLModel's UTC type; SQLite keeps n
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import TypeAdapter
 from sqlalchemy import Column, Engine, Text, func, update
@@ -52,6 +53,7 @@ from defectloop.common.events import (
 from defectloop.monitor.performance import LabelledPrediction
 from defectloop.monitor.signals import Signal, SignalKey
 
+T = TypeVar("T")
 _BOXES = TypeAdapter(tuple[Box, ...])
 _SCORED_BOXES = TypeAdapter(tuple[ScoredBox, ...])
 RANDOM = "random"
@@ -216,6 +218,7 @@ class SignalRow(SQLModel, table=True):
     ci_high: float | None = None
     window_start: datetime
     window_end: datetime
+    change_point_at: datetime | None = None
     evidence_json: str = _text()
     evaluated_at: datetime = Field(index=True)
 
@@ -1100,76 +1103,31 @@ def _annotation_row(event: AnnotationCompleted, *, superseded: bool) -> Annotati
 # --- row <-> value conversions ------------------------------------------------------------------
 
 
+def _pick(target: type[T], source: object, **given: Any) -> T:
+    """``target`` (a dataclass or SQLModel) from ``source``'s attributes of the same names;
+    ``given`` values win (conversions, fields ``source`` lacks)."""
+    if dataclasses.is_dataclass(target):
+        names = [f.name for f in dataclasses.fields(target)]
+    else:
+        names = list(target.model_fields)  # type: ignore[attr-defined]
+    return target(**{n: given[n] if n in given else getattr(source, n) for n in names})
+
+
 def _captured_row(e: ImageCaptured) -> CapturedRow:
-    q = e.quality
-    return CapturedRow(
-        image_id=e.image_id,
-        site_id=e.site_id,
-        camera_id=e.camera_id,
-        captured_at=_aware(e.captured_at),
-        width=e.width,
-        height=e.height,
-        sharpness=q.sharpness,
-        brightness=q.brightness,
-        contrast=q.contrast,
-        uniform=q.uniform,
-        obstructed_fraction=q.obstructed_fraction,
-        near_duplicate=q.near_duplicate,
-    )
+    return _pick(CapturedRow, e, **e.quality.model_dump())
 
 
 def _captured(r: CapturedRow) -> CapturedImage:
-    return CapturedImage(
-        image_id=r.image_id,
-        site_id=r.site_id,
-        camera_id=r.camera_id,
-        captured_at=_aware(r.captured_at),
-        width=r.width,
-        height=r.height,
-        sharpness=r.sharpness,
-        brightness=r.brightness,
-        contrast=r.contrast,
-        uniform=r.uniform,
-        obstructed_fraction=r.obstructed_fraction,
-        near_duplicate=r.near_duplicate,
-    )
+    return _pick(CapturedImage, r)
 
 
 def _prediction_row(e: PredictionMade) -> PredictionRow:
-    return PredictionRow(
-        prediction_id=e.prediction_id,
-        site_id=e.site_id,
-        camera_id=e.camera_id,
-        image_id=e.image_id,
-        model_name=e.model_name,
-        model_version=e.model_version,
-        role=e.role.value,
-        defective=e.defective,
-        decision_score=e.decision_score,
-        decision_threshold=e.decision_threshold,
-        boxes_json=_SCORED_BOXES.dump_json(e.boxes).decode(),
-        outlier_score=e.outlier_score,
-        outlier=e.outlier,
-        captured_at=_aware(e.captured_at),
-    )
+    boxes = _SCORED_BOXES.dump_json(e.boxes).decode()
+    return _pick(PredictionRow, e, role=e.role.value, boxes_json=boxes)
 
 
 def _stored_prediction(r: PredictionRow) -> StoredPrediction:
-    return StoredPrediction(
-        prediction_id=r.prediction_id,
-        site_id=r.site_id,
-        camera_id=r.camera_id,
-        image_id=r.image_id,
-        model_version=r.model_version,
-        role=ModelRole(r.role),
-        defective=r.defective,
-        decision_score=r.decision_score,
-        decision_threshold=r.decision_threshold,
-        boxes=_predicted_boxes(r.boxes_json),
-        outlier_score=r.outlier_score,
-        outlier=r.outlier,
-        captured_at=_aware(r.captured_at),
-    )
+    return _pick(StoredPrediction, r, role=ModelRole(r.role), boxes=_predicted_boxes(r.boxes_json))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -1184,93 +1142,36 @@ def _predicted_boxes(text: str) -> tuple[ScoredBox, ...]:
 
 
 def _annotation(r: AnnotationRow) -> StoredAnnotation:
-    return StoredAnnotation(
-        annotation_id=r.annotation_id,
-        site_id=r.site_id,
-        camera_id=r.camera_id,
-        image_id=r.image_id,
-        annotator=r.annotator,
-        status=AnnotationStatus(r.status),
-        boxes=_truth_boxes(r.boxes_json),
-        sampling_reason=r.sampling_reason,
-        labelled_at=_aware(r.labelled_at),
-        skip_reason=r.skip_reason,
-    )
+    status, boxes = AnnotationStatus(r.status), _truth_boxes(r.boxes_json)
+    return _pick(StoredAnnotation, r, status=status, boxes=boxes)
 
 
 def _deployment(r: DeploymentRow) -> Deployment:
-    return Deployment(
-        site_id=r.site_id,
-        role=ModelRole(r.role),
-        model_name=r.model_name,
-        model_version=r.model_version,
-        baseline_metrics={str(k): float(v) for k, v in json.loads(r.baseline_json).items()},
-        active=r.active,
-        approved_by=r.approved_by,
-        occurred_at=_aware(r.occurred_at),
-    )
+    baseline = {str(k): float(v) for k, v in json.loads(r.baseline_json).items()}
+    return _pick(Deployment, r, role=ModelRole(r.role), baseline_metrics=baseline)
 
 
 def _incident(r: IncidentRow) -> Incident:
-    return Incident(
-        incident_id=r.incident_id,
-        site_id=r.site_id,
-        model_version=r.model_version,
+    recovered = MetricRecovered.model_validate_json(r.recovered_json) if r.recovered_json else None
+    return _pick(
+        Incident,
+        r,
         kind=DegradationKind(r.kind),
-        metric=r.metric,
-        camera_id=r.camera_id,
-        opened_at=_aware(r.opened_at),
-        closed_at=_aware(r.closed_at) if r.closed_at else None,
-        close_reason=r.close_reason,
         degraded=MetricDegraded.model_validate_json(r.degraded_json),
-        recovered=(
-            MetricRecovered.model_validate_json(r.recovered_json) if r.recovered_json else None
-        ),
+        recovered=recovered,
     )
 
 
 def _signal_row(sig: Signal, at: datetime) -> SignalRow:
-    k = sig.key
-    return SignalRow(
-        site_id=k.site_id,
-        model_version=k.model_version,
-        kind=k.kind.value,
-        metric=k.metric,
-        camera_id=k.camera_id,
-        value=sig.value,
-        baseline=sig.baseline,
-        threshold=sig.threshold,
-        breached=sig.breached,
-        within_tolerance=sig.within_tolerance,
-        enough_data=sig.enough_data,
-        sample_size=sig.sample_size,
-        n_positive=sig.n_positive,
-        ci_low=sig.ci_low,
-        ci_high=sig.ci_high,
-        window_start=_aware(sig.window_start),
-        window_end=_aware(sig.window_end),
-        evidence_json=json.dumps(sig.evidence, sort_keys=True),
-        evaluated_at=at,
-    )
+    evidence = json.dumps(sig.evidence, sort_keys=True)
+    key = {**dataclasses.asdict(sig.key), "kind": sig.key.kind.value}
+    return _pick(SignalRow, sig, id=None, evidence_json=evidence, evaluated_at=at, **key)
 
 
 def _signal(r: SignalRow) -> Signal:
-    return Signal(
-        key=SignalKey(r.site_id, r.model_version, DegradationKind(r.kind), r.metric, r.camera_id),
-        value=r.value,
-        baseline=r.baseline,
-        threshold=r.threshold,
-        breached=r.breached,
-        within_tolerance=r.within_tolerance,
-        enough_data=r.enough_data,
-        window_start=_aware(r.window_start),
-        window_end=_aware(r.window_end),
-        sample_size=r.sample_size,
-        n_positive=r.n_positive,
-        ci_low=r.ci_low,
-        ci_high=r.ci_high,
-        evidence={str(k): float(v) for k, v in json.loads(r.evidence_json or "{}").items()},
-    )
+    key = SignalKey(r.site_id, r.model_version, DegradationKind(r.kind), r.metric, r.camera_id)
+    evidence = {str(k): float(v) for k, v in json.loads(r.evidence_json or "{}").items()}
+    return _pick(Signal, r, key=key, evidence=evidence)
 
 
 __all__ = [

@@ -54,6 +54,7 @@ from defectloop.monitor.performance import LabelledPrediction
 from defectloop.monitor.signals import Signal, SignalKey
 
 T = TypeVar("T")
+RowT = TypeVar("RowT", bound=SQLModel)
 _BOXES = TypeAdapter(tuple[Box, ...])
 _SCORED_BOXES = TypeAdapter(tuple[ScoredBox, ...])
 RANDOM = "random"
@@ -687,23 +688,55 @@ class MonitorStore:
 
         ``first`` keeps the oldest captures of the window (a reference), ``last`` the newest.
         """
+        rows = self._window(
+            CapturedRow,
+            CapturedRow.captured_at,
+            CapturedRow.image_id,
+            site_id,
+            since=since,
+            until=until,
+            camera_id=camera_id,
+            first=first,
+            last=last,
+        )
+        return [_captured(r) for r in rows]
+
+    def _window(
+        self,
+        table: type[RowT],
+        time: Any,
+        tiebreak: Any,
+        site_id: str,
+        *,
+        since: datetime | None,
+        until: datetime | None,
+        camera_id: str | None,
+        first: int | None = None,
+        last: int | None = None,
+        where: Sequence[Any] = (),
+    ) -> list[RowT]:
+        """Rows of ``table`` for a site in [since, until), oldest first: the ``first`` oldest or
+        the ``last`` newest of them (all without either)."""
+        q = select(table).where(
+            col(table.site_id) == site_id,  # type: ignore[attr-defined]
+            *where,
+        )
+        if since is not None:
+            q = q.where(col(time) >= _aware(since))
+        if until is not None:
+            q = q.where(col(time) < _aware(until))
+        if camera_id is not None:
+            q = q.where(col(table.camera_id) == camera_id)  # type: ignore[attr-defined]
+        newest_first = first is None
+        order = [col(time), col(tiebreak)]
+        q = q.order_by(*(c.desc() for c in order) if newest_first else order)
+        if first is not None or last is not None:
+            q = q.limit(first if first is not None else last)
         with Session(self.engine) as s:
-            q = select(CapturedRow).where(CapturedRow.site_id == site_id)
-            if since is not None:
-                q = q.where(col(CapturedRow.captured_at) >= _aware(since))
-            if until is not None:
-                q = q.where(col(CapturedRow.captured_at) < _aware(until))
-            if camera_id is not None:
-                q = q.where(CapturedRow.camera_id == camera_id)
-            newest_first = first is None
-            order = [col(CapturedRow.captured_at), col(CapturedRow.image_id)]
-            q = q.order_by(*(c.desc() for c in order) if newest_first else order)
-            if first is not None or last is not None:
-                q = q.limit(first if first is not None else last)
             rows = list(s.exec(q).all())
         if newest_first:
             rows.reverse()
-        return [_captured(r) for r in rows]
+        return rows
 
     def count_captured(
         self, site_id: str, *, camera_id: str | None = None, since: datetime | None = None
@@ -749,22 +782,17 @@ class MonitorStore:
         last: int | None = None,
     ) -> list[Rejection]:
         """Ingest rejections of ``site_id``, oldest first (``first``/``last`` as in captured)."""
-        with Session(self.engine) as s:
-            q = select(RejectionRow).where(RejectionRow.site_id == site_id)
-            if since is not None:
-                q = q.where(col(RejectionRow.occurred_at) >= _aware(since))
-            if until is not None:
-                q = q.where(col(RejectionRow.occurred_at) < _aware(until))
-            if camera_id is not None:
-                q = q.where(RejectionRow.camera_id == camera_id)
-            newest_first = first is None
-            order = [col(RejectionRow.occurred_at), col(RejectionRow.event_id)]
-            q = q.order_by(*(c.desc() for c in order) if newest_first else order)
-            if first is not None or last is not None:
-                q = q.limit(first if first is not None else last)
-            rows = list(s.exec(q).all())
-        if newest_first:
-            rows.reverse()
+        rows = self._window(
+            RejectionRow,
+            RejectionRow.occurred_at,
+            RejectionRow.event_id,
+            site_id,
+            since=since,
+            until=until,
+            camera_id=camera_id,
+            first=first,
+            last=last,
+        )
         return [Rejection(r.site_id, r.camera_id, r.reason, _aware(r.occurred_at)) for r in rows]
 
     def predictions(
@@ -779,25 +807,22 @@ class MonitorStore:
         last: int | None = None,
     ) -> list[StoredPrediction]:
         """Predictions, labelled or not, oldest capture first (prediction drift, estimates)."""
-        with Session(self.engine) as s:
-            q = select(PredictionRow).where(PredictionRow.site_id == site_id)
-            if model_version is not None:
-                q = q.where(PredictionRow.model_version == model_version)
-            if role is not None:
-                q = q.where(PredictionRow.role == role.value)
-            if since is not None:
-                q = q.where(col(PredictionRow.captured_at) >= _aware(since))
-            if until is not None:
-                q = q.where(col(PredictionRow.captured_at) < _aware(until))
-            if camera_id is not None:
-                q = q.where(PredictionRow.camera_id == camera_id)
-            q = q.order_by(
-                col(PredictionRow.captured_at).desc(), col(PredictionRow.prediction_id).desc()
-            )
-            if last is not None:
-                q = q.limit(last)
-            rows = list(s.exec(q).all())
-        rows.reverse()
+        where = []
+        if model_version is not None:
+            where.append(col(PredictionRow.model_version) == model_version)
+        if role is not None:
+            where.append(col(PredictionRow.role) == role.value)
+        rows = self._window(
+            PredictionRow,
+            PredictionRow.captured_at,
+            PredictionRow.prediction_id,
+            site_id,
+            since=since,
+            until=until,
+            camera_id=camera_id,
+            last=last,
+            where=where,
+        )
         return [_stored_prediction(r) for r in rows]
 
     def count_predictions(

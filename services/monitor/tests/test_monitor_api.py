@@ -92,7 +92,6 @@ def test_agreement_per_annotator_pair_from_overlap_images(
     assert body["by_pair"][0]["box_matched_share"] == pytest.approx(4 / 5)
 
 
-@pytest.mark.slow
 def test_site_series_incidents_and_evaluation_after_a_recall_drop(
     store: MonitorStore, client: TestClient, site: EventFactory
 ) -> None:

@@ -52,7 +52,6 @@ def evaluator(store: MonitorStore) -> Evaluator:
     return Evaluator(store, MonitorSettings(database_url="sqlite://"))
 
 
-@pytest.mark.slow
 def test_recall_drop_opens_one_incident_and_a_better_model_closes_it(
     store: MonitorStore, evaluator: Evaluator, site: EventFactory
 ) -> None:
@@ -102,7 +101,6 @@ def test_rerunning_on_unchanged_data_publishes_nothing_new(
     assert of_kind(again, DegradationKind.PERFORMANCE) == []
 
 
-@pytest.mark.slow
 def test_blurred_camera_is_a_data_quality_incident_not_a_performance_one(
     store: MonitorStore, evaluator: Evaluator, site: EventFactory
 ) -> None:

@@ -252,3 +252,43 @@ def test_observations_join_captures_and_predictions_by_image() -> None:
     assert second.values[drift.SUB_THRESHOLD] == 1.0
     assert second.box_areas == (pytest.approx(200 / 20_000),)
     assert second.box_classes == ("spot",)
+
+
+def _clustered(rng: np.random.Generator, n: int, start: int = 0) -> list[Observation]:
+    """Images whose boxes come in clusters: 1 box, or 8 copies of one area (a split defect)."""
+    out = []
+    for i in range(n):
+        k = int(rng.choice([0, 1, 8]))
+        area = float(rng.uniform(0.001, 0.01))
+        out.append(
+            Observation(
+                "cam-1",
+                T0 + timedelta(seconds=start + i),
+                {drift.DEFECTIVE: float(k > 0)},
+                box_classes=("spot",) * k,
+                box_areas=(area,) * k,
+            )
+        )
+    return out
+
+
+def test_clustered_boxes_are_tested_per_image_not_per_box() -> None:
+    breaches = 0
+    for seed in range(40):
+        rng = np.random.default_rng(100 + seed)
+        reference, current = _clustered(rng, 300), _clustered(rng, 200, start=300)
+        (signal,) = prediction_drift_signals(reference, current, site_id="A", model_version="v")
+        breaches += signal.breached
+    assert breaches <= 2  # alpha 0.01 on 40 windows; per-box samples breach far more often
+
+
+def test_a_class_taking_over_is_boxes_per_class_drift() -> None:
+    rng = np.random.default_rng(11)
+    reference = _images(rng, 600)
+    current = [
+        Observation(o.camera_id, o.at, o.values, ("crack",) * len(o.box_classes), o.box_areas)
+        for o in _images(rng, 300, start=600)
+    ]
+    (signal,) = prediction_drift_signals(reference, current, site_id="A", model_version="v1")
+    assert signal.breached
+    assert signal.evidence["boxes_of_crack.effect"] > 0.3

@@ -12,6 +12,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from filelock import FileLock
+
 from defectloop.cli.errors import require_trainer
 from defectloop.common.paths import cache_home
 
@@ -36,15 +38,29 @@ def _recipe_key(site: str) -> str:
 
 def bootstrap_bundle(site: str, *, say: Callable[[str], None] = print) -> Path:
     """The cached bootstrap bundle of ``site``; trains it (a few minutes) on first use."""
-    from defectloop.factory_sim import generate_dataset
-
     require_trainer()
 
     root = cache_home() / "bootstrap" / f"{site}-{_recipe_key(site)}"
     bundle = root / "bundle"
-    if (bundle / "model.onnx").is_file() and (bundle / "model.json").is_file():
+    if _complete(bundle):
         return bundle
+    root.mkdir(parents=True, exist_ok=True)
+    # Callers in several processes (the stack, a benchmark, a test) share the cache: one trains,
+    # the others wait and then find its bundle (instead of deleting its half-written one).
+    with FileLock(root.parent / f"{root.name}.lock"):
+        if not _complete(bundle):
+            _train(site, root, bundle, say)
+    return bundle
+
+
+def _complete(bundle: Path) -> bool:
+    # model.json is written last: without it, an earlier attempt was interrupted.
+    return (bundle / "model.onnx").is_file() and (bundle / "model.json").is_file()
+
+
+def _train(site: str, root: Path, bundle: Path, say: Callable[[str], None]) -> None:
     from defectloop.cli.training import _progress_sink
+    from defectloop.factory_sim import generate_dataset
     from defectloop.trainer import api
 
     data = root / "data"
@@ -53,7 +69,6 @@ def bootstrap_bundle(site: str, *, say: Callable[[str], None] = print) -> Path:
         say(f"bootstrap model for site {site}: simulating {BOOTSTRAP_IMAGES} images")
         generate_dataset(site, BOOTSTRAP_IMAGES, BOOTSTRAP_DATA_SEED, data)
     say(f"bootstrap model for site {site}: training (preset {BOOTSTRAP_PRESET}, once, cached)")
-    # model.json is written last: without it, an earlier attempt was interrupted.
     shutil.rmtree(bundle, ignore_errors=True)
     api.train(
         [data],
@@ -63,4 +78,3 @@ def bootstrap_bundle(site: str, *, say: Callable[[str], None] = print) -> Path:
         site=site,
         progress=_progress_sink(f"bootstrap model {site}"),
     )
-    return bundle

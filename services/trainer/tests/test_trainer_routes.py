@@ -59,9 +59,15 @@ async def test_jobs_are_listed_per_site_with_their_state_and_reason(
     ]
     assert body[0]["detail"] == {
         "baseline": 0.92,
+        "ci_high": None,
+        "ci_low": None,
         "metric": "recall",
+        "n_positive": None,
         "sample_size": 80,
+        "threshold": 0.87,
         "value": 0.4,
+        "window_end": (AT + timedelta(minutes=5)).isoformat(),
+        "window_start": AT.isoformat(),
     }
     [ignored] = client.get("/v1/jobs", params={"site": "C"}).json()
     assert ignored["state"] == "ignored"

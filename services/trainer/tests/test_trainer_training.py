@@ -79,6 +79,18 @@ def test_lineage_is_recorded_in_manifest_and_registry(
     assert recorded["num_val"] >= 1
 
 
+def test_the_run_records_the_state_of_the_code_tree(
+    trained: TrainOutcome, registry: Registry
+) -> None:
+    from defectloop.trainer.lineage import git_dirty
+    from defectloop.trainer.registry import RunProvenance
+
+    with registry.session() as s:
+        row = s.get(RunProvenance, trained.run.id)
+    assert row is not None
+    assert (row.git_dirty, row.job_id) == (git_dirty(), None)
+
+
 def test_same_inputs_give_a_byte_identical_model(
     trained: TrainOutcome, dataset: Path, workspace: Path
 ) -> None:

@@ -316,6 +316,13 @@ def _job_of(event: MetricDegraded, state: JobState, reason: str, *, deadline_at:
                 "value": event.value,
                 "baseline": event.baseline,
                 "sample_size": event.sample_size,
+                # What `models why` shows of the incident, even when the monitor is gone.
+                "threshold": event.threshold,
+                "n_positive": event.n_positive,
+                "ci_low": event.ci_low,
+                "ci_high": event.ci_high,
+                "window_start": event.window_start.isoformat(),
+                "window_end": event.window_end.isoformat(),
             },
             sort_keys=True,
         ),

@@ -73,6 +73,20 @@ def git_commit(cwd: Path | None = None) -> str:
     return commit if out.returncode == 0 and commit else "unknown"
 
 
+def git_dirty(cwd: Path | None = None) -> bool | None:
+    """Whether tracked files differ from ``HEAD`` (the commit alone does not name the code then);
+    None outside a git checkout."""
+    root = cwd or repo_root() or Path.cwd()
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+            capture_output=True, text=True, timeout=10, check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(out.stdout.strip()) if out.returncode == 0 else None
+
+
 def lockfile_sha256(root: Path | None = None) -> str:
     """sha256 of the workspace's ``uv.lock`` (the environment's identity), or "unknown"."""
     root = root or repo_root()

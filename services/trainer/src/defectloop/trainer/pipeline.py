@@ -21,6 +21,7 @@ from defectloop.trainer.registry import (
     DatasetVersion,
     ModelVersion,
     Registry,
+    RunProvenance,
     TrainingRun,
     model_version_from_manifest,
 )
@@ -62,12 +63,16 @@ def train_and_register(
     track: bool = True,
     config: TrainerConfig | None = None,
     version: str | None = None,
+    job_id: str | None = None,
+    snapshot_sha256: str | None = None,
 ) -> TrainOutcome:
     """Resolve the config, train, write the bundle, register it with lineage, log to MLflow."""
+    from defectloop.trainer.lineage import git_dirty
     from defectloop.trainer.train import train
 
     cfg = config or resolve_config(preset, site=site, overrides=overrides)
     started = datetime.now(UTC)
+    dirty = git_dirty()  # before training: the tree the run starts from
     registry = registry or Registry()
     result = train(
         dataset_dirs,
@@ -109,7 +114,10 @@ def train_and_register(
             train_seconds=result.train_seconds,
             started_at=started,
             finished_at=datetime.now(UTC),
-        )
+        ),
+        provenance=RunProvenance(
+            git_dirty=dirty, job_id=job_id, snapshot_sha256=snapshot_sha256
+        ),
     )
     model = registry.add_model(
         model_version_from_manifest(

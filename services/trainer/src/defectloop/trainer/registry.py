@@ -93,6 +93,20 @@ class TrainingRun(SQLModel, table=True):
         return data
 
 
+class RunProvenance(SQLModel, table=True):
+    """How a run was made beyond its lineage (a table of its own: older registries need no
+    migration, a run without one just has no provenance)."""
+
+    __tablename__ = "training_run_provenance"
+
+    training_run_id: int | None = Field(
+        default=None, primary_key=True, foreign_key="training_runs.id"
+    )
+    git_dirty: bool | None = Field(None, description="Uncommitted changes in the code tree.")
+    job_id: str | None = Field(default=None, index=True, description="Retraining job, if any.")
+    snapshot_sha256: str | None = Field(default=None, max_length=64)
+
+
 class ModelVersion(SQLModel, table=True):
     __tablename__ = "model_versions"
 
@@ -186,6 +200,7 @@ class Registry:
                     for t in (
                         DatasetVersion,
                         TrainingRun,
+                        RunProvenance,
                         ModelVersion,
                         Deployment,
                         AuditRecord,
@@ -226,9 +241,15 @@ class Registry:
             s.commit()
             return record
 
-    def add_run(self, run: TrainingRun) -> TrainingRun:
+    def add_run(
+        self, run: TrainingRun, *, provenance: RunProvenance | None = None
+    ) -> TrainingRun:
         with self.session() as s:
             s.add(run)
+            if provenance is not None:
+                s.flush()  # the run's id
+                provenance.training_run_id = run.id
+                s.add(provenance)
             s.commit()
             s.refresh(run)
             return run

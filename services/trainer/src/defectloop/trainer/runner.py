@@ -198,6 +198,8 @@ def run_spec(spec_path: Path) -> int:
                 registry=registry,
                 track=False,
                 version=spec.model_version,
+                job_id=spec.job_id,
+                snapshot_sha256=spec.snapshot_sha256,
             )
             model = outcome.model
     except DefectloopError as exc:

@@ -262,6 +262,7 @@ def models_app() -> typer.Typer:
     """The `models` group; other modules may add commands (promote, approve, rollback) to it."""
     from defectloop.cli.deploy_cmd import models_deploy
     from defectloop.cli.governance_cmd import add_models_commands
+    from defectloop.cli.why_cmd import add_models_commands as add_why_commands
 
     models = typer.Typer(
         help="The model registry: list, show, reproduce, deploy.", no_args_is_help=True
@@ -271,6 +272,7 @@ def models_app() -> typer.Typer:
     models.command("show")(models_show)
     models.command("reproduce")(models_reproduce)
     add_models_commands(models)
+    add_why_commands(models)
     return models
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from defectloop.testing.net import wait_until
-from defectloop.trainer.registry import Registry
+from defectloop.trainer.registry import Registry, RunProvenance
 from defectloop.trainer.runner import (
     PID_FILE,
     LocalProcessRunner,
@@ -59,8 +59,12 @@ async def test_a_local_run_trains_registers_and_reports_its_version(
     registry = Registry(spec.database_url)
     try:
         model = registry.get_model("retrain-A-job1-a1")
+        with registry.session() as s:
+            provenance = s.get(RunProvenance, model.training_run_id)
     finally:
         registry.dispose()
+    assert provenance is not None
+    assert (provenance.job_id, provenance.snapshot_sha256) == ("job-1", spec.snapshot_sha256)
     assert Path(model.bundle_path) == await asyncio.to_thread(Path(spec.out_dir).resolve)
     # The same spec again: the same handle, nothing started.
     assert runner.submit(spec) == handle

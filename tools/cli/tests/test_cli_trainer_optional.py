@@ -46,6 +46,7 @@ def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     [
         ("models", "list"),
         ("models", "show", "v1"),
+        ("models", "why", "v1"),
         ("train", "--dataset", "d", "--out", "o"),
         ("models", "deploy", "bundle", "--site", "A"),
         ("models", "approve", "v1", "--as", "bob"),

@@ -122,7 +122,8 @@ def test_every_edge_of_the_life_cycle_is_allowed() -> None:
         (JobState.WAITING_FOR_LABELS, JobState.TRAINING),  # never trains without a snapshot
         (JobState.WAITING_FOR_LABELS, JobState.DEPLOYED),
         (JobState.TRAINING, JobState.DEPLOYED),  # never deploys without gates
-        (JobState.SHADOW, JobState.TRAINING),  # final states stay final
+        (JobState.SHADOW, JobState.TRAINING),  # a shadow is promoted or rejected, never retrained
+        (JobState.GATING, JobState.REJECTED),  # rejected is a shadow's verdict
         (JobState.IGNORED, JobState.WAITING_FOR_LABELS),
         (JobState.TIMED_OUT, JobState.SNAPSHOTTING),
     ],
@@ -136,8 +137,8 @@ def test_a_transition_off_the_graph_is_refused(source: JobState, target: JobStat
 def test_final_states_have_no_way_out() -> None:
     final = set(JobState) - OPEN_STATES
     assert final == {
-        JobState.SHADOW,
         JobState.DEPLOYED,
+        JobState.REJECTED,
         JobState.GATE_FAILED,
         JobState.TIMED_OUT,
         JobState.FAILED,

@@ -409,6 +409,46 @@ class Governance:
             rolled_back_from=current.model_version if current is not None else None,
         )
 
+    def retire_shadow(
+        self, version: str, by: str, reason: str, *, evidence: dict[str, Any] | None = None
+    ) -> ModelDeployed | None:
+        """Take ``version`` out of its site's shadow slot (inactive event), audited as retired.
+
+        ``None`` when it is not the active shadow (already retired: a repeated call is a no-op).
+        """
+        model = self.registry.get_model(version)
+        site = self._site_of(model)
+        with self.registry.session() as s:
+            if not [d for d in _active(s, site, ModelRole.SHADOW) if d.model_version == version]:
+                return None
+        event = deployed_event(model, site, ModelRole.SHADOW, approved_by=None, active=False)
+        self._send([event])
+
+        def work(s: Session) -> None:
+            for row in _active(s, site, ModelRole.SHADOW):
+                if row.model_version == version:
+                    row.status = "retired"
+                    row.retired_at = _now()
+                    row.reason = reason
+                    s.add(row)
+            append_record(
+                s,
+                action=AuditAction.RETIRED,
+                actor=by,
+                model_version=version,
+                site=site,
+                reason=reason,
+                evidence={
+                    "role": ModelRole.SHADOW.value,
+                    "event_id": event.event_id,
+                    **(evidence or {}),
+                },
+            )
+
+        self._transaction(work)
+        log.info("shadow_retired", version=version, site=site, reason=reason)
+        return event
+
     def activate(
         self,
         model: ModelVersion,

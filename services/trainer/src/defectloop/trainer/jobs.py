@@ -3,8 +3,10 @@
 A job is one retraining of one site, opened by an incident (``metric.degraded``). Its life::
 
     waiting_for_labels -> snapshotting -> training -> gating -> shadow | deployed | gate_failed
-           |                   |             |          |
-           +-> timed_out       +-> failed    +-> failed +-> failed
+           |                   |             |          |        |
+           +-> timed_out       +-> failed    +-> failed +-> failed +-> deployed | rejected
+                                                                   +-> awaiting_approval
+                                                                        -> deployed | rejected
 
 plus ``ignored`` (a data-quality or, by policy, drift incident: recorded for ops, never trained).
 At most one job per site is open (not in a final state); a second incident while one is open is
@@ -81,6 +83,15 @@ class RetrainPolicy(BaseModel):
         0.2, gt=0, lt=1, description="Share of labelled images frozen into a site's eval set."
     )
     max_attempts: int = Field(2, ge=1, description="Training tries before the job fails.")
+    shadow_period_s: float = Field(
+        7 * 86400.0,
+        gt=0,
+        le=30 * 86400.0,
+        description="Give up on a shadow without a verdict after this (R11: 7 days, cap 30).",
+    )
+    promote_non_inferior: bool = Field(
+        False, description="A non_inferior scorecard promotes too (default: only better)."
+    )
 
 
 class JobState(StrEnum):
@@ -89,15 +100,25 @@ class JobState(StrEnum):
     TRAINING = "training"
     GATING = "gating"
     SHADOW = "shadow"
+    AWAITING_APPROVAL = "awaiting_approval"
     DEPLOYED = "deployed"
     GATE_FAILED = "gate_failed"
+    REJECTED = "rejected"
     TIMED_OUT = "timed_out"
     FAILED = "failed"
     IGNORED = "ignored"
 
 
+# A candidate in shadow or awaiting approval still holds its site: a new incident attaches to it.
 OPEN_STATES = frozenset(
-    {JobState.WAITING_FOR_LABELS, JobState.SNAPSHOTTING, JobState.TRAINING, JobState.GATING}
+    {
+        JobState.WAITING_FOR_LABELS,
+        JobState.SNAPSHOTTING,
+        JobState.TRAINING,
+        JobState.GATING,
+        JobState.SHADOW,
+        JobState.AWAITING_APPROVAL,
+    }
 )
 
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
@@ -108,6 +129,8 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.GATING: frozenset(
         {JobState.SHADOW, JobState.DEPLOYED, JobState.GATE_FAILED, JobState.FAILED}
     ),
+    JobState.SHADOW: frozenset({JobState.AWAITING_APPROVAL, JobState.DEPLOYED, JobState.REJECTED}),
+    JobState.AWAITING_APPROVAL: frozenset({JobState.DEPLOYED, JobState.REJECTED}),
 }
 
 

@@ -13,7 +13,11 @@ from defectloop.common.blobstore import BlobStore, open_blob_store
 from defectloop.common.db import make_engine
 from defectloop.common.service import broker_from_settings, build_service_app, serve
 from defectloop.trainer import handlers, routes
+from defectloop.trainer.gating import Gatekeeper
+from defectloop.trainer.governance import Governance, PromotionPolicy
 from defectloop.trainer.jobs import JobStore
+from defectloop.trainer.promotion import Promoter, ScorecardClient
+from defectloop.trainer.registry import Registry
 from defectloop.trainer.retrain import OnTrained, Retrainer
 from defectloop.trainer.runner import JobRunner, LocalProcessRunner
 from defectloop.trainer.settings import TrainerSettings
@@ -27,21 +31,50 @@ def build_app(
     runner: JobRunner | None = None,
     blobs: BlobStore | None = None,
     on_trained: OnTrained | None = None,
+    on_shadow: OnTrained | None = None,
     group_id: str | None = None,
 ) -> FastAPI:
+    """The trainer service; ``on_trained`` / ``on_shadow`` default to the gates and promotion."""
     kafka = broker if broker is not None else broker_from_settings(settings)
     db = (
         engine
         if engine is not None
         else make_engine(settings.resolved_database_url(), create_tables=False)
     )
+    store = JobStore(db)
+    blob_store = blobs if blobs is not None else open_blob_store(settings.blob_url)
+    registry: Registry | None = None
+    if on_trained is None or on_shadow is None:
+        registry = Registry(settings.resolved_database_url())
+        governance = Governance(
+            registry,
+            bootstrap=settings.kafka_bootstrap,
+            policy=PromotionPolicy.from_settings(settings),
+        )
+        on_trained = on_trained or Gatekeeper(
+            store,
+            blob_store,
+            governance,
+            work_dir=settings.resolved_work_dir(),
+            config=settings.gate,
+            actor=settings.actor,
+        )
+        on_shadow = on_shadow or Promoter(
+            store,
+            governance,
+            ScorecardClient(settings.monitor_url),
+            settings.retrain_policy_for,
+            poll_s=settings.scorecard_poll_s,
+            actor=settings.actor,
+        )
     retrainer = Retrainer(
         settings,
-        JobStore(db),
+        store,
         runner if runner is not None else LocalProcessRunner(settings.resolved_work_dir() / "runs"),
-        blobs if blobs is not None else open_blob_store(settings.blob_url),
+        blob_store,
         handlers.labels_request_publisher(kafka),
         on_trained=on_trained,
+        on_shadow=on_shadow,
     )
     handlers.subscribe(kafka, retrainer, group_id=group_id or settings.consumer_group)
     deployments = handlers.deployments_follower(kafka, retrainer)
@@ -56,6 +89,8 @@ def build_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await deployments.stop()
+        if registry is not None:
+            registry.dispose()
 
     app = build_service_app(
         settings,

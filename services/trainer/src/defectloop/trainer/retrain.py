@@ -12,7 +12,10 @@ restarted trainer continues from whatever state the previous process left:
 * ``training``: poll the run; success -> ``gating`` (the candidate's version recorded); a failure
   -> ``failed`` with its reason; a lost run -> the next attempt, unless that version is already
   registered (then it did finish).
-* ``gating``: handed to ``on_trained`` (gates, shadow, deployment: governance), when one is given.
+* ``gating``: handed to ``on_trained`` (gates, shadow, deployment: governance), when one is given
+  (:class:`defectloop.trainer.gating.Gatekeeper`).
+* ``shadow`` / ``awaiting_approval``: handed to ``on_shadow`` on every tick (the monitor's
+  scorecard, promotion or rejection: :class:`defectloop.trainer.promotion.Promoter`).
 
 Blocking work (database, blob store, subprocess start, COCO files) runs in worker threads: the
 event loop that consumes Kafka is never held by it.
@@ -77,6 +80,7 @@ class Retrainer:
         publish_labels_request: PublishLabelsRequest,
         *,
         on_trained: OnTrained | None = None,
+        on_shadow: OnTrained | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -84,6 +88,7 @@ class Retrainer:
         self.blobs = blobs
         self._publish = publish_labels_request
         self._on_trained = on_trained
+        self._on_shadow = on_shadow
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
 
@@ -141,7 +146,7 @@ class Retrainer:
             try:
                 job = await _STEPS[job.job_state](self, job)
             except DefectloopError as exc:
-                if job.job_state == JobState.GATING:
+                if job.job_state in _HOOKED:  # the hooks own these states' failures
                     raise
                 log.error(
                     "retrain_job_failed", job_id=job.job_id, reason=exc.reason, error=str(exc)
@@ -286,6 +291,12 @@ class Retrainer:
             return await asyncio.to_thread(self.store.get, job.job_id)
         return job
 
+    async def _watch_shadow(self, job: Job) -> Job:
+        if self._on_shadow is not None:
+            await self._on_shadow(job)
+            return await asyncio.to_thread(self.store.get, job.job_id)
+        return job
+
     # --- blocking helpers (worker threads) --------------------------------------------------
 
     def _snapshot(self, job: Job, policy: RetrainPolicy) -> tuple[str, dict[str, int]]:
@@ -364,4 +375,7 @@ _STEPS: dict[JobState, Callable[[Retrainer, Job], Awaitable[Job]]] = {
     JobState.SNAPSHOTTING: Retrainer._snapshot_and_submit,
     JobState.TRAINING: Retrainer._poll_training,
     JobState.GATING: Retrainer._gate,
+    JobState.SHADOW: Retrainer._watch_shadow,
+    JobState.AWAITING_APPROVAL: Retrainer._watch_shadow,
 }
+_HOOKED = frozenset({JobState.GATING, JobState.SHADOW, JobState.AWAITING_APPROVAL})

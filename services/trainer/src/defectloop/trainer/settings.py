@@ -10,6 +10,7 @@ from pydantic_settings import SettingsConfigDict
 
 from defectloop.common.paths import state_home
 from defectloop.common.settings import ServiceSettings
+from defectloop.trainer.gates import GateConfig
 from defectloop.trainer.jobs import RetrainPolicy
 
 
@@ -56,6 +57,16 @@ class TrainerSettings(ServiceSettings):
     job_tick_s: float = Field(
         2.0, gt=0, description="Longest pause between two looks at the open jobs."
     )
+    gate: GateConfig = Field(
+        default_factory=GateConfig, description="Margins and levels of the promotion gates (R10)."
+    )
+    monitor_url: str = Field(
+        "http://127.0.0.1:8084", description="The monitor's HTTP API (shadow scorecards)."
+    )
+    scorecard_poll_s: float = Field(
+        10.0, gt=0, description="Shortest pause between two scorecard requests for one shadow."
+    )
+    actor: str = Field("trainer", description="Who the trainer's governed transitions name.")
 
     def retrain_policy_for(self, site_id: str) -> RetrainPolicy:
         overrides = self.site_retrain_policy.get(site_id)

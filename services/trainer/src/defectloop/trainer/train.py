@@ -290,6 +290,8 @@ def train(
 
     sink.phase("evaluating on the hold-out split")
     metrics = {"train_seconds": round(train_seconds, 3), "final_loss": history[-1].loss}
+    # On the record of the run: the trainer's gate reads parity from here (gating.parity_of).
+    metrics.update({f"parity/{name}": diff for name, diff in parity.items()})
     if ds.val:
         metrics.update(evaluate_samples(onnx_bytes, manifest, ds, ds.val))
     manifest = manifest.model_copy(update={"metrics": metrics})

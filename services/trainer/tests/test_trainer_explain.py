@@ -6,13 +6,22 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from defectloop.common.events import (
+    AnnotationCompleted,
+    AnnotationStatus,
+    DegradationKind,
+    ImageCaptured,
+    MetricDegraded,
+    QualityMetrics,
+)
 from defectloop.testing.net import free_port
 from defectloop.trainer.explain import CHAIN, MonitorReader, explain
-from defectloop.trainer.jobs import JobStore
+from defectloop.trainer.jobs import JobState, JobStore, RetrainPolicy
 from defectloop.trainer.lineage import git_dirty
 from defectloop.trainer.registry import (
     DatasetVersion,
@@ -113,3 +122,51 @@ def test_explain_loads_neither_torch_nor_opencv() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_without_the_snapshot_the_chain_uses_the_job_and_the_labels_as_they_are(
+    tmp_path: Path,
+) -> None:
+    reg = _registry(tmp_path)
+    jobs = JobStore(reg.engine)
+    t0 = datetime(2026, 11, 1, 12, tzinfo=UTC)
+    job = jobs.on_incident(
+        MetricDegraded(
+            site_id="A", incident_id="inc-7", kind=DegradationKind.PERFORMANCE, metric="recall",
+            value=0.5, baseline=0.9, threshold=0.85, window_start=t0,
+            window_end=t0 + timedelta(minutes=5), sample_size=60, change_point_at=t0,
+        ),
+        RetrainPolicy(),
+    ).job
+    for i, (who, at) in enumerate(
+        [("ann1", t0 + timedelta(seconds=1)), ("ann2", t0 + timedelta(seconds=2)),
+         ("ann3", t0 - timedelta(hours=1))]  # before the change point: not fresh
+    ):
+        jobs.record_image(
+            ImageCaptured(
+                site_id="A", camera_id="c", image_id=f"i{i}", sha256="0" * 64,
+                blob_uri="file:///x.png", captured_at=at, width=8, height=8,
+                quality=QualityMetrics(sharpness=1.0, brightness=1.0, contrast=1.0,
+                                       uniform=False),
+            )
+        )
+        jobs.record_annotation(
+            AnnotationCompleted(
+                site_id="A", camera_id="c", image_id=f"i{i}", annotation_id=f"a{i}",
+                annotator=who, status=AnnotationStatus.COMPLETED, boxes=(),
+                sampling_reason="random", lead_time_s=1.0, occurred_at=at,
+            )
+        )
+    _fine_tuned(reg, None)
+    jobs.update(job.job_id, to=JobState.SNAPSHOTTING, fresh_labels=2)
+    jobs.update(job.job_id, to=JobState.TRAINING, snapshot_sha256="f" * 64, candidate_version="v1")
+
+    chain = explain("v1", registry=reg, jobs=jobs, blobs=None, monitor=MonitorReader(None))
+
+    assert chain.job_id == job.job_id
+    incident = chain.link("incident").facts
+    assert (incident["metric"], incident["value"], incident["threshold"]) == ("recall", 0.5, 0.85)
+    assert incident["window_start"] == t0.isoformat()
+    assert chain.link("labels").facts["annotators"] == {"ann1": 1, "ann2": 1}
+    assert chain.link("dataset").facts["snapshot_sha256"] == "f" * 64
+    assert chain.link("dataset").notes == ["snapshot manifest not read (no blob store)"]

@@ -31,7 +31,7 @@ from defectloop.common.translate import httpx_errors
 from defectloop.trainer.audit import AuditAction, AuditRecord
 from defectloop.trainer.checkpoints import CheckpointDigest
 from defectloop.trainer.governance import GateEvidence, Governance
-from defectloop.trainer.jobs import Job, JobStore, LabelRow, chosen_labels
+from defectloop.trainer.jobs import ImageRow, Job, JobStore, LabelRow, chosen_labels
 from defectloop.trainer.registry import ModelVersion, Registry, RunProvenance, TrainingRun
 from defectloop.trainer.snapshot import SnapshotManifest, load_manifest
 
@@ -195,8 +195,6 @@ def _fresh_annotation_ids(jobs: JobStore, job: Job) -> set[str]:
     """The site's labels that count, on images captured since the change point (no manifest)."""
     with jobs.session() as s:
         rows = list(s.exec(select(LabelRow).where(LabelRow.site_id == job.site_id)).all())
-    from defectloop.trainer.jobs import ImageRow
-
     with jobs.session() as s:
         images = {
             i.image_id: i
@@ -226,9 +224,7 @@ def _labels(
     }
     notes: list[str] = []
     if manifest is not None:
-        fresh = {
-            i.annotation_id for i in manifest.items if i.origin == "fresh"
-        }
+        fresh = {i.annotation_id for i in manifest.items if i.origin == "fresh"}
     else:
         fresh = _fresh_annotation_ids(jobs, job)
         notes.append("annotators counted from the labels as they are now (no manifest)")
@@ -516,11 +512,15 @@ def explain_version(version: str, *, monitor_url: str | None) -> Explanation:
         policy = None
         if model.site is not None:
             policy = settings.promotion_policy.get(model.site, settings.default_promotion_policy)
+        try:
+            blobs: BlobStore | None = open_blob_store(settings.blob_url)
+        except DefectloopError:  # a bad blob URL costs the manifest's details, not the chain
+            blobs = None
         return explain(
             version,
             registry=registry,
             jobs=jobs,
-            blobs=open_blob_store(settings.blob_url),
+            blobs=blobs,
             monitor=MonitorReader(monitor_url),
             policy=policy,
         )

@@ -99,6 +99,16 @@ def test_atc_reproduces_the_labelled_accuracy_and_falls_with_confidence() -> Non
     assert estimate(cal, shifted).atc_accuracy < cal.measured_accuracy - 0.1
 
 
+def test_atc_on_fresh_images_of_the_same_distribution_matches_their_accuracy() -> None:
+    rng = np.random.default_rng(8)
+    s = _scores(rng, 300)  # continuous scores: new images fall between calibration knots
+    cal = fit_calibration(s, _truth(rng, s), THRESHOLD)
+    fresh = _scores(rng, 20_000)
+    truth = _truth(rng, fresh)
+    realised = float(np.mean((fresh >= THRESHOLD) == (truth == 1)))
+    assert estimate(cal, fresh).atc_accuracy == pytest.approx(realised, abs=0.04)
+
+
 def test_calibration_refuses_mismatched_vectors() -> None:
     with pytest.raises(InvalidInputError):
         fit_calibration([0.1, 0.9], [1.0], THRESHOLD)

@@ -80,6 +80,17 @@ class Calibration:
         s = np.asarray(scores, dtype=np.float64)
         return np.interp(s, self.knots, self.probabilities)
 
+    def confidence(self, scores: npt.ArrayLike) -> FloatArray:
+        """ATC's confidence max(p, 1 - p), with p the isotonic *step* (the fitted level of the
+        highest knot at or below the score): new images then share the calibration set's finite
+        confidence levels, so the ties at the ATC threshold mean the same thing on both sides
+        (interpolated levels would put every new image between two knots below the threshold).
+        """
+        s = np.asarray(scores, dtype=np.float64)
+        index = np.clip(np.searchsorted(self.knots, s, side="right") - 1, 0, self.knots.size - 1)
+        p = self.probabilities[index]
+        return np.maximum(p, 1 - p)
+
 
 def _ratio(num: float, den: float) -> float:
     return float(num / den) if den > 0 else 0.0
@@ -117,8 +128,8 @@ def fit_calibration(
     fp = float(np.sum(decided & (y == 0)))
     fn = float(np.sum(~decided & (y == 1)))
     accuracy = float(np.mean(decided == (y == 1)))
-    p = np.interp(s, knots, fitted)
-    t, q = _atc_threshold(np.maximum(p, 1 - p), accuracy)
+    levels = np.asarray(fitted, dtype=np.float64)[inverse]  # the step at each labelled score
+    t, q = _atc_threshold(np.maximum(levels, 1 - levels), accuracy)
     return Calibration(
         knots=knots,
         probabilities=np.asarray(fitted, dtype=np.float64),
@@ -154,7 +165,7 @@ def estimate(calibration: Calibration, scores: npt.ArrayLike) -> Estimate:
     decided = s >= calibration.decision_threshold
     tp, fp, fn = float(p[decided].sum()), float((1 - p[decided]).sum()), float(p[~decided].sum())
     recall, precision = _ratio(tp, tp + fn), _ratio(tp, tp + fp)
-    confidence = np.maximum(p, 1 - p)
+    confidence = calibration.confidence(s)
     above = float(np.mean(confidence > calibration.atc_threshold)) if s.size else 0.0
     at = float(np.mean(confidence == calibration.atc_threshold)) if s.size else 0.0
     return Estimate(

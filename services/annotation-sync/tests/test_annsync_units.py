@@ -211,6 +211,32 @@ def test_reasons_by_priority() -> None:
     assert decide(_prediction(3, score=0.95), policy, OPEN) is None
 
 
+def test_random_stratum_is_drawn_before_targeted_reasons() -> None:
+    # An outlier or near-threshold image whose hash falls in the random share stays random, so
+    # the random stratum is a uniform sample of all images (the monitor's headline figures).
+    policy = SamplingPolicy(random_share=0.3, uncertainty_margin=0.1)
+    preds = [_prediction(i, score=0.55, outlier=True) for i in range(2000)]
+    reasons = [d.reason for p in preds if (d := decide(p, policy, OPEN)) is not None]
+    random_share = reasons.count(SamplingReason.RANDOM) / len(preds)
+    assert 0.25 < random_share < 0.35
+    assert set(reasons) == {SamplingReason.RANDOM, SamplingReason.OUTLIER}
+
+
+def test_targeted_reasons_leave_room_for_the_random_stratum() -> None:
+    policy = SamplingPolicy(random_share=0.5, uncertainty_margin=0.1)
+    quota = Quota(
+        used_today=50,
+        daily_budget=100,
+        campaign_done=0,
+        campaign_target=1000,
+        targeted_today=50,
+        targeted_budget_share=0.5,
+    )
+    decisions = [decide(_prediction(i, outlier=True), policy, quota) for i in range(400)]
+    kept = {d.reason for d in decisions if d is not None}
+    assert kept == {SamplingReason.RANDOM}
+
+
 def test_shadow_predictions_are_never_sampled() -> None:
     policy = SamplingPolicy(random_share=1.0)
     assert decide(_prediction(1, role=ModelRole.SHADOW), policy, OPEN) is None

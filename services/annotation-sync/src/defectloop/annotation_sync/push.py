@@ -77,6 +77,10 @@ class Sampler:
             ),
             campaign_target=campaign.target,
             requested=requested,
+            targeted_today=store.count_sampled(
+                self.engine, site, day=day, exclude_reason=SamplingReason.RANDOM.value
+            ),
+            targeted_budget_share=self.settings.targeted_budget_share,
         )
 
     def _sample(self, p: PredictionMade) -> store.Sample | None:

@@ -3,9 +3,15 @@
 Every random draw is a hash of the prediction id, so a redelivered ``prediction.made`` gets the same
 decision; the budget and the campaign target are counts kept in the database by the caller.
 
-Reasons, by priority: ``outlier`` (input far from the training distribution), ``uncertain``
-(decision score within ``margin`` of the threshold), ``random`` (an unbiased share, for
-measurement). A sampled image is sent to two annotators (agreement) with ``overlap_share``.
+Reasons, by priority: ``random`` (an unbiased share, for measurement), then ``outlier`` (input
+far from the training distribution), then ``uncertain`` (decision score within ``margin`` of the
+threshold). Random comes first and is drawn from the hash alone, so the random stratum stays a
+uniform sample of the site's images: were targeted reasons first, every outlier or near-threshold
+image (where the misses are) would leave the random stratum, and the monitor's headline recall
+would read high (measured on the simulator: up to +0.06). For the same reason the targeted
+reasons may use at most ``targeted_budget_share`` of the daily budget, so a drift that makes every
+image an outlier cannot spend the whole budget before the random stratum gets any.
+A sampled image is sent to two annotators (agreement) with ``overlap_share``.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ class SamplingPolicy:
     sample_uncertain: bool = True
     sample_outliers: bool = True
     overlap_share: float = 0.1
+    targeted_budget_share: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,8 @@ class Quota:
     campaign_done: int
     campaign_target: int
     requested: bool = False  # a monitor's label request is active for the site
+    targeted_today: int = 0  # today's outlier/uncertain samples
+    targeted_budget_share: float = 1.0
 
     @property
     def open(self) -> bool:
@@ -56,6 +65,11 @@ class Quota:
         """The daily budget always binds; an active label request lifts the campaign target for
         the random stratum it asked for."""
         if self.used_today >= self.daily_budget:
+            return False
+        if (
+            reason != SamplingReason.RANDOM
+            and self.targeted_today >= self.daily_budget * self.targeted_budget_share
+        ):
             return False
         return self.campaign_done < self.campaign_target or (
             self.requested and reason == SamplingReason.RANDOM
@@ -70,13 +84,13 @@ def unit_hash(*parts: str) -> float:
 
 def reason_for(prediction: PredictionMade, policy: SamplingPolicy) -> SamplingReason | None:
     """Why this prediction deserves a human look, or None (before any budget)."""
+    if unit_hash("random", prediction.prediction_id) < policy.random_share:
+        return SamplingReason.RANDOM
     if policy.sample_outliers and prediction.outlier:
         return SamplingReason.OUTLIER
     margin = abs(prediction.decision_score - prediction.decision_threshold)
     if policy.sample_uncertain and margin <= policy.uncertainty_margin:
         return SamplingReason.UNCERTAIN
-    if unit_hash("random", prediction.prediction_id) < policy.random_share:
-        return SamplingReason.RANDOM
     return None
 
 

@@ -57,6 +57,13 @@ class AnnotationSyncSettings(ServiceSettings):
         0.1, ge=0, le=1, description="Share of sampled images sent to two annotators."
     )
     daily_budget: int = Field(200, ge=0, description="Images per site per UTC day.")
+    targeted_budget_share: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Most of the daily budget outlier/uncertain samples may use (the rest is "
+        "kept for the random stratum, which measures performance).",
+    )
     daily_budgets: dict[str, int] = Field(
         default_factory=dict, description="Per-site overrides of daily_budget (JSON)."
     )

@@ -146,10 +146,17 @@ def sample_for_task(engine: Engine, task_id: int, project_id: int) -> Sample | N
 
 
 def count_sampled(
-    engine: Engine, site: str, *, day: date | None = None, since: datetime | None = None
+    engine: Engine,
+    site: str,
+    *,
+    day: date | None = None,
+    since: datetime | None = None,
+    exclude_reason: str | None = None,
 ) -> int:
     with Session(engine) as s:
         q = select(func.count()).select_from(Sample).where(Sample.site_id == site)
+        if exclude_reason is not None:
+            q = q.where(Sample.reason != exclude_reason)
         if day is not None:
             q = q.where(Sample.day == day)
         if since is not None:

@@ -161,3 +161,18 @@ def test_deployment_baseline_wins_when_present(
         "precision": (0.9, "deployment"),
     }
     assert store.current_models(site.site_id)[ModelRole.CHAMPION].model_version == "v1"
+
+
+def test_the_trainers_hold_out_metrics_are_the_baseline(
+    store: MonitorStore, evaluator: Evaluator, site: EventFactory
+) -> None:
+    rng = np.random.default_rng(5)
+    store.record(site.deployed("v1", baseline={"val_recall": 0.91, "val_precision": 0.97}))
+    feed(store, evaluator, simulate(site, rng, 0, 20))
+
+    baselines = store.baselines(site.site_id, "v1")
+
+    assert {m: (b.value, b.source) for m, b in baselines.items()} == {
+        "recall": (0.91, "deployment"),
+        "precision": (0.97, "deployment"),
+    }

@@ -279,7 +279,7 @@ class Evaluator:
         if not missing:
             return frozen
         deployed = {
-            m: champion.baseline_metrics[m] for m in missing if m in champion.baseline_metrics
+            m: value for m in missing if (value := _deployed_baseline(champion, m)) is not None
         }
         found = [Baseline(site, version, m, v, "deployment", 0, 0) for m, v in deployed.items()]
         for metric in (m for m in missing if m not in deployed):
@@ -528,3 +528,16 @@ def _retired(incident: Incident, now: datetime) -> MetricRecovered:
         incident_id=incident.incident_id,
         reason="model_retired",
     )
+
+
+def _deployed_baseline(champion: Deployment, metric: str) -> float | None:
+    """The metric's held-out value carried by ``model.deployed``.
+
+    The trainer records its hold-out evaluation as ``val_<metric>`` (``val_recall``...); other
+    producers may send the bare name. Either is the model's own evaluation at training time.
+    """
+    metrics = champion.baseline_metrics
+    for name in (metric, f"val_{metric}"):
+        if name in metrics:
+            return float(metrics[name])
+    return None

@@ -7,8 +7,9 @@ from datetime import timedelta
 import pytest
 
 from defectloop.common.events import AnnotationStatus, DegradationKind, ModelRole
+from defectloop.monitor.records import key_from_text, key_text
 from defectloop.monitor.signals import Signal, SignalKey
-from defectloop.monitor.store import MonitorStore, key_from_text, key_text
+from defectloop.monitor.store import MonitorStore
 
 from .conftest import T0, EventFactory
 

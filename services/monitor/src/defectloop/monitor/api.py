@@ -36,8 +36,9 @@ from fastapi import APIRouter, FastAPI, Path, Query
 from defectloop.common.errors import NotFoundError
 from defectloop.common.events import ID_MAX_LENGTH, SITE_ID_PATTERN, DegradationKind, ModelRole
 from defectloop.monitor import incidents, performance, scorecard
+from defectloop.monitor.records import Incident, StoredSignal
 from defectloop.monitor.settings import MonitorSettings
-from defectloop.monitor.store import Incident, MonitorStore, StoredSignal
+from defectloop.monitor.store import MonitorStore
 from defectloop.vision.agreement import agreement, pairs_by_annotator
 
 SiteParam = Annotated[

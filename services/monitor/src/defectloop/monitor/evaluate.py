@@ -51,17 +51,17 @@ from defectloop.common.events import (
 )
 from defectloop.common.logging import get_logger
 from defectloop.monitor import drift, estimate, incidents, performance, quality, stats
-from defectloop.monitor.settings import MonitorSettings
-from defectloop.monitor.signals import Signal, SignalKey
-from defectloop.monitor.store import (
+from defectloop.monitor.records import (
     Baseline,
     CapturedImage,
     Deployment,
     Incident,
-    MonitorStore,
     Rejection,
     StoredPrediction,
 )
+from defectloop.monitor.settings import MonitorSettings
+from defectloop.monitor.signals import Signal, SignalKey
+from defectloop.monitor.store import MonitorStore
 
 log = get_logger(__name__)
 

@@ -20,362 +20,67 @@ Datetimes are timezone-aware UTC in and out (SQLModel's UTC type; SQLite keeps n
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
-from pydantic import TypeAdapter
-from sqlalchemy import Column, Engine, Text, func, update
+from sqlalchemy import Engine, func
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError as SQLIntegrityError
-from sqlmodel import Field, Session, SQLModel, col, select
+from sqlmodel import Session, SQLModel, col, select
 
 from defectloop.common.events import (
-    AnnotationCompleted,
     AnnotationStatus,
-    Box,
     DegradationKind,
     Event,
-    ImageCaptured,
-    ImageRejected,
     MetricDegraded,
     MetricRecovered,
-    ModelDeployed,
     ModelRole,
-    PredictionMade,
-    ScoredBox,
     model_for_topic,
 )
 from defectloop.monitor.performance import LabelledPrediction
+from defectloop.monitor.recording import _add_all, _add_new
+from defectloop.monitor.records import (
+    Baseline,
+    CapturedImage,
+    Deployment,
+    Incident,
+    Rejection,
+    StoredAnnotation,
+    StoredPrediction,
+    StoredSignal,
+    _annotation,
+    _aware,
+    _captured,
+    _deployment,
+    _incident,
+    _predicted_boxes,
+    _signal,
+    _signal_row,
+    _stored_prediction,
+    _truth_boxes,
+    key_from_text,
+    key_text,
+)
 from defectloop.monitor.signals import Signal, SignalKey
+from defectloop.monitor.tables import (
+    TABLES,
+    AnnotationRow,
+    BaselineRow,
+    CapturedRow,
+    CursorRow,
+    DeploymentRow,
+    IncidentRow,
+    OutboxRow,
+    PredictionRow,
+    RejectionRow,
+    SignalRow,
+    TrackRow,
+    _now,
+)
 
-T = TypeVar("T")
 RowT = TypeVar("RowT", bound=SQLModel)
-_BOXES = TypeAdapter(tuple[Box, ...])
-_SCORED_BOXES = TypeAdapter(tuple[ScoredBox, ...])
 RANDOM = "random"
-
-
-def _aware(dt: datetime) -> datetime:
-    """Timezone-aware UTC (a naive value is taken to be UTC already)."""
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _text() -> Any:
-    return Field(default="", sa_column=Column(Text, nullable=False))
-
-
-# --- tables ---------------------------------------------------------------------------------
-
-
-class CapturedRow(SQLModel, table=True):
-    __tablename__ = "monitor_image"
-
-    image_id: str = Field(primary_key=True)
-    site_id: str = Field(index=True)
-    camera_id: str = Field(index=True)
-    captured_at: datetime = Field(index=True)
-    width: int
-    height: int
-    sharpness: float
-    brightness: float
-    contrast: float
-    uniform: bool
-    obstructed_fraction: float
-    near_duplicate: bool
-
-
-class RejectionRow(SQLModel, table=True):
-    __tablename__ = "monitor_rejection"
-
-    event_id: str = Field(primary_key=True)
-    site_id: str = Field(index=True)
-    camera_id: str = Field(index=True)
-    reason: str
-    occurred_at: datetime = Field(index=True)
-
-
-class PredictionRow(SQLModel, table=True):
-    __tablename__ = "monitor_prediction"
-
-    prediction_id: str = Field(primary_key=True)
-    site_id: str = Field(index=True)
-    camera_id: str
-    image_id: str = Field(index=True)
-    model_name: str
-    model_version: str = Field(index=True)
-    role: str
-    defective: bool
-    decision_score: float
-    decision_threshold: float
-    boxes_json: str = _text()
-    outlier_score: float
-    outlier: bool
-    captured_at: datetime = Field(index=True)
-
-
-class AnnotationRow(SQLModel, table=True):
-    __tablename__ = "monitor_annotation"
-
-    annotation_id: str = Field(primary_key=True)
-    site_id: str = Field(index=True)
-    camera_id: str
-    image_id: str = Field(index=True)
-    annotator: str
-    status: str
-    boxes_json: str = _text()
-    skip_reason: str | None = None
-    sampling_reason: str | None = None
-    labelled_at: datetime = Field(index=True)
-    supersedes: str | None = Field(default=None, index=True)
-    superseded: bool = False
-
-
-class DeploymentRow(SQLModel, table=True):
-    __tablename__ = "monitor_deployment"
-
-    event_id: str = Field(primary_key=True)
-    site_id: str = Field(index=True)
-    role: str
-    model_name: str
-    model_version: str
-    baseline_json: str = _text()
-    active: bool
-    approved_by: str | None = None
-    occurred_at: datetime = Field(index=True)
-
-
-class BaselineRow(SQLModel, table=True):
-    __tablename__ = "monitor_baseline"
-
-    site_id: str = Field(primary_key=True)
-    model_version: str = Field(primary_key=True)
-    metric: str = Field(primary_key=True)
-    value: float
-    source: str = Field(description="deployment (held-out evaluation) or first_window")
-    sample_size: int = 0
-    n_positive: int = 0
-    set_at: datetime = Field(default_factory=_now)
-
-
-class TrackRow(SQLModel, table=True):
-    __tablename__ = "monitor_track"
-
-    key: str = Field(primary_key=True, description="JSON of the SignalKey")
-    site_id: str = Field(index=True)
-    state_json: str = _text()
-    updated_at: datetime = Field(default_factory=_now)
-
-
-class CursorRow(SQLModel, table=True):
-    __tablename__ = "monitor_cursor"
-
-    name: str = Field(primary_key=True, description="<detector>/<site>/<model version>")
-    value: int = Field(description="Observations seen when the detector last evaluated.")
-
-
-class IncidentRow(SQLModel, table=True):
-    __tablename__ = "monitor_incident"
-
-    incident_id: str = Field(primary_key=True)
-    site_id: str = Field(index=True)
-    model_version: str | None = None
-    kind: str
-    metric: str
-    camera_id: str | None = None
-    opened_at: datetime
-    closed_at: datetime | None = None
-    close_reason: str | None = None
-    degraded_json: str = _text()
-    recovered_json: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
-
-
-class SignalRow(SQLModel, table=True):
-    __tablename__ = "monitor_signal"
-
-    id: int | None = Field(default=None, primary_key=True)
-    site_id: str = Field(index=True)
-    model_version: str | None = None
-    kind: str = Field(index=True)
-    metric: str
-    camera_id: str | None = None
-    value: float
-    baseline: float
-    threshold: float
-    breached: bool
-    within_tolerance: bool
-    enough_data: bool
-    sample_size: int
-    n_positive: int | None = None
-    ci_low: float | None = None
-    ci_high: float | None = None
-    window_start: datetime
-    window_end: datetime
-    change_point_at: datetime | None = None
-    evidence_json: str = _text()
-    evaluated_at: datetime = Field(index=True)
-
-
-class OutboxRow(SQLModel, table=True):
-    __tablename__ = "monitor_outbox"
-
-    event_id: str = Field(primary_key=True)
-    topic: str
-    event_json: str = _text()
-    created_at: datetime = Field(default_factory=_now, index=True)
-    published_at: datetime | None = None
-
-
-TABLES = [
-    SQLModel.metadata.tables[str(t.__tablename__)]
-    for t in (
-        CapturedRow,
-        RejectionRow,
-        PredictionRow,
-        AnnotationRow,
-        DeploymentRow,
-        BaselineRow,
-        TrackRow,
-        CursorRow,
-        IncidentRow,
-        SignalRow,
-        OutboxRow,
-    )
-]
-
-
-# --- what queries return --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CapturedImage:
-    """Input features of one accepted image (``image.captured``)."""
-
-    image_id: str
-    site_id: str
-    camera_id: str
-    captured_at: datetime
-    width: int
-    height: int
-    sharpness: float
-    brightness: float
-    contrast: float
-    uniform: bool
-    obstructed_fraction: float
-    near_duplicate: bool
-
-
-@dataclass(frozen=True)
-class Rejection:
-    site_id: str
-    camera_id: str
-    reason: str
-    occurred_at: datetime
-
-
-@dataclass(frozen=True)
-class StoredPrediction:
-    """One model's prediction on one image, labelled or not (prediction drift)."""
-
-    prediction_id: str
-    site_id: str
-    camera_id: str
-    image_id: str
-    model_version: str
-    role: ModelRole
-    defective: bool
-    decision_score: float
-    decision_threshold: float
-    boxes: tuple[ScoredBox, ...]
-    outlier_score: float
-    outlier: bool
-    captured_at: datetime
-
-
-@dataclass(frozen=True)
-class StoredAnnotation:
-    annotation_id: str
-    site_id: str
-    camera_id: str
-    image_id: str
-    annotator: str
-    status: AnnotationStatus
-    boxes: tuple[Box, ...]
-    sampling_reason: str | None
-    labelled_at: datetime
-    skip_reason: str | None
-
-
-@dataclass(frozen=True)
-class Deployment:
-    site_id: str
-    role: ModelRole
-    model_name: str
-    model_version: str
-    baseline_metrics: dict[str, float]
-    active: bool
-    approved_by: str | None
-    occurred_at: datetime
-
-
-@dataclass(frozen=True)
-class Baseline:
-    site_id: str
-    model_version: str
-    metric: str
-    value: float
-    source: str
-    sample_size: int
-    n_positive: int
-
-
-@dataclass(frozen=True)
-class Incident:
-    incident_id: str
-    site_id: str
-    model_version: str | None
-    kind: DegradationKind
-    metric: str
-    camera_id: str | None
-    opened_at: datetime
-    closed_at: datetime | None
-    close_reason: str | None
-    degraded: MetricDegraded
-    recovered: MetricRecovered | None
-
-    @property
-    def is_open(self) -> bool:
-        return self.closed_at is None
-
-
-@dataclass(frozen=True)
-class StoredSignal:
-    signal: Signal
-    evaluated_at: datetime
-
-
-def key_text(key: SignalKey) -> str:
-    """The stable text form of a signal key (primary key of its track)."""
-    return json.dumps(
-        [key.site_id, key.model_version, key.kind.value, key.metric, key.camera_id],
-        separators=(",", ":"),
-    )
-
-
-def key_from_text(text: str) -> SignalKey:
-    site, version, kind, metric, camera = json.loads(text)
-    return SignalKey(site, version, DegradationKind(kind), metric, camera)
-
-
-# --- the store --------------------------------------------------------------------------------
 
 
 class MonitorStore:
@@ -1022,194 +727,4 @@ class MonitorStore:
         return [StoredSignal(_signal(r), _aware(r.evaluated_at)) for r in rows]
 
 
-# --- recording ----------------------------------------------------------------------------
-
-
-def _add_new(s: Session, row: SQLModel) -> bool:
-    """Add ``row`` to the session unless a row with its primary key exists (or is pending)."""
-    pk = row.__table__.primary_key.columns  # type: ignore[attr-defined]
-    ident = tuple(getattr(row, c.name) for c in pk)
-    if s.get(type(row), ident if len(ident) > 1 else ident[0]) is not None:
-        return False
-    s.add(row)
-    s.flush()  # later events of the same batch must see it (dedupe, supersedes)
-    return True
-
-
-def _row(event: Event) -> SQLModel:
-    """The table row of a non-annotation event."""
-    if isinstance(event, ImageCaptured):
-        return _captured_row(event)
-    if isinstance(event, PredictionMade):
-        return _prediction_row(event)
-    if isinstance(event, ImageRejected):
-        return RejectionRow(
-            event_id=event.event_id,
-            site_id=event.site_id,
-            camera_id=event.camera_id,
-            reason=event.reason.value,
-            occurred_at=_aware(event.occurred_at),
-        )
-    if isinstance(event, ModelDeployed):
-        return DeploymentRow(
-            event_id=event.event_id,
-            site_id=event.site_id,
-            role=event.role.value,
-            model_name=event.model_name,
-            model_version=event.model_version,
-            baseline_json=json.dumps(event.baseline_metrics, sort_keys=True),
-            active=event.active,
-            approved_by=event.approved_by,
-            occurred_at=_aware(event.occurred_at),
-        )
-    raise TypeError(f"the monitor does not consume {type(event).__name__}")
-
-
-def _add_all(s: Session, events: Sequence[Event]) -> None:
-    """Add the events' rows that are not stored yet: one existence query per table."""
-    by_table: dict[type[SQLModel], dict[str, SQLModel]] = {}
-    for event in events:
-        if isinstance(event, AnnotationCompleted):
-            continue
-        row = _row(event)
-        (pk,) = row.__table__.primary_key.columns  # type: ignore[attr-defined]
-        by_table.setdefault(type(row), {}).setdefault(getattr(row, pk.name), row)
-    for table, rows in by_table.items():
-        (pk,) = table.__table__.primary_key.columns  # type: ignore[attr-defined]
-        stored = set(s.execute(sa_select(pk).where(pk.in_(list(rows)))).scalars())
-        s.add_all(row for key, row in rows.items() if key not in stored)
-    s.flush()
-    _add_annotations(s, [e for e in events if isinstance(e, AnnotationCompleted)])
-
-
-def _add_annotations(s: Session, events: Sequence[AnnotationCompleted]) -> None:
-    """Add new annotations; an annotation is superseded once its successor is known, whichever
-    of the two arrived (or was batched) first."""
-    if not events:
-        return
-    a = AnnotationRow
-    fresh = {e.annotation_id: e for e in events}
-    stored = set(
-        s.execute(sa_select(col(a.annotation_id)).where(col(a.annotation_id).in_(list(fresh))))
-        .scalars()
-        .all()
-    )
-    fresh = {k: e for k, e in fresh.items() if k not in stored}
-    successors = {e.supersedes for e in fresh.values() if e.supersedes}
-    successors |= set(
-        s.execute(sa_select(col(a.supersedes)).where(col(a.supersedes).in_(list(fresh))))
-        .scalars()
-        .all()
-    )
-    s.add_all(_annotation_row(e, superseded=k in successors) for k, e in fresh.items())
-    replaced = [e.supersedes for e in fresh.values() if e.supersedes]
-    if replaced:
-        s.execute(update(a).where(col(a.annotation_id).in_(replaced)).values(superseded=True))
-    s.flush()
-
-
-def _annotation_row(event: AnnotationCompleted, *, superseded: bool) -> AnnotationRow:
-    return AnnotationRow(
-        annotation_id=event.annotation_id,
-        site_id=event.site_id,
-        camera_id=event.camera_id,
-        image_id=event.image_id,
-        annotator=event.annotator,
-        status=event.status.value,
-        boxes_json=_BOXES.dump_json(event.boxes).decode(),
-        skip_reason=event.skip_reason,
-        sampling_reason=event.sampling_reason,
-        labelled_at=_aware(event.occurred_at),
-        supersedes=event.supersedes,
-        superseded=superseded,
-    )
-
-
-# --- row <-> value conversions ------------------------------------------------------------------
-
-
-def _pick(target: type[T], source: object, **given: Any) -> T:
-    """``target`` (a dataclass or SQLModel) from ``source``'s attributes of the same names;
-    ``given`` values win (conversions, fields ``source`` lacks)."""
-    if dataclasses.is_dataclass(target):
-        names = [f.name for f in dataclasses.fields(target)]
-    else:
-        names = list(target.model_fields)  # type: ignore[attr-defined]
-    return target(**{n: given[n] if n in given else getattr(source, n) for n in names})
-
-
-def _captured_row(e: ImageCaptured) -> CapturedRow:
-    return _pick(CapturedRow, e, **e.quality.model_dump())
-
-
-def _captured(r: CapturedRow) -> CapturedImage:
-    return _pick(CapturedImage, r)
-
-
-def _prediction_row(e: PredictionMade) -> PredictionRow:
-    boxes = _SCORED_BOXES.dump_json(e.boxes).decode()
-    return _pick(PredictionRow, e, role=e.role.value, boxes_json=boxes)
-
-
-def _stored_prediction(r: PredictionRow) -> StoredPrediction:
-    return _pick(StoredPrediction, r, role=ModelRole(r.role), boxes=_predicted_boxes(r.boxes_json))
-
-
-@functools.lru_cache(maxsize=4096)
-def _truth_boxes(text: str) -> tuple[Box, ...]:
-    """Parsed boxes (frozen models, so sharing a cached tuple is safe): "[]" is most images."""
-    return _BOXES.validate_json(text)
-
-
-@functools.lru_cache(maxsize=4096)
-def _predicted_boxes(text: str) -> tuple[ScoredBox, ...]:
-    return _SCORED_BOXES.validate_json(text)
-
-
-def _annotation(r: AnnotationRow) -> StoredAnnotation:
-    status, boxes = AnnotationStatus(r.status), _truth_boxes(r.boxes_json)
-    return _pick(StoredAnnotation, r, status=status, boxes=boxes)
-
-
-def _deployment(r: DeploymentRow) -> Deployment:
-    baseline = {str(k): float(v) for k, v in json.loads(r.baseline_json).items()}
-    return _pick(Deployment, r, role=ModelRole(r.role), baseline_metrics=baseline)
-
-
-def _incident(r: IncidentRow) -> Incident:
-    recovered = MetricRecovered.model_validate_json(r.recovered_json) if r.recovered_json else None
-    return _pick(
-        Incident,
-        r,
-        kind=DegradationKind(r.kind),
-        degraded=MetricDegraded.model_validate_json(r.degraded_json),
-        recovered=recovered,
-    )
-
-
-def _signal_row(sig: Signal, at: datetime) -> SignalRow:
-    evidence = json.dumps(sig.evidence, sort_keys=True)
-    key = {**dataclasses.asdict(sig.key), "kind": sig.key.kind.value}
-    return _pick(SignalRow, sig, id=None, evidence_json=evidence, evaluated_at=at, **key)
-
-
-def _signal(r: SignalRow) -> Signal:
-    key = SignalKey(r.site_id, r.model_version, DegradationKind(r.kind), r.metric, r.camera_id)
-    evidence = {str(k): float(v) for k, v in json.loads(r.evidence_json or "{}").items()}
-    return _pick(Signal, r, key=key, evidence=evidence)
-
-
-__all__ = [
-    "RANDOM",
-    "Baseline",
-    "CapturedImage",
-    "Deployment",
-    "Incident",
-    "MonitorStore",
-    "Rejection",
-    "StoredAnnotation",
-    "StoredPrediction",
-    "StoredSignal",
-    "key_from_text",
-    "key_text",
-]
+__all__ = ["RANDOM", "MonitorStore"]

@@ -546,20 +546,20 @@ async def test_the_service_shadows_a_gated_candidate_then_promotes_it_under_auto
             return job if job.job_state == state else None
 
         async with app.router.lifespan_context(app):
-            await wait_until(lambda: job_in(JobState.SHADOW), timeout_s=60, what="the shadow")
+            await wait_until(lambda: job_in(JobState.SHADOW), timeout_s=180, what="the shadow")
             published = await site_events(kafka_bootstrap, site)
             assert (w.candidate, ModelRole.SHADOW, True, None) in published
             assert published[-1][:2] != (w.candidate, ModelRole.CHAMPION)  # not before a verdict
             monitor.verdict(site, w.champion, w.candidate, "better")
             deployed = await wait_until(
-                lambda: job_in(JobState.DEPLOYED), timeout_s=60, what="the promotion"
+                lambda: job_in(JobState.DEPLOYED), timeout_s=180, what="the promotion"
             )
 
             async def followed() -> bool:  # the trainer's own model.deployed table caught up
                 row = store.champion(site)
                 return row is not None and row.model_version == w.candidate
 
-            await wait_until(followed, timeout_s=60, what="model.deployed to be followed")
+            await wait_until(followed, timeout_s=180, what="model.deployed to be followed")
 
     assert "policy:auto" in deployed.reason
     # Per key (site/role) the order is the partition's; compaction keeps at least the last.
@@ -577,3 +577,23 @@ async def test_the_service_shadows_a_gated_candidate_then_promotes_it_under_auto
         AuditAction.PROMOTED,
         AuditAction.RETIRED,  # its shadow slot
     ]
+
+
+@pytest.mark.unit
+async def test_a_refused_promotion_keeps_the_shadow_and_deploys_nothing(tmp_path: Path) -> None:
+    w = await shadowed(tmp_path, "auto")
+    gate = w.governance.latest_gate(w.candidate)
+    assert gate is not None
+    # Re-gated meanwhile (e.g. by ops) and failed: governance refuses the promotion.
+    failed = gate.report.model_copy(update={"passed": False, "reasons": ["re-gated: worse on C"]})
+    w.governance.record_gate(failed, by="ops")
+    sent = len(w.sent.events)
+    monitor = MonitorStub()
+    monitor.verdict(SITE, w.champion, w.candidate, "better")
+    async with served(monitor.app) as url:
+        await promoter(w, url)(w.job)
+    assert w.store.get(w.job.job_id).job_state == JobState.SHADOW
+    assert len(w.sent.events) == sent
+    champion = w.governance.champion(SITE)
+    assert champion is not None
+    assert champion.model_version == w.champion

@@ -112,6 +112,10 @@ class Promoter:
             await asyncio.to_thread(self.step, job)
         except TransientError as exc:  # Kafka or the database away: the next tick tries again
             log.warning("promotion_deferred", job_id=job.job_id, reason=exc.reason, error=str(exc))
+        except DefectloopError as exc:
+            # The job keeps its state (a shadow stays a shadow) and the other sites' jobs go on;
+            # ops sees why in the log, and a repaired cause lets the next tick finish it.
+            log.error("promotion_failed", job_id=job.job_id, reason=exc.reason, error=str(exc))
 
     def step(self, job: Job) -> Job:
         """Blocking: one look at a shadowed job (a worker thread)."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -24,12 +23,7 @@ from defectloop.common.events import ModelRole, PredictionMade, ScoredBox, predi
 from defectloop.common.kafka import build_broker
 from defectloop.common.kafka_admin import partitions_of
 from defectloop.factory_sim.cameras import Truth
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from defectloop.testing.net import free_port
 
 
 @dataclass(frozen=True)

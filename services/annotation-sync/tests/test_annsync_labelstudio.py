@@ -10,13 +10,11 @@ reconciles it by polling, and re-emits nothing it had already emitted.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
-import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,9 +23,9 @@ from urllib.parse import parse_qs, urlparse
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer
 from sklearn.metrics import cohen_kappa_score
 
+from defectloop.annotation_sync.sampling import reason_for
 from defectloop.common import topics
 from defectloop.common.blobstore import LocalBlobStore
 from defectloop.common.events import (
@@ -50,6 +48,8 @@ from defectloop.factory_sim.annotators import (
 from defectloop.factory_sim.cameras import Truth, TruthLog, frame
 from defectloop.factory_sim.drift import Drift
 from defectloop.factory_sim.sites import get_site
+from defectloop.testing.kafka import collect
+from defectloop.testing.net import wait_until
 from defectloop.vision.agreement import iou
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -65,17 +65,6 @@ CARELESS = SkillProfile(
     spurious_rate=0.3,
     skips_unreadable=False,
 )
-
-
-async def wait_until(
-    check: Callable[[], Awaitable[bool]], what: str, timeout: float = 120.0
-) -> None:
-    """Poll a condition (state, not time, decides); fail with ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.2)
 
 
 @dataclass
@@ -122,36 +111,6 @@ def _prediction(
     )
 
 
-class Collector:
-    """Every ``annotation.completed`` of one site, read from the real topic."""
-
-    def __init__(self, bootstrap: str, site: str) -> None:
-        self.site = site
-        self.events: list[AnnotationCompleted] = []
-        self._consumer = AIOKafkaConsumer(
-            topics.ANNOTATION_COMPLETED,
-            bootstrap_servers=bootstrap,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-        )
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        await self._consumer.start()
-        self._task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        async for msg in self._consumer:
-            ev = AnnotationCompleted.model_validate_json(msg.value or b"")
-            if ev.site_id == self.site:
-                self.events.append(ev)
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-        await self._consumer.stop()
-
-
 @pytest.fixture(scope="module")
 async def scenario(
     label_studio: Any,
@@ -196,98 +155,95 @@ async def scenario(
         role=ModelRole.SHADOW,
     )
 
-    collector = Collector(kafka_bootstrap, site)
-    await collector.start()
     producer = build_broker(kafka_bootstrap, client_id="annsync-test-producer")
     await producer.start()
     ls = LabelStudioAPI(label_studio.url, label_studio.token)
     perfect = SimAnnotator("perfect", PROFILES["perfect"], site)
     careless = SimAnnotator("careless", CARELESS, site)
     try:
-        async with run_service(settings, kafka_bootstrap, group) as svc:
-            for p in [*predictions, shadow, predictions[2]]:  # a shadow and a redelivery
-                await publish_event(producer, p)
+        async with collect(
+            kafka_bootstrap,
+            topics.ANNOTATION_COMPLETED,
+            where=lambda e: e.site_id == site,
+        ) as collector:
+            async with run_service(settings, kafka_bootstrap, group) as svc:
+                for p in [*predictions, shadow, predictions[2]]:  # a shadow and a redelivery
+                    await publish_event(producer, p)
 
-            async def all_pushed() -> bool:
-                from defectloop.annotation_sync import store
+                async def all_pushed() -> bool:
+                    from defectloop.annotation_sync import store
 
-                return (
-                    sum(
-                        (s := store.get_sample(svc.sync.engine, site, p.image_id)) is not None
-                        and s.task_id is not None
-                        for p in predictions
+                    return (
+                        sum(
+                            (s := store.get_sample(svc.sync.engine, site, p.image_id)) is not None
+                            and s.task_id is not None
+                            for p in predictions
+                        )
+                        == N_IMAGES
                     )
-                    == N_IMAGES
-                )
 
-            await wait_until(all_pushed, "every sampled image to become a task")
-            team_p = AnnotatorTeam(site, ls, truth_log, [perfect])
-            team_c = AnnotatorTeam(site, ls, truth_log, [careless])
-            assert await team_p.setup()
-            assert await team_c.setup()
-            await team_p.step(limit=N_IMAGES - 1)  # leave one task for while the service is down
-            await team_c.step()
-            # An update: the same result again supersedes the first version.
-            first = (await ls.tasks(team_p.project or 0))[0]
-            mine = next(a for a in first["annotations"] if a["completed_by"] == perfect.user_id)
-            resp = await ls.http.patch(
-                f"/api/annotations/{mine['id']}/", json={"result": mine["result"]}
+                await wait_until(
+                    all_pushed, timeout_s=120, what="every sampled image to become a task"
+                )
+                team_p = AnnotatorTeam(site, ls, truth_log, [perfect])
+                team_c = AnnotatorTeam(site, ls, truth_log, [careless])
+                assert await team_p.setup()
+                assert await team_c.setup()
+                await team_p.step(
+                    limit=N_IMAGES - 1
+                )  # leave one task for while the service is down
+                await team_c.step()
+                # An update: the same result again supersedes the first version.
+                first = (await ls.tasks(team_p.project or 0))[0]
+                mine = next(a for a in first["annotations"] if a["completed_by"] == perfect.user_id)
+                resp = await ls.http.patch(
+                    f"/api/annotations/{mine['id']}/", json={"result": mine["result"]}
+                )
+                resp.raise_for_status()
+                expected_live = (N_IMAGES - 1) + N_IMAGES + 1
+                await collector.wait_for(lambda items: len(items) >= expected_live, timeout_s=120)
+            # annotation-sync is down: this annotation's webhook is lost.
+            assert await team_p.step() == 1
+            settings2 = service_settings(
+                tmp, label_studio, site, port=settings.port, ignore_other_sites=True
             )
-            resp.raise_for_status()
-            expected_live = (N_IMAGES - 1) + N_IMAGES + 1
-            await wait_until(
-                lambda: asyncio.sleep(0, len(collector.events) >= expected_live),
-                "annotations to come back through the webhook",
-            )
-        # annotation-sync is down: this annotation's webhook is lost.
-        assert await team_p.step() == 1
-        settings2 = service_settings(
-            tmp, label_studio, site, port=settings.port, ignore_other_sites=True
-        )
-        async with run_service(settings2, kafka_bootstrap, group) as svc2:
-            expected = expected_live + 1
-            await wait_until(
-                lambda: asyncio.sleep(0, len(collector.events) >= expected),
-                "the startup reconciliation to emit the lost annotation",
-            )
-            # Redelivered predictions and another poll change nothing.
-            for p in predictions:
-                await svc2.sync.on_prediction(p)
-            assert await svc2.sync.reconcile_all() == 0
-            # A marker on the same key (same partition): once it is read, all before it is too.
-            marker = AnnotationCompleted(
-                site_id=site,
-                camera_id=CAMERA,
-                image_id="marker",
-                annotation_id="marker",
-                annotator="test",
-                status=AnnotationStatus.SKIPPED,
-                skip_reason="marker",
-                lead_time_s=0,
-            )
-            await publish_event(producer, marker)
-            await wait_until(
-                lambda: asyncio.sleep(
-                    0, any(e.annotation_id == "marker" for e in collector.events)
-                ),
-                "the marker",
-            )
-            async with httpx.AsyncClient(base_url=svc2.url) as http:
-                progress = (await http.get(f"/v1/sites/{site}/annotation/progress")).json()
-            tasks = await ls.tasks(team_p.project or 0)
-            yield Scenario(
-                site=site,
-                service=svc2,
-                truths=truths,
-                events=[e for e in collector.events if e.annotation_id != "marker"],
-                tasks=tasks,
-                perfect=perfect,
-                careless=careless,
-                progress=progress,
-                predictions=predictions,
-            )
+            async with run_service(settings2, kafka_bootstrap, group) as svc2:
+                expected = expected_live + 1
+                await collector.wait_for(lambda items: len(items) >= expected, timeout_s=120)
+                # Redelivered predictions and another poll change nothing.
+                for p in predictions:
+                    await svc2.sync.on_prediction(p)
+                assert await svc2.sync.reconcile_all() == 0
+                # A marker on the same key (same partition): once it is read, all before it is too.
+                marker = AnnotationCompleted(
+                    site_id=site,
+                    camera_id=CAMERA,
+                    image_id="marker",
+                    annotation_id="marker",
+                    annotator="test",
+                    status=AnnotationStatus.SKIPPED,
+                    skip_reason="marker",
+                    lead_time_s=0,
+                )
+                await publish_event(producer, marker)
+                await collector.wait_for(
+                    lambda items: any(e.annotation_id == "marker" for e in items), timeout_s=120
+                )
+                async with httpx.AsyncClient(base_url=svc2.url) as http:
+                    progress = (await http.get(f"/v1/sites/{site}/annotation/progress")).json()
+                tasks = await ls.tasks(team_p.project or 0)
+                yield Scenario(
+                    site=site,
+                    service=svc2,
+                    truths=truths,
+                    events=[e for e in collector.items if e.annotation_id != "marker"],
+                    tasks=tasks,
+                    perfect=perfect,
+                    careless=careless,
+                    progress=progress,
+                    predictions=predictions,
+                )
     finally:
-        await collector.stop()
         await producer.stop()
         await ls.aclose()
 
@@ -306,11 +262,12 @@ async def test_a_task_per_sampled_image_and_none_for_shadow_or_redelivery(
 
 async def test_tasks_carry_metadata_and_pre_annotations(scenario: Scenario) -> None:
     by_image = {t["data"]["image_id"]: t for t in scenario.tasks}
-    outlier = by_image[scenario.predictions[0].image_id]
-    assert outlier["data"]["sampling_reason"] == "outlier"
-    assert by_image[scenario.predictions[1].image_id]["data"]["sampling_reason"] == "random"
+    # The scenario samples everything at random (random_share 1.0): the random draw comes first,
+    # so even its outlier is in the random stratum, and each task says why it was sampled.
+    policy = scenario.service.sync.sampler.policy
     for p in scenario.predictions:
         task = by_image[p.image_id]
+        assert task["data"]["sampling_reason"] == reason_for(p, policy) == "random"
         assert (task["data"]["site"], task["data"]["camera"]) == (scenario.site, CAMERA)
         preds = task["predictions"][0]["result"]
         assert len(preds) == len(p.boxes)

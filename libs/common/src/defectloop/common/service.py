@@ -5,6 +5,7 @@ Services build their app in ``build_app(settings)``; nothing is built at import 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -119,7 +120,12 @@ def build_service_app(
         if connection is not None:
             kafka_ok = await connection.healthy()
         else:
-            kafka_ok = await kafka.ping(timeout=2.0)
+            # Bounded here too: a ping that waits on the client (e.g. during a group rebalance)
+            # must read as "not reachable now", never hang the health check.
+            try:
+                kafka_ok = await asyncio.wait_for(kafka.ping(timeout=2.0), timeout=3.0)
+            except TimeoutError:
+                kafka_ok = False
         body = {"service": service, "status": "ok" if kafka_ok else "degraded", "kafka": kafka_ok}
         return JSONResponse(body, status_code=200 if kafka_ok else 503)
 

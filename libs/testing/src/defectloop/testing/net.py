@@ -25,10 +25,17 @@ async def wait_until(
     interval_s: float = 0.2,
     what: str = "condition",
 ) -> T:
-    """Poll ``probe`` until it returns a truthy value; fail with ``what`` after ``timeout_s``."""
+    """Poll ``probe`` until it returns a truthy value; fail with ``what`` after ``timeout_s``.
+
+    One probe that hangs (a request to a service that is still starting) counts as a falsy
+    answer at the deadline instead of blocking the test past it.
+    """
     deadline = time.monotonic() + timeout_s
     while True:
-        value = await probe()
+        try:
+            value = await asyncio.wait_for(probe(), timeout=max(deadline - time.monotonic(), 0.1))
+        except TimeoutError:
+            value = None
         if value:
             return value
         if time.monotonic() > deadline:

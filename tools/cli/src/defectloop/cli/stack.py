@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from defectloop.cli import kafka_local, labelstudio_local, supervisor
+from defectloop.common.errors import DefectloopError
 from defectloop.common.paths import state_home
 
 console = Console()
@@ -182,10 +183,14 @@ DEMO_NEXT = """\
   ingest API (OpenAPI):              http://127.0.0.1:8081/docs
   models serving each site:          http://127.0.0.1:8082/v1/models
   MES client example:                .venv/bin/python examples/mes_consumer.py --site {site}
+  monitor (per-site figures, drift):  http://127.0.0.1:8084/v1/sites/{site}   or `defectloop monitor status`
+  trainer (retraining jobs):          http://127.0.0.1:8085/v1/jobs            or `defectloop models jobs`
   logs and state:                    {logs}
 
-Coming with the next issues: monitor measures each site's model from these annotations, detects
-degradation (try --drift blur:100), and the trainer retrains, gates and deploys a new model.
+The monitor joins these annotations with the predictions and watches drift and data quality (try
+--drift blur:100 for a camera's data-quality alert); the trainer reacts to a performance incident
+by waiting for fresh labels, retraining, gating and shadowing (docs/monitor.md, docs/trainer.md).
+A demo that runs the whole loop until a site recovers is the next issue.
 """
 
 
@@ -242,6 +247,19 @@ def register(app: typer.Typer) -> None:
                 stack_down()
 
 
+def show_monitor(sites: list[str]) -> None:
+    """What the monitor says of each site now (its figures need random labels: few in a demo)."""
+    from defectloop.cli import monitor_cmd
+
+    console.rule("monitor: each site's model, measured from the random-stratum labels")
+    try:
+        summaries = monitor_cmd.fetch_status(monitor_cmd.DEFAULT_URL, None)
+    except DefectloopError as exc:
+        console.print(f"monitor not reachable: {exc}")
+        return
+    monitor_cmd.render([s for s in summaries if s.get("site_id") in sites] or summaries)
+
+
 def run_demo(sites: list[str], *, duration: float, rate: float, drift: list[str] | None) -> None:
     """Simulated cameras and annotators against the running stack, then what came out."""
     from defectloop.cli import simulate
@@ -259,6 +277,7 @@ def run_demo(sites: list[str], *, duration: float, rate: float, drift: list[str]
         drift=drift,
     )
     show_outcomes(kafka_local.default_layout().bootstrap, sites)
+    show_monitor(sites)
     studio = labelstudio_local.default_layout()
     creds = labelstudio_local.credentials(studio)
     console.print(

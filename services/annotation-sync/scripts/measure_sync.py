@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import tempfile
 import time
 import uuid
@@ -34,17 +33,12 @@ from defectloop.common.kafka import build_broker
 from defectloop.factory_sim.annotators import PROFILES, AnnotatorTeam, LabelStudioAPI, SimAnnotator
 from defectloop.factory_sim.cameras import TruthLog, frame
 from defectloop.factory_sim.sites import get_site
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from defectloop.testing.net import free_port
 
 
 async def _phase(args: argparse.Namespace, tmp: Path, site: str, webhook: bool) -> float:
     settings = AnnotationSyncSettings(
-        port=_port(),
+        port=free_port(),
         database_url=f"sqlite:///{tmp / (site + '.db')}",
         blob_url=(tmp / "blobs").as_uri(),
         label_studio_url=args.ls_url,

@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from defectloop.testing.net import free_port
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 
 @pytest.fixture(scope="session")
@@ -91,3 +95,33 @@ def postgres_url() -> Iterator[str]:
     finally:
         run(pg_ctl, "-D", data, "-m", "fast", "-w", "stop")
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_schema_engine(postgres_url: str) -> Iterator[Engine]:
+    """An engine (``defectloop.common.db``) on a fresh schema of its own, dropped after, as
+    compose gives each service; its sessions run in a non-UTC time zone, so a timestamp kept in
+    local time instead of UTC shows."""
+    import uuid
+
+    from sqlalchemy import create_engine, make_url, text
+
+    from defectloop.common.db import make_engine
+
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(postgres_url)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = make_url(postgres_url).update_query_dict(
+        {"options": f"-csearch_path={schema} -ctimezone=Asia/Kolkata"}
+    )
+    engine = make_engine(url.render_as_string(hide_password=False), create_tables=False)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("SHOW timezone")).scalar() == "Asia/Kolkata"
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()

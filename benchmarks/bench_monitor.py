@@ -183,12 +183,20 @@ class Sampler:
         policy = SamplingPolicy(random_share=max([self.base_share, *active]))
         day = now.date().isoformat()
         quota = Quota(
-            self.used[day], self.daily_budget, self.done, self.campaign_target, bool(active)
+            self.used[day],
+            self.daily_budget,
+            self.done,
+            self.campaign_target,
+            bool(active),
+            targeted_today=self.used[f"{day}/targeted"],
+            targeted_budget_share=policy.targeted_budget_share,
         )
         decision = decide(prediction, policy, quota)
         if decision is None:
             return None
         self.used[day] += 1
+        if decision.reason.value != "random":
+            self.used[f"{day}/targeted"] += 1
         self.done += 1
         return decision.reason.value
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -12,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -23,6 +21,7 @@ from defectloop.common.events import ModelRole, PredictionMade, ScoredBox, predi
 from defectloop.common.kafka import build_broker
 from defectloop.common.kafka_admin import partitions_of
 from defectloop.factory_sim.cameras import Truth
+from defectloop.testing.http import serve
 from defectloop.testing.net import free_port
 
 
@@ -71,20 +70,8 @@ async def run_service(
     """annotation-sync served by uvicorn on ``settings.port``, in this event loop."""
     broker = build_broker(bootstrap, client_id="annotation-sync-test")
     app = build_app(settings, broker=broker, group_id=group_id)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_config=None, lifespan="on")
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-            raise RuntimeError("annotation-sync did not start")
-        await asyncio.sleep(0.05)  # waiting for the server's readiness flag
-    try:
-        yield RunningService(settings, app.state.sync, f"http://127.0.0.1:{settings.port}")
-    finally:
-        server.should_exit = True
-        await task
+    async with serve(app, port=settings.port) as url:
+        yield RunningService(settings, app.state.sync, url)
 
 
 def service_settings(

@@ -22,7 +22,6 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 
 from defectloop.common import topics
 from defectloop.common.events import (
@@ -50,6 +49,7 @@ from defectloop.factory_sim.sites import get_site
 from defectloop.ingest.quality import measure
 from defectloop.monitor.main import build_app
 from defectloop.monitor.settings import MonitorSettings
+from defectloop.testing.http import serve
 from defectloop.testing.kafka import TopicCollector, collect, started_broker
 from defectloop.testing.net import free_port, wait_until
 
@@ -211,21 +211,11 @@ async def run_monitor(
     settings = MonitorSettings(**values)  # type: ignore[arg-type]
     broker = build_broker(bootstrap, client_id="monitor-test")
     app = build_app(settings, broker=broker, group_id=f"monitor-test-{uuid.uuid4().hex[:8]}")
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_config=None, lifespan="on")
-    )
-    async with collect(bootstrap, OUTPUTS, where=lambda e: e.site_id == site_id) as outputs:
-        task = asyncio.create_task(server.serve())
-        while not server.started:
-            if task.done():
-                task.result()
-                raise RuntimeError("the monitor did not start")
-            await asyncio.sleep(0.05)  # waiting for the server's readiness flag
-        try:
-            yield RunningMonitor(f"http://127.0.0.1:{settings.port}", outputs)
-        finally:
-            server.should_exit = True
-            await task
+    async with (
+        collect(bootstrap, OUTPUTS, where=lambda e: e.site_id == site_id) as outputs,
+        serve(app, port=settings.port) as url,
+    ):
+        yield RunningMonitor(url, outputs)
 
 
 async def publish_all(bootstrap: str, events: Sequence[Event]) -> None:

@@ -10,10 +10,10 @@ on the real broker: a gated candidate is published as shadow, then promoted unde
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,7 +22,6 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from sqlmodel import select
@@ -32,6 +31,7 @@ from defectloop.common.blobstore import LocalBlobStore
 from defectloop.common.db import make_engine
 from defectloop.common.events import ModelDeployed, ModelRole, sha256_hex
 from defectloop.testing.bundles import LABELS, BundleBuilder
+from defectloop.testing.http import serve
 from defectloop.testing.kafka import read_to_end
 from defectloop.testing.net import free_port, wait_until
 from defectloop.trainer.audit import AuditAction
@@ -313,21 +313,8 @@ class MonitorStub:
         ]
 
 
-@contextlib.asynccontextmanager
-async def served(app: FastAPI) -> AsyncIterator[str]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
-    task = asyncio.create_task(server.serve())
-
-    async def started() -> bool:
-        return server.started
-
-    try:
-        await wait_until(started, timeout_s=30, what="the monitor stub")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
+def served(app: FastAPI) -> AbstractAsyncContextManager[str]:
+    return serve(app)
 
 
 async def shadowed(tmp_path: Path, policy: str) -> World:

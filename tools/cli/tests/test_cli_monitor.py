@@ -5,14 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
 from defectloop.common.db import make_engine
@@ -29,6 +26,7 @@ from defectloop.common.http_errors import install_error_handlers
 from defectloop.monitor import api
 from defectloop.monitor.settings import MonitorSettings
 from defectloop.monitor.store import MonitorStore
+from defectloop.testing.http import serve_in_thread
 from defectloop.testing.net import free_port
 
 pytestmark = pytest.mark.unit
@@ -100,17 +98,8 @@ def monitor_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     app = FastAPI()
     install_error_handlers(app)  # what every service's app shell answers errors with
     api.install(app, store, MonitorSettings(database_url="sqlite://"))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:  # polling the server's readiness flag
-        assert time.monotonic() < deadline, "the monitor API did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_in_thread(app) as url:
+        yield url
 
 
 def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:

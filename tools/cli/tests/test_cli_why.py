@@ -4,15 +4,12 @@ real SQLite registry + job store (no training) and a real monitor API over a rea
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from typer.testing import CliRunner
 
@@ -35,6 +32,7 @@ from defectloop.common.events import (
     sha256_hex,
 )
 from defectloop.common.http_errors import install_error_handlers
+from defectloop.testing.http import serve_in_thread
 from defectloop.testing.net import free_port
 from defectloop.testing.state import isolate_state
 from defectloop.trainer import routes
@@ -77,29 +75,45 @@ class Chain:
 def _image(site: str, i: int, at: datetime, blobs: object) -> ImageCaptured:
     data = f"{site}-{i}".encode()
     return ImageCaptured(
-        site_id=site, camera_id="cam-1", image_id=f"{site}-img-{i}", sha256=sha256_hex(data),
+        site_id=site,
+        camera_id="cam-1",
+        image_id=f"{site}-img-{i}",
+        sha256=sha256_hex(data),
         blob_uri=blobs.put(data, suffix=".png"),  # type: ignore[attr-defined]
-        captured_at=at, width=64, height=64,
+        captured_at=at,
+        width=64,
+        height=64,
         quality=QualityMetrics(sharpness=50.0, brightness=120.0, contrast=20.0, uniform=False),
     )
 
 
 def _label(image: ImageCaptured, annotator: str, defective: bool) -> AnnotationCompleted:
     return AnnotationCompleted(
-        site_id=image.site_id, camera_id="cam-1", image_id=image.image_id,
-        annotation_id=f"ls-{image.image_id}", annotator=annotator,
+        site_id=image.site_id,
+        camera_id="cam-1",
+        image_id=image.image_id,
+        annotation_id=f"ls-{image.image_id}",
+        annotator=annotator,
         status=AnnotationStatus.COMPLETED,
         boxes=(Box(label="scratch", x=1, y=1, w=5, h=5),) if defective else (),
-        sampling_reason="random", lead_time_s=3.0,
+        sampling_reason="random",
+        lead_time_s=3.0,
         occurred_at=image.captured_at + timedelta(minutes=1),
     )
 
 
 def _model(version: str, bundle: Path, **kw: object) -> ModelVersion:
     values: dict[str, object] = {
-        "version": version, "name": "detector", "site": SITE, "git_commit": "c0ffee" * 6,
-        "lockfile_sha256": "1" * 64, "config_sha256": "2" * 64, "seed": 0,
-        "sha256": sha256_hex(version.encode()), "bundle_path": str(bundle), "author": "alice",
+        "version": version,
+        "name": "detector",
+        "site": SITE,
+        "git_commit": "c0ffee" * 6,
+        "lockfile_sha256": "1" * 64,
+        "config_sha256": "2" * 64,
+        "seed": 0,
+        "sha256": sha256_hex(version.encode()),
+        "bundle_path": str(bundle),
+        "author": "alice",
     }
     return ModelVersion.model_validate({**values, **kw})
 
@@ -118,18 +132,41 @@ def build_chain(home: Path) -> Chain:
         boot_bundle.mkdir(parents=True)
         (boot_bundle / "checkpoint.pt").write_bytes(b"parent weights")
         registry.upsert_dataset(
-            DatasetVersion(version="d" * 64, site=SITE, num_images=10, num_train=8, num_val=2,
-                           manifest_json="{}")
+            DatasetVersion(
+                version="d" * 64,
+                site=SITE,
+                num_images=10,
+                num_train=8,
+                num_val=2,
+                manifest_json="{}",
+            )
         )
         parent = registry.add_model(_model(PARENT, boot_bundle, dataset_version="d" * 64))
-        gov.activate(parent, SITE, ModelRole.CHAMPION, by="alice",
-                     approved_by=FIRST_MODEL_APPROVER, reason="first model")
+        gov.activate(
+            parent,
+            SITE,
+            ModelRole.CHAMPION,
+            by="alice",
+            approved_by=FIRST_MODEL_APPROVER,
+            reason="first model",
+        )
         job = jobs.on_incident(
             MetricDegraded(
-                site_id=SITE, incident_id="inc-why-1", kind=DegradationKind.PERFORMANCE,
-                model_version=PARENT, metric="recall", value=0.41, baseline=0.92,
-                threshold=0.87, window_start=T0, window_end=T0 + timedelta(minutes=5),
-                sample_size=80, ci_low=0.30, ci_high=0.53, n_positive=29, change_point_at=T0,
+                site_id=SITE,
+                incident_id="inc-why-1",
+                kind=DegradationKind.PERFORMANCE,
+                model_version=PARENT,
+                metric="recall",
+                value=0.41,
+                baseline=0.92,
+                threshold=0.87,
+                window_start=T0,
+                window_end=T0 + timedelta(minutes=5),
+                sample_size=80,
+                ci_low=0.30,
+                ci_high=0.53,
+                n_positive=29,
+                change_point_at=T0,
             ),
             RetrainPolicy(),
         ).job
@@ -143,26 +180,48 @@ def build_chain(home: Path) -> Chain:
             jobs.record_annotation(_label(image, "ann9", i % 2 == 0))
         labelled = jobs.labelled_images()
         manifest = build_manifest(
-            site_id=SITE, job_id=job.job_id, change_point_at=T0, labelled=labelled,
-            eval_ids=jobs.eval_assignment(labelled, 0.25), labels=LABELS, replay_share=0.5,
+            site_id=SITE,
+            job_id=job.job_id,
+            change_point_at=T0,
+            labelled=labelled,
+            eval_ids=jobs.eval_assignment(labelled, 0.25),
+            labels=LABELS,
+            replay_share=0.5,
             seed=0,
         )
         digest = store_manifest(manifest, blobs)
         version = model_version_for(job.job_id, SITE, 1)
         jobs.update(job.job_id, to=JobState.SNAPSHOTTING, fresh_labels=30, fresh_defective=15)
         jobs.update(
-            job.job_id, to=JobState.TRAINING, snapshot_sha256=digest, candidate_version=version,
+            job.job_id,
+            to=JobState.TRAINING,
+            snapshot_sha256=digest,
+            candidate_version=version,
             detail_json=json.dumps({**job.detail, "dataset": manifest.counts()}),
         )
         registry.upsert_dataset(
-            DatasetVersion(version="e" * 64, site=SITE, num_images=40, num_train=32, num_val=8,
-                           manifest_json="{}")
+            DatasetVersion(
+                version="e" * 64,
+                site=SITE,
+                num_images=40,
+                num_train=32,
+                num_val=8,
+                manifest_json="{}",
+            )
         )
         run = registry.add_run(
             TrainingRun(
-                dataset_version="e" * 64, dataset_dirs_json="[]", site=SITE, preset="quick",
-                config_json="{}", config_sha256="2" * 64, seed=0, parent_version=PARENT,
-                git_commit="c0ffee" * 6, lockfile_sha256="1" * 64, mlflow_run_id="mlf-run-77",
+                dataset_version="e" * 64,
+                dataset_dirs_json="[]",
+                site=SITE,
+                preset="quick",
+                config_json="{}",
+                config_sha256="2" * 64,
+                seed=0,
+                parent_version=PARENT,
+                git_commit="c0ffee" * 6,
+                lockfile_sha256="1" * 64,
+                mlflow_run_id="mlf-run-77",
                 train_seconds=144.0,
             ),
             provenance=RunProvenance(git_dirty=True, job_id=job.job_id, snapshot_sha256=digest),
@@ -170,27 +229,47 @@ def build_chain(home: Path) -> Chain:
         bundle = home / "bundles" / version
         bundle.mkdir(parents=True)
         registry.add_model(
-            _model(version, bundle, dataset_version="e" * 64, training_run_id=run.id,
-                   parent_version=PARENT, author="trainer")
+            _model(
+                version,
+                bundle,
+                dataset_version="e" * 64,
+                training_run_id=run.id,
+                parent_version=PARENT,
+                author="trainer",
+            )
         )
         jobs.update(job.job_id, to=JobState.GATING)
         truth = [True] * 12 + [False] * 6
         gov.record_gate(
             evaluate_gates(
-                candidate_version=version, champion_version=PARENT,
-                degraded=SiteEval(site=SITE, truth=truth, champion=[False] * 18,
-                                  candidate=truth, champion_map50=0.31, candidate_map50=0.84),
+                candidate_version=version,
+                champion_version=PARENT,
+                degraded=SiteEval(
+                    site=SITE,
+                    truth=truth,
+                    champion=[False] * 18,
+                    candidate=truth,
+                    champion_map50=0.31,
+                    candidate_map50=0.84,
+                ),
                 others=[SiteEval(site="whyA", truth=truth, champion=truth, candidate=truth)],
-                parity={"heatmap": 2e-6}, latency=Latency(champion_ms=2.0, candidate_ms=2.1),
+                parity={"heatmap": 2e-6},
+                latency=Latency(champion_ms=2.0, candidate_ms=2.1),
                 config=GateConfig(n_resamples=200),
             ),
             by="trainer",
         )
         gov.shadow(version, by="trainer")
-        scorecard = {"verdict": "better", "n_pairs": 64, "n_positive": 31, "mcnemar_p": 0.004,
-                     "recall": {"champion": 0.45, "candidate": 0.9}}
+        scorecard = {
+            "verdict": "better",
+            "n_pairs": 64,
+            "n_positive": 31,
+            "mcnemar_p": 0.004,
+            "recall": {"champion": 0.45, "candidate": 0.9},
+        }
         jobs.update(
-            job.job_id, to=JobState.SHADOW,
+            job.job_id,
+            to=JobState.SHADOW,
             detail_json=json.dumps({**jobs.get(job.job_id).detail, "scorecard": scorecard}),
         )
         with pytest.raises(ForbiddenError):
@@ -205,9 +284,16 @@ def build_chain(home: Path) -> Chain:
 def _monitor_events(version: str) -> list[object]:
     """The promoted version serving the site: 40 labelled predictions, 10 doubly annotated."""
     out: list[object] = [
-        ModelDeployed(site_id=SITE, role=ModelRole.CHAMPION, model_name="detector",
-                      model_version=version, artifact_uri="file:///b", sha256="0" * 64,
-                      baseline_metrics={"recall": 0.9}, occurred_at=T0)
+        ModelDeployed(
+            site_id=SITE,
+            role=ModelRole.CHAMPION,
+            model_name="detector",
+            model_version=version,
+            artifact_uri="file:///b",
+            sha256="0" * 64,
+            baseline_metrics={"recall": 0.9},
+            occurred_at=T0,
+        )
     ]
     for i in range(40):
         defective = i % 2 == 0
@@ -215,23 +301,39 @@ def _monitor_events(version: str) -> list[object]:
         at = T0 + timedelta(minutes=10, seconds=i)
         out.append(
             PredictionMade(
-                site_id=SITE, camera_id="cam-1",
+                site_id=SITE,
+                camera_id="cam-1",
                 prediction_id=prediction_id_for(image_id, version, "champion"),
-                image_id=image_id, sha256="0" * 64, blob_uri="file:///x.png", width=64,
-                height=64, boxes=(), defective=defective and i % 10 != 0,
-                decision_score=0.9 if defective else 0.1, decision_threshold=0.5,
-                model_name="detector", model_version=version, outlier_score=0.0, outlier=False,
-                captured_at=at, queue_latency_ms=1, inference_latency_ms=1,
+                image_id=image_id,
+                sha256="0" * 64,
+                blob_uri="file:///x.png",
+                width=64,
+                height=64,
+                boxes=(),
+                defective=defective and i % 10 != 0,
+                decision_score=0.9 if defective else 0.1,
+                decision_threshold=0.5,
+                model_name="detector",
+                model_version=version,
+                outlier_score=0.0,
+                outlier=False,
+                captured_at=at,
+                queue_latency_ms=1,
+                inference_latency_ms=1,
             )
         )
         for who in ("ann1", "ann2") if i < 10 else ("ann1",):
             out.append(
                 AnnotationCompleted(
-                    site_id=SITE, camera_id="cam-1", image_id=image_id,
-                    annotation_id=f"m-{who}-{i}", annotator=who,
+                    site_id=SITE,
+                    camera_id="cam-1",
+                    image_id=image_id,
+                    annotation_id=f"m-{who}-{i}",
+                    annotator=who,
                     status=AnnotationStatus.COMPLETED,
                     boxes=(Box(label="scratch", x=1, y=1, w=5, h=5),) if defective else (),
-                    sampling_reason="random", lead_time_s=1,
+                    sampling_reason="random",
+                    lead_time_s=1,
                     occurred_at=at + timedelta(seconds=30),
                 )
             )
@@ -239,17 +341,8 @@ def _monitor_events(version: str) -> list[object]:
 
 
 def _serve(app: FastAPI) -> Iterator[str]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:  # polling the server's readiness flag
-        assert time.monotonic() < deadline, "the API did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_in_thread(app) as url:
+        yield url
 
 
 @pytest.fixture
@@ -316,7 +409,14 @@ def test_why_json_has_every_link_and_no_missing_one(chain: Chain, monitor_url: s
     assert body["job_id"] == chain.job_id
     links = {link["name"]: link for link in body["links"]}
     assert list(links) == [
-        "incident", "labels", "dataset", "run", "gates", "approval", "shadow", "after_promotion"
+        "incident",
+        "labels",
+        "dataset",
+        "run",
+        "gates",
+        "approval",
+        "shadow",
+        "after_promotion",
     ]
     assert {name: link["missing"] for name, link in links.items()} == dict.fromkeys(links)
     assert links["incident"]["facts"]["window_start"] == T0.isoformat()

@@ -244,7 +244,8 @@ async def settled(
         state = await monitor.get(f"/v1/sites/{site_id}/evaluation")
         every = state["cadence"]["performance_labels"]
         seen = state["observations_evaluated"].get(f"performance/{site_id}/{version}", 0)
-        return bool(seen > expected - every)
+        # ...and published what those evaluations decided (the outbox drains after each run).
+        return bool(seen > expected - every) and state["outbox_pending"] == 0
 
     await wait_until(done, timeout_s=240, interval_s=0.5, what=f"{labels} labels evaluated")
 
@@ -274,6 +275,13 @@ async def test_recall_drop_gives_one_performance_incident_and_one_recovery(
 
         await publish_all(kafka_bootstrap, sim.frames("cam-1", 300, 200, v1_missing, new_defect))
         await settled(monitor, site_id, 500)
+        await monitor.outputs.wait_for(
+            lambda items: any(
+                isinstance(e, MetricDegraded) and e.kind == DegradationKind.PERFORMANCE
+                for e in items
+            ),
+            timeout_s=60,
+        )
         degraded = monitor.events(MetricDegraded, kind=DegradationKind.PERFORMANCE)
 
         deploy_v2 = sim.deployed(

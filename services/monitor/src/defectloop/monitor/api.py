@@ -270,6 +270,8 @@ class MonitorApi:
         return {
             "site_id": site_id,
             "observations_evaluated": self.store.cursors(site_id),
+            # Events decided but not yet acknowledged by Kafka (published on the next loop turn).
+            "outbox_pending": sum(e.site_id == site_id for e in self.store.pending_events()),
             "cadence": {
                 "performance_labels": self.settings.performance_every_labels,
                 "drift_images": self.settings.drift_every_images,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import httpx
@@ -10,7 +11,8 @@ import pytest
 from defectloop.common import topics
 from defectloop.common.errors import BrokerUnavailableError
 from defectloop.common.events import ImageRejected, RejectReason
-from defectloop.common.kafka import publish_event
+from defectloop.common.kafka import build_broker, publish_event
+from defectloop.common.kafka_connection import BackgroundConnection
 from defectloop.common.kafka_read import read_events
 from defectloop.common.service import broker_from_settings, build_service_app
 from defectloop.common.settings import ServiceSettings
@@ -82,3 +84,19 @@ async def test_shell_connects_the_producer_before_the_before_start_hooks(
         kafka_bootstrap, topics.IMAGE_REJECTED, where=lambda e: e.site_id == site
     )
     assert [e.site_id for e in found] == [site]
+
+
+async def test_stopping_while_kafka_stays_unreachable_always_returns() -> None:
+    # Shutdown must end the connection attempts whatever moment it lands on (an attempt in
+    # flight, the backoff, an attempt failing in the same loop turn as the cancel).
+    port = free_port()  # nothing listens there
+    for cycle in range(20):
+        broker = build_broker(f"127.0.0.1:{port}", client_id=f"stop-test-{cycle}")
+        connection = BackgroundConnection(
+            broker, attempt_timeout_s=2.0, retry_base_s=0.01, retry_max_s=0.05
+        )
+        connection.start()
+        for _ in range(cycle):  # land the stop on a different point of the retry loop each time
+            await asyncio.sleep(0)
+        await asyncio.wait_for(connection.stop(), timeout=30)
+        assert not connection.connected.is_set()

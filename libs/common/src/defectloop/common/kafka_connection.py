@@ -45,14 +45,22 @@ class BackgroundConnection:
         self._retry_base_s = retry_base_s
         self._retry_max_s = retry_max_s
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.connected = asyncio.Event()
 
     async def _connect_once(self) -> None:
+        # A cancellation can be lost: when the client's attempt fails in the same loop turn as
+        # the cancel, ``wait_for`` returns the attempt's error instead of CancelledError, and
+        # the retry loop would go on forever. The flag ends it at the next attempt regardless.
+        if self._stopping:
+            raise asyncio.CancelledError
         try:
             await asyncio.wait_for(self.broker.connect(), self._attempt_timeout_s)
         except (KafkaError, OSError, TimeoutError) as exc:
             with contextlib.suppress(KafkaError, OSError):
                 await self.broker.stop()  # drop the half-made clients before the next attempt
+            if self._stopping:
+                raise asyncio.CancelledError from exc
             raise BrokerUnavailableError(f"cannot connect to Kafka: {exc}") from exc
 
     async def _run(self, then: Sequence[Hook]) -> None:
@@ -103,6 +111,7 @@ class BackgroundConnection:
 
     async def stop(self) -> None:
         """Stop connecting if still trying; stopping the broker is the caller's (the shell's)."""
+        self._stopping = True
         if self._task is not None and not self._task.done():
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -188,6 +188,15 @@ class RunningMonitor:
             resp.raise_for_status()
             return resp.json()
 
+    async def poll(self, path: str) -> Any:
+        """Like :meth:`get`, but None while the site is still unknown (404: nothing recorded)."""
+        async with httpx.AsyncClient(base_url=self.url, timeout=30) as client:
+            resp = await client.get(path)
+            if resp.status_code == 404:
+                return None
+            resp.raise_for_status()
+            return resp.json()
+
     def events(self, event_type: type[Event], /, **fields: object) -> list[Any]:
         """Collected events of ``event_type`` whose fields have the given values."""
         found = self.outputs.of(event_type)
@@ -238,8 +247,8 @@ async def settled(
     expected = labels if of_version is None else of_version
 
     async def done() -> bool:
-        summary = await monitor.get(f"/v1/sites/{site_id}")
-        if summary["annotations"]["completed"] < labels:
+        summary = await monitor.poll(f"/v1/sites/{site_id}")
+        if summary is None or summary["annotations"]["completed"] < labels:
             return False
         state = await monitor.get(f"/v1/sites/{site_id}/evaluation")
         every = state["cadence"]["performance_labels"]
@@ -385,7 +394,9 @@ async def test_shadow_gets_a_paired_scorecard_from_the_same_labels(
         await publish_all(kafka_bootstrap, [*deployments, *sim.frames("cam-1", 0, 150, both)])
 
         async def card() -> dict[str, Any] | None:
-            found = await monitor.get(f"/v1/sites/{site_id}/scorecards")
+            found = await monitor.poll(f"/v1/sites/{site_id}/scorecards")
+            if found is None:
+                return None
             cards = found["scorecards"]
             return cards[0] if cards and cards[0]["n_pairs"] == 150 else None
 

@@ -4,8 +4,9 @@
 This is the integration contract for a manufacturing execution system, written with nothing from
 defectloop: any Kafka client and the JSON Schema in docs/events/prediction.made.schema.json.
 
-- Delivery is at-least-once: the same prediction can arrive twice (a redelivery after a crash or a
-  rebalance). Dedupe on `prediction_id`, which is deterministic (image + model version + role).
+- Delivery is at-least-once: the same decision can arrive twice (a redelivery after a crash or a
+  rebalance, possibly predicted again by a model switched in meanwhile). Dedupe on `decision_id`,
+  which is deterministic (image + role); schema v1 events have none: use `prediction_id`.
 - Only `role == "champion"` decides; shadow/challenger predictions are for evaluation.
 - `schema_version` tells you which contract a message follows; refuse versions you do not know.
 - Commit the offset after you acted (here: after printing), never before.
@@ -24,11 +25,11 @@ import sys
 from confluent_kafka import Consumer, KafkaError
 
 TOPIC = "prediction.made"
-KNOWN_SCHEMA_VERSIONS = {1}
+KNOWN_SCHEMA_VERSIONS = {1, 2}
 
 
 class SeenPredictions:
-    """prediction_ids already acted on, persisted so a restart does not act twice."""
+    """Decision ids already acted on, persisted so a restart does not act twice."""
 
     def __init__(self, path: str) -> None:
         self._db = sqlite3.connect(path)
@@ -99,7 +100,7 @@ def main() -> int:
                 pass  # shadow/challenger: not a decision
             elif args.site and prediction.get("site_id") != args.site:
                 pass
-            elif seen.first_time(prediction["prediction_id"]):
+            elif seen.first_time(prediction.get("decision_id") or prediction["prediction_id"]):
                 print(decision_line(prediction), flush=True)
                 handled += 1
             else:

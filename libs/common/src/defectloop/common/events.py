@@ -70,6 +70,13 @@ def prediction_id_for(image_id: str, model_version: str, role: str) -> str:
     return deterministic_id("prediction", image_id, model_version, role)
 
 
+def decision_id_for(image_id: str, role: str) -> str:
+    """One decision per (image, role), whichever model version made it: the MES dedupes on this
+    id, so a batch redelivered after a crash and predicted again by a newly switched model is
+    still the same decision."""
+    return deterministic_id("decision", image_id, role)
+
+
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -204,8 +211,11 @@ class PredictionMade(CameraEvent):
 
     topic: ClassVar[str] = topics.PREDICTION_MADE
 
+    schema_version: int = Field(2, ge=1, description="Version of this event's schema.")
     prediction_id: str = Field(
-        ..., description="Deterministic from image_id, model version and role: dedupe on it."
+        ...,
+        description="Deterministic from image_id, model version and role: one per model's "
+        "prediction (evaluation dedupes on it).",
     )
     image_id: str = Field(..., description="The image this prediction is for.")
     sha256: Sha256
@@ -222,6 +232,13 @@ class PredictionMade(CameraEvent):
     model_version: str = Field(..., description="Version of the model that decided.")
     role: ModelRole = Field(
         ModelRole.CHAMPION, description="champion decides; shadow only observes."
+    )
+    decision_id: str = Field(
+        default_factory=lambda data: decision_id_for(
+            str(data.get("image_id", "")), str(data.get("role", ModelRole.CHAMPION))
+        ),
+        description="Deterministic from image_id and role only (schema v2): the same for a "
+        "redelivered image predicted again by another model version. The MES dedupes on it.",
     )
     outlier_score: float = Field(..., ge=0, description="Distance from the training distribution.")
     outlier: bool = Field(..., description="Input is far from the training distribution.")

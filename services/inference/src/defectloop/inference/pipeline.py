@@ -24,6 +24,7 @@ from defectloop.common.events import (
     ModelRole,
     PredictionMade,
     ScoredBox,
+    decision_id_for,
     prediction_id_for,
     utc_now,
 )
@@ -187,6 +188,9 @@ def assemble(
         camera_id=event.camera_id,
         line_id=event.line_id,
         prediction_id=prediction_id_for(event.image_id, model.version, model.role.value),
+        # Not the version: a batch redelivered after a crash may be predicted again by a model
+        # switched in meanwhile, and the MES must see that as the same decision.
+        decision_id=decision_id_for(event.image_id, model.role.value),
         image_id=event.image_id,
         sha256=event.sha256,
         blob_uri=event.blob_uri,

@@ -247,6 +247,12 @@ class Retrainer:
             return job
         state = await asyncio.to_thread(self.runner.poll, job.run_handle)
         if state.status == RunStatus.RUNNING:
+            if state.progress and state.progress != job.detail.get("progress"):
+                # The run's epoch, for ops and the demo's live view (GET /v1/jobs).
+                detail = {**job.detail, "progress": state.progress}
+                return await asyncio.to_thread(
+                    self.store.update, job.job_id, detail_json=json.dumps(detail, sort_keys=True)
+                )
             return job
         if state.status == RunStatus.SUCCEEDED:
             return await self._trained(job, state.model_version or job.candidate_version)

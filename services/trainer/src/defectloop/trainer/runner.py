@@ -39,6 +39,7 @@ RESULT_FILE = "result.json"
 ERROR_FILE = "error.json"
 PID_FILE = "pid"
 LOG_FILE = "train.log"
+PROGRESS_FILE = "progress.json"  # {"epoch", "epochs", "loss"}: ops and the demo watch the run
 
 
 class TrainingSpec(BaseModel):
@@ -72,6 +73,7 @@ class RunState:
     status: RunStatus
     model_version: str | None = None
     detail: str = ""
+    progress: dict[str, Any] | None = None  # the worker's last epoch, while it runs
 
 
 class JobRunner(Protocol):
@@ -153,7 +155,7 @@ class LocalProcessRunner:
         pid = self._pid(run_dir)
         # Not our child: started by an earlier trainer process, still alive on its own.
         if pid is not None and (handle in self._children or _alive(pid)):
-            return RunState(RunStatus.RUNNING)
+            return RunState(RunStatus.RUNNING, progress=_read_progress(run_dir))
         return RunState(RunStatus.LOST, detail="the training process ended without a result")
 
     def cancel(self, handle: str) -> None:
@@ -171,6 +173,33 @@ class LocalProcessRunner:
             return int(json.loads((run_dir / PID_FILE).read_text())["pid"])
         except (OSError, ValueError, KeyError):
             return None
+
+
+def _read_progress(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = json.loads((run_dir / PROGRESS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data
+
+
+def _progress_file(path: Path) -> Any:
+    """A training progress sink that keeps the last epoch in ``path`` (written atomically)."""
+    from defectloop.trainer.train import EpochStats, ProgressSink  # the training half: lazily
+
+    class ProgressFile(ProgressSink):
+        epochs = 0
+
+        def start(self, total_epochs: int, steps_per_epoch: int) -> None:
+            self.epochs = total_epochs
+            _write_json(path, {"epoch": 0, "epochs": total_epochs, "loss": None})
+
+        def epoch_end(self, stats: EpochStats) -> None:
+            _write_json(
+                path, {"epoch": stats.epoch, "epochs": self.epochs, "loss": round(stats.loss, 4)}
+            )
+
+    return ProgressFile()
 
 
 def run_spec(spec_path: Path) -> int:
@@ -200,6 +229,7 @@ def run_spec(spec_path: Path) -> int:
                 version=spec.model_version,
                 job_id=spec.job_id,
                 snapshot_sha256=spec.snapshot_sha256,
+                progress=_progress_file(run_dir / PROGRESS_FILE),
             )
             model = outcome.model
     except DefectloopError as exc:

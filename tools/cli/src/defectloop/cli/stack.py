@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import time
-from typing import Any
+from collections.abc import Mapping
+from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from defectloop.cli import kafka_local, labelstudio_local, supervisor
-from defectloop.common.errors import DefectloopError
 from defectloop.common.paths import state_home
 
 console = Console()
@@ -54,7 +53,14 @@ def ensure_models(sites: list[str], bootstrap: str) -> None:
         )
 
 
-def stack_up(sites: list[str] | None = None) -> None:
+def stack_up(
+    sites: list[str] | None = None,
+    *,
+    services: tuple[supervisor.ServiceSpec, ...] | None = None,
+    service_env: Mapping[str, Mapping[str, str]] | None = None,
+) -> None:
+    """Start Kafka, Label Studio and the services (``services``: other ports; ``service_env``:
+    extra settings per service name, e.g. the demo's short windows), then deploy the models."""
     layout = kafka_local.default_layout()
     with console.status("starting Kafka..."):
         kafka_local.start(layout)
@@ -66,21 +72,24 @@ def stack_up(sites: list[str] | None = None) -> None:
         labelstudio_local.start(studio)
     console.print(f"[green]✓[/green] label-studio {studio.url}")
     site_list = sites or stack_sites()
-    for spec in supervisor.SERVICES:
-        env = {}
+    specs = services or supervisor.SERVICES
+    for spec in specs:
+        # The broker's address travels with every service: DEFECTLOOP_KAFKA_PORT may move it.
+        env = {"DEFECTLOOP_KAFKA_BOOTSTRAP": layout.bootstrap}
         if spec.name == "annotation-sync":  # one Label Studio project per site, made at start
             env["DEFECTLOOP_ANNOTATION_SYNC_SITES"] = json.dumps(site_list)
             env.update(labelstudio_local.annotation_sync_env(studio, site_list))
+        env.update((service_env or {}).get(spec.name, {}))
         supervisor.start_service(spec, env=env)
-    for spec in supervisor.SERVICES:
+    for spec in specs:
         with console.status(f"waiting for {spec.name} to report healthy..."):
             supervisor.wait_healthy(spec)
         console.print(f"[green]✓[/green] {spec.name} http://127.0.0.1:{spec.port}/health")
     ensure_models(site_list, layout.bootstrap)
 
 
-def stack_down() -> None:
-    for spec in reversed(supervisor.SERVICES):
+def stack_down(services: tuple[supervisor.ServiceSpec, ...] | None = None) -> None:
+    for spec in reversed(services or supervisor.SERVICES):
         if supervisor.stop_service(spec):
             console.print(f"stopped {spec.name}")
     if labelstudio_local.stop(labelstudio_local.default_layout()):
@@ -123,77 +132,6 @@ def status_table() -> tuple[Table, bool]:
     return table, all_up
 
 
-def read_outcomes(bootstrap: str, sites: list[str]) -> dict[str, Any]:
-    """What the demo produced, read back from Kafka: decisions and annotations per site."""
-    import asyncio
-
-    from defectloop.common import topics
-    from defectloop.common.events import AnnotationCompleted, PredictionMade
-    from defectloop.common.kafka_read import read_events
-
-    async def read() -> dict[str, Any]:
-        decisions = await read_events(
-            bootstrap,
-            topics.PREDICTION_MADE,
-            model=PredictionMade,
-            where=lambda p: p.site_id in sites and p.role.value == "champion",
-        )
-        annotations = await read_events(
-            bootstrap,
-            topics.ANNOTATION_COMPLETED,
-            model=AnnotationCompleted,
-            where=lambda a: a.site_id in sites,
-        )
-        return {"decisions": decisions, "annotations": annotations}
-
-    return asyncio.run(read())
-
-
-def show_outcomes(bootstrap: str, sites: list[str]) -> None:
-    outcome = read_outcomes(bootstrap, sites)
-    decisions = sorted(outcome["decisions"], key=lambda p: p.occurred_at)
-    table = Table(title="latest decisions on prediction.made (what the MES receives)")
-    for col in ("site", "camera", "image", "decision", "score", "defects", "model", "latency"):
-        table.add_column(col)
-    for p in decisions[-12:]:
-        table.add_row(
-            p.site_id,
-            p.camera_id,
-            p.image_id[:8],
-            "[red]DIVERT[/red]" if p.defective else "[green]PASS[/green]",
-            f"{p.decision_score:.2f}",
-            ",".join(sorted({b.label for b in p.boxes})) or "-",
-            p.model_version,
-            f"{p.queue_latency_ms + p.inference_latency_ms:.0f} ms",
-        )
-    console.print(table)
-    defective = sum(p.defective for p in decisions)
-    done = [a for a in outcome["annotations"] if a.status.value == "completed"]
-    console.print(
-        f"{len(decisions)} decisions ({defective} divert), "
-        f"{len(done)} annotations completed, "
-        f"{len(outcome['annotations']) - len(done)} skipped by annotators"
-    )
-
-
-DEMO_NEXT = """\
-[bold]Look around[/bold]
-  Label Studio (annotators' view):  {ls_url}   user {email} / password {password}
-  annotation progress:               http://127.0.0.1:8083/v1/sites/{site}/annotation/progress
-  ingest API (OpenAPI):              http://127.0.0.1:8081/docs
-  models serving each site:          http://127.0.0.1:8082/v1/models
-  MES client example:                .venv/bin/python examples/mes_consumer.py --site {site}
-  monitor (per-site figures, drift):  http://127.0.0.1:8084/v1/sites/{site}   or `defectloop monitor status`
-  trainer (retraining jobs):          http://127.0.0.1:8085/v1/jobs            or `defectloop models jobs`
-  logs and state:                    {logs}
-
-The monitor joins these annotations with the predictions and watches drift and data quality (try
---drift blur:100 for a camera's data-quality alert); the trainer reacts to a performance incident
-by waiting for fresh labels, retraining, gating and shadowing (docs/monitor.md, docs/trainer.md).
-A demo that runs the whole loop until a site recovers is the next issue.
-"""
-
-
 def register(app: typer.Typer) -> None:
     @app.command("up")
     def up(
@@ -219,73 +157,22 @@ def register(app: typer.Typer) -> None:
 
     @app.command("demo")
     def demo(
-        sites: str | None = typer.Option(
-            None, help="Sites to simulate (default: $DEFECTLOOP_SITES or A)."
+        quick: bool = typer.Option(
+            False, "--quick", help="The short scenario (about 10 minutes with cached models)."
         ),
-        duration: float = typer.Option(45.0, min=5.0, help="Seconds of simulated production."),
-        rate: float = typer.Option(2.0, min=0.1, help="Frames per second per camera."),
         drift: list[str] | None = typer.Option(
-            None, metavar="KIND[:START[:SEVERITY]]", help="Drift to inject (repeatable)."
+            None,
+            metavar="SITE[/CAMERA]:KIND[:START[:SEV]]",
+            help="Drift to inject, START in seconds after the baseline (repeatable; default: "
+            "B:lighting::1.0, B:new-defect::0.5, C/cam-2:blur::0.8).",
+        ),
+        report: Path | None = typer.Option(
+            None, help="Write the report here (JSON; the Markdown goes next to it)."
         ),
         keep: bool = typer.Option(False, help="Leave the stack running at the end."),
     ) -> None:
-        """Start the stack, run simulated cameras and annotators, show the decisions."""
-        site_list = stack_sites(sites)
-        try:
-            stack_up(site_list)
-            run_demo(site_list, duration=duration, rate=rate, drift=drift)
-            if keep:
-                console.print("the stack keeps running: `defectloop down` stops it")
-            elif console.is_terminal:
-                console.print("[dim]Ctrl-C stops the stack.[/dim]")
-                while True:
-                    time.sleep(1)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            if not keep:
-                stack_down()
+        """The closed loop: three sites drift, the stack detects, retrains, shadows, promotes."""
+        from defectloop.cli import demo_driver
 
-
-def show_monitor(sites: list[str]) -> None:
-    """What the monitor says of each site now (its figures need random labels: few in a demo)."""
-    from defectloop.cli import monitor_cmd
-
-    console.rule("monitor: each site's model, measured from the random-stratum labels")
-    try:
-        summaries = monitor_cmd.fetch_status(monitor_cmd.DEFAULT_URL, None)
-    except DefectloopError as exc:
-        console.print(f"monitor not reachable: {exc}")
-        return
-    monitor_cmd.render([s for s in summaries if s.get("site_id") in sites] or summaries)
-
-
-def run_demo(sites: list[str], *, duration: float, rate: float, drift: list[str] | None) -> None:
-    """Simulated cameras and annotators against the running stack, then what came out."""
-    from defectloop.cli import simulate
-
-    table, _ = status_table()
-    console.print(table)
-    console.rule("simulated cameras → ingest → Kafka → inference → prediction.made → annotators")
-    simulate.run(
-        sites=",".join(sites),
-        rate=rate,
-        duration=duration,
-        cameras=2,
-        annotators=2,
-        annotation_rate=1.0,
-        drift=drift,
-    )
-    show_outcomes(kafka_local.default_layout().bootstrap, sites)
-    show_monitor(sites)
-    studio = labelstudio_local.default_layout()
-    creds = labelstudio_local.credentials(studio)
-    console.print(
-        DEMO_NEXT.format(
-            ls_url=studio.url,
-            email=creds["email"],
-            password=creds["password"],
-            site=sites[0],
-            logs=supervisor.log_dir().parent,
-        )
-    )
+        config = demo_driver.scenario(quick=quick, drift=drift)  # bad --drift: fails here
+        demo_driver.run_demo(config, report=report, keep=keep)

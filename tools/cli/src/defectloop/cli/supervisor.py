@@ -40,6 +40,15 @@ SERVICES: tuple[ServiceSpec, ...] = (
 )
 
 
+def stack_services(ports: dict[str, int] | None = None) -> tuple[ServiceSpec, ...]:
+    """The five services, on their default ports unless ``ports`` (name -> port) moves some.
+
+    A demo or a test that must not meet a running stack passes its own free ports.
+    """
+    moved = ports or {}
+    return tuple(ServiceSpec(s.name, s.module, moved.get(s.name, s.port)) for s in SERVICES)
+
+
 def service(name: str) -> ServiceSpec:
     """The spec of the service called ``name``."""
     for spec in SERVICES:

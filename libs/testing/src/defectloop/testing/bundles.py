@@ -21,6 +21,7 @@ from numpy.typing import NDArray
 from onnx import TensorProto, helper, numpy_helper
 
 from defectloop.common.events import ModelDeployed, ModelRole
+from defectloop.common.signing import sign_bundle
 from defectloop.vision.manifest import (
     BundleManifest,
     Decoding,
@@ -204,7 +205,10 @@ class BundleBuilder:
         decoding: Decoding | None = None,
         reference_stats: ReferenceStats | None = None,
         embedding_dim: int = EMBEDDING_DIM,
+        signed: bool = True,
     ) -> TinyBundle:
+        """A new bundle; ``signed`` (the default): signed with the project key, as the trainer
+        signs what it registers, so inference accepts it."""
         logits, size, offset = heads_with_boxes(
             input_size, DEFAULT_BOXES if boxes is None else boxes, num_classes=len(labels)
         )
@@ -227,4 +231,6 @@ class BundleBuilder:
         )
         directory = self.root / "bundles" / f"{version}-{next(self._serial)}"
         stored = write_bundle(directory, model, manifest)
+        if signed:
+            sign_bundle(directory)
         return TinyBundle(directory, version, stored.sha256)

@@ -1,21 +1,67 @@
 """Loading a deployed bundle: where it lives (``artifact_uri``) and that it is the one deployed.
 
-Verifying a bundle's files and building its ONNX Runtime session is
-:meth:`defectloop.vision.runtime.Detector.from_bundle` (which also translates ONNX Runtime's
-errors); here only the deployment's own promise is checked: the bundle's sha256 is the one
-``model.deployed`` names.
+Before a bundle is loaded, three promises are checked, on bytes read once (what runs is exactly
+what was checked):
+
+1. its manifest (``model.json``) carries a valid ed25519 signature by a trusted key (the
+   trainer signs at registration, :mod:`defectloop.common.signing`) — unless signature
+   verification is explicitly switched off (``DEFECTLOOP_INFERENCE_VERIFY_SIGNATURES=false``,
+   for development only);
+2. the manifest's sha256 is the one ``model.deployed`` names;
+3. ``model.onnx`` hashes to that sha256.
+
+A refused bundle raises a :class:`~defectloop.common.errors.DefectloopError` whose ``reason``
+the router logs (``model_rejected``) and shows in ``/v1/models`` while the previous model keeps
+serving: ``bundle_unsigned``, ``signing_key_untrusted``, ``signature_invalid``,
+``integrity_mismatch``, ``bundle_missing``.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from defectloop.common.errors import IntegrityMismatchError, InvalidInputError
-from defectloop.common.events import ModelDeployed
-from defectloop.vision.manifest import load_manifest
+from pydantic import ValidationError
+
+from defectloop.common.errors import IntegrityMismatchError, InvalidInputError, NotFoundError
+from defectloop.common.events import ModelDeployed, sha256_hex
+from defectloop.common.logging import get_logger
+from defectloop.common.signing import (
+    TrustedKeys,
+    default_key_path,
+    public_key_path,
+    verify_signed_file,
+)
+from defectloop.inference.settings import InferenceSettings
+from defectloop.vision.manifest import MODEL_FILE, BundleManifest, load_manifest
 from defectloop.vision.runtime import Detector, ProviderChoice
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class SignaturePolicy:
+    """Whether bundle signatures are verified, and against which public keys.
+
+    No key files named: the public key of the project key at its default place
+    (:func:`defectloop.common.signing.default_key_path`), which is where the trainer creates it
+    on one machine. Keys are read at each load, so a key created after start-up is found.
+    """
+
+    verify: bool = True
+    public_keys: tuple[Path, ...] = ()
+
+    @classmethod
+    def from_settings(cls, settings: InferenceSettings) -> SignaturePolicy:
+        keys = (settings.signing_public_key,) if settings.signing_public_key else ()
+        return cls(verify=settings.verify_signatures, public_keys=keys)
+
+    def trusted(self) -> TrustedKeys:
+        return TrustedKeys.from_files(
+            list(self.public_keys) or [public_key_path(default_key_path())]
+        )
 
 
 def bundle_dir(artifact_uri: str) -> Path:
@@ -32,35 +78,72 @@ def bundle_dir(artifact_uri: str) -> Path:
     )
 
 
+def _verified_manifest(directory: Path, policy: SignaturePolicy) -> BundleManifest:
+    if not policy.verify:
+        log.warning("bundle_signature_not_checked", bundle=str(directory))
+        return load_manifest(directory)
+    data = verify_signed_file(directory, policy.trusted())
+    try:
+        return BundleManifest.model_validate_json(data)
+    except ValidationError as exc:  # signed, yet not a manifest: a bug upstream, not an attack
+        raise InvalidInputError(
+            f"invalid manifest in {directory}: {exc.error_count()} error(s)",
+            reason="bundle_invalid",
+            hint="the manifest must match defectloop.vision.manifest.BundleManifest",
+        ) from exc
+
+
+def _model_bytes(directory: Path, manifest: BundleManifest) -> bytes:
+    try:
+        data = (directory / MODEL_FILE).read_bytes()
+    except FileNotFoundError as exc:
+        raise NotFoundError(
+            f"no {MODEL_FILE} in {directory}", hint="a bundle is model.onnx + model.json"
+        ) from exc
+    actual = sha256_hex(data)
+    if actual != manifest.sha256:
+        raise IntegrityMismatchError(
+            f"{directory / MODEL_FILE} sha256 {actual[:12]}… does not match the manifest's "
+            f"{manifest.sha256[:12]}…",
+            hint="the model file is corrupted or was tampered with; re-fetch the bundle",
+        )
+    return data
+
+
 def load_deployed(
     event: ModelDeployed,
     *,
+    signatures: SignaturePolicy | None = None,
     providers: ProviderChoice = "auto",
     intra_op_threads: int | None = None,
     inter_op_threads: int = 1,
 ) -> Detector:
-    """Verify the deployed bundle (event sha256 = manifest sha256 = file sha256) and load it.
-
-    The ONNX session is built from the bytes that were verified, never re-read from disk.
-    """
+    """Verify the deployed bundle (signature, event sha256 = manifest sha256 = file sha256) and
+    load it. ``signatures`` defaults to verifying against the project's public key."""
+    policy = signatures if signatures is not None else SignaturePolicy()
     directory = bundle_dir(event.artifact_uri)
-    # The cheap check first: a bundle that is not the deployed one is never loaded.
-    manifest = load_manifest(directory)
+    manifest = _verified_manifest(directory, policy)
+    # The cheap check before reading the weights: a bundle that is not the deployed one is never
+    # loaded.
     if manifest.sha256 != event.sha256:
         raise IntegrityMismatchError(
             f"model.deployed says sha256 {event.sha256[:12]}…, the bundle at "
             f"{event.artifact_uri} is {manifest.sha256[:12]}…",
             hint="the bundle was replaced or tampered with after registration",
         )
-    detector = Detector.from_bundle(
-        directory,
+    detector = Detector.from_manifest(
+        manifest,
+        _model_bytes(directory, manifest),
         providers=providers,
         intra_op_threads=intra_op_threads,
         inter_op_threads=inter_op_threads,
+        source=str(directory),
     )
-    if detector.manifest.sha256 != event.sha256:  # replaced between the two reads
-        raise IntegrityMismatchError(
-            f"the bundle at {event.artifact_uri} changed while it was loaded",
-            hint="the bundle was replaced or tampered with after registration",
-        )
+    log.info(
+        "bundle_verified",
+        site_id=event.site_id,
+        model_version=event.model_version,
+        sha256=event.sha256,
+        signature_checked=policy.verify,
+    )
     return detector

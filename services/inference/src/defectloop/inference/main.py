@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from defectloop.common.blobstore import BlobStore, open_blob_store
 from defectloop.common.kafka import DeadLetterPublisher
 from defectloop.common.service import broker_from_settings, build_service_app, serve
-from defectloop.inference.bundles import load_deployed
+from defectloop.inference.bundles import SignaturePolicy, load_deployed
 from defectloop.inference.handlers import AssignmentTracker, Stats, register_handlers
 from defectloop.inference.pipeline import Executors
 from defectloop.inference.router import ModelRouter, deployments_follower
@@ -31,6 +31,7 @@ def build_app(settings: InferenceSettings, *, store: BlobStore | None = None) ->
     router = ModelRouter(
         partial(
             load_deployed,
+            signatures=SignaturePolicy.from_settings(settings),
             providers=settings.providers,
             intra_op_threads=settings.intra_op_threads,
             inter_op_threads=settings.inter_op_threads,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -63,3 +64,12 @@ class InferenceSettings(ServiceSettings):
         64 * 1024 * 1024, ge=1, description="Blobs larger than this are refused undecoded."
     )
     model_loaders: int = Field(2, ge=1, le=16, description="Threads loading model bundles.")
+    verify_signatures: bool = Field(
+        True,
+        description="Refuse bundles without a valid signature by a trusted key (off: dev only).",
+    )
+    signing_public_key: Path | None = Field(
+        None,
+        description="PEM ed25519 public key bundles must be signed with; unset = the public key "
+        "of the project key at its default place (defectloop.common.signing.default_key_path).",
+    )

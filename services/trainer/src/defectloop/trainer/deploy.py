@@ -38,6 +38,7 @@ def register_bundle(
                 f"model version {manifest.version} is registered with another sha256",
                 hint="a bundle's version must not be reused for different weights",
             )
+        registry.ensure_signed(known)  # registered before bundles were signed: sign it now
         return known
     lineage = manifest.lineage
     registry.upsert_dataset(

@@ -21,16 +21,32 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, select
 
 from defectloop.common.db import make_engine
-from defectloop.common.errors import ConfigError, NotFoundError, TransientError
+from defectloop.common.errors import (
+    ConfigError,
+    IntegrityMismatchError,
+    NotFoundError,
+    TransientError,
+)
+from defectloop.common.logging import get_logger
+from defectloop.common.signing import (
+    SIGNED_FILE,
+    BundleSignature,
+    TrustedKeys,
+    project_key,
+    sign_bundle,
+    verify_signed_file,
+)
 from defectloop.common.translate import sqlalchemy_errors
 from defectloop.trainer.audit import AuditAction, AuditRecord, append_record, install_guards
 from defectloop.trainer.checkpoints import CheckpointDigest, record_checkpoint
 from defectloop.trainer.settings import TrainerSettings
-from defectloop.vision.manifest import BundleManifest
+from defectloop.vision.manifest import BundleManifest, load_manifest
 
 DB_URL_ENV = "DEFECTLOOP_TRAINER_DATABASE_URL"
 
 ROLES = ("champion", "challenger", "shadow")
+
+log = get_logger(__name__)
 
 
 def _now() -> datetime:
@@ -188,8 +204,11 @@ def database_url() -> str:
 class Registry:
     """Thin data access over the registry tables; SQLAlchemy errors become defectloop errors."""
 
-    def __init__(self, url: str | None = None) -> None:
+    def __init__(self, url: str | None = None, *, signing_key: Path | None = None) -> None:
+        """``signing_key``: the private key bundles are signed with at registration (default:
+        :func:`defectloop.common.signing.default_key_path`, created on first use)."""
         self.url = url or database_url()
+        self.signing_key = signing_key
         try:
             # WAL + busy timeout on SQLite (CLI and service share the file); PostgreSQL as is.
             self.engine: Engine = make_engine(self.url, create_tables=False)
@@ -241,9 +260,7 @@ class Registry:
             s.commit()
             return record
 
-    def add_run(
-        self, run: TrainingRun, *, provenance: RunProvenance | None = None
-    ) -> TrainingRun:
+    def add_run(self, run: TrainingRun, *, provenance: RunProvenance | None = None) -> TrainingRun:
         with self.session() as s:
             s.add(run)
             if provenance is not None:
@@ -254,9 +271,59 @@ class Registry:
             s.refresh(run)
             return run
 
+    def sign_bundle(self, model: ModelVersion) -> BundleSignature | None:
+        """Sign ``model``'s bundle with the project key (inference loads only signed bundles);
+        None when no bundle is on disk at ``bundle_path`` (a record-only registration: nothing
+        to sign, and inference would refuse it unsigned).
+
+        Refused if the bundle on disk is not the registered one: the registry vouches only for
+        what it registered.
+        """
+        bundle = Path(model.bundle_path)
+        if not (bundle / SIGNED_FILE).is_file():
+            log.warning("bundle_not_signed", model_version=model.version, reason="no_bundle")
+            return None
+        manifest = load_manifest(bundle)
+        if manifest.sha256 != model.sha256:
+            raise IntegrityMismatchError(
+                f"bundle {bundle} is not registered model {model.version} (sha256 differs)",
+                hint="a bundle's version must not be reused for different weights",
+            )
+        return sign_bundle(bundle, project_key(self.signing_key))
+
+    def ensure_signed(self, model: ModelVersion) -> None:
+        """Sign a registered bundle that was not signed at registration (registered before
+        signing existed, or recorded without its bundle).
+
+        A bundle that *was* signed at registration and no longer verifies is refused, never
+        signed again: re-signing would bless whatever was edited since.
+        """
+        bundle = Path(model.bundle_path)
+        key = project_key(self.signing_key)
+        try:
+            verify_signed_file(bundle, TrustedKeys([key.public_key()]))
+            return
+        except IntegrityMismatchError as exc:
+            with self.session() as s:
+                registered = s.exec(
+                    select(AuditRecord).where(
+                        AuditRecord.model_version == model.version,
+                        AuditRecord.action == AuditAction.REGISTERED,
+                    )
+                ).first()
+            if registered is not None and registered.evidence.get("signing_key_id"):
+                raise IntegrityMismatchError(
+                    f"bundle of model {model.version} was signed at registration and no longer "
+                    f"verifies: {exc}",
+                    reason=exc.reason,
+                    hint="the bundle changed after registration; restore it or register anew",
+                ) from exc
+        self.sign_bundle(model)
+
     def add_model(self, model: ModelVersion) -> ModelVersion:
-        """Register ``model``: its checkpoint's digest and a ``registered`` audit record go in the
-        same transaction."""
+        """Register ``model``: its bundle is signed, and its checkpoint's digest and a
+        ``registered`` audit record (naming the signing key) go in the same transaction."""
+        signature = self.sign_bundle(model)
         with self.session() as s:
             s.add(model)
             digest = record_checkpoint(s, model.version, Path(model.bundle_path))
@@ -269,6 +336,8 @@ class Registry:
                 reason="new model version",
                 evidence={
                     "sha256": model.sha256,
+                    "signing_key_id": signature.key_id if signature else None,
+                    "manifest_sha256": signature.signed_sha256 if signature else None,
                     "checkpoint_sha256": digest.sha256 if digest is not None else None,
                     "dataset_version": model.dataset_version,
                     "parent_version": model.parent_version,

@@ -43,13 +43,24 @@ def bootstrap_bundle(site: str, *, say: Callable[[str], None] = print) -> Path:
     root = cache_home() / "bootstrap" / f"{site}-{_recipe_key(site)}"
     bundle = root / "bundle"
     if _complete(bundle):
-        return bundle
+        return _signed(bundle)
     root.mkdir(parents=True, exist_ok=True)
     # Callers in several processes (the stack, a benchmark, a test) share the cache: one trains,
     # the others wait and then find its bundle (instead of deleting its half-written one).
     with FileLock(root.parent / f"{root.name}.lock"):
         if not _complete(bundle):
             _train(site, root, bundle, say)
+    return _signed(bundle)
+
+
+def _signed(bundle: Path) -> Path:
+    """Trained here by this project, so signed with the project key: inference loads only signed
+    bundles, and a benchmark deploys this one without a registry (the trainer re-signs it when
+    it registers it)."""
+    from defectloop.common.signing import SIGNATURE_FILE, sign_bundle
+
+    if not (bundle / SIGNATURE_FILE).is_file():
+        sign_bundle(bundle)
     return bundle
 
 

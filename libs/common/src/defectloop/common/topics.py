@@ -30,6 +30,16 @@ EVENT_TOPICS: Final = (
 
 DLQ_SUFFIX: Final = ".dlq"
 
+DECISIONS_PREFIX: Final = "decisions."
+"""Per-site decision topics ``decisions.<site_id>``: each site's champion decisions, copied from
+``prediction.made`` so that a site's MES can be allowed to read its own site only (Kafka ACLs are
+per topic; see docs/security.md for the MES contract)."""
+
+
+def decisions_topic(site_id: str) -> str:
+    """The decision topic of ``site_id`` (site ids are topic-safe: ``[A-Za-z0-9_-]``)."""
+    return f"{DECISIONS_PREFIX}{site_id}"
+
 
 def dlq_topic(topic: str) -> str:
     """The dead-letter topic of ``topic``."""

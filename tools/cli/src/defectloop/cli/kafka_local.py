@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import shutil
 import subprocess
@@ -15,10 +16,13 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+from defectloop.cli import kafka_acls
 from defectloop.cli.processes import pid_from_file, port_open, stop_by_pid_file
 from defectloop.common.errors import ComponentError
 from defectloop.common.kafka_admin import ensure_topics
+from defectloop.common.kafka_auth import SCRAM_MECHANISM, ScramCredentials
 from defectloop.common.paths import cache_home, state_home
 from defectloop.common.topics import topic_specs
 
@@ -72,6 +76,19 @@ class KafkaLayout:
     home: Path
     port: int = 9092
     controller_port: int = 9093
+    profile: Literal["local", "production"] = "local"
+    """``production``: every listener requires SASL, ACLs per principal (docs/security.md)."""
+    sites: tuple[str, ...] = ()
+    """Production: the sites whose MES principal and ``decisions.<site>`` topic are created."""
+
+    @property
+    def secured(self) -> bool:
+        return self.profile == "production"
+
+    @property
+    def credentials_file(self) -> Path:
+        """Production: each principal's SCRAM password (mode 0600), written before formatting."""
+        return self.home / "credentials.json"
 
     @property
     def bootstrap(self) -> str:
@@ -169,6 +186,60 @@ def _new_cluster_id() -> str:
             return cid
 
 
+def _secured_props(layout: KafkaLayout) -> dict[str, str]:
+    """SASL on both listeners and the StandardAuthorizer: no anonymous door.
+
+    Clients use SCRAM-SHA-256 (credentials stored in the cluster metadata, created at format
+    time). The controller listener cannot use SCRAM (the controller needs the credentials before
+    it has read them), so the broker authenticates to its controller with PLAIN, user admin.
+    """
+    admin = credentials(layout)[kafka_acls.ADMIN].password
+    scram = "org.apache.kafka.common.security.scram.ScramLoginModule"
+    plain = "org.apache.kafka.common.security.plain.PlainLoginModule"
+    return {
+        "listeners": f"SASL_PLAINTEXT://127.0.0.1:{layout.port},CONTROLLER://127.0.0.1:{layout.controller_port}",
+        "advertised.listeners": (
+            f"SASL_PLAINTEXT://127.0.0.1:{layout.port},CONTROLLER://127.0.0.1:{layout.controller_port}"
+        ),
+        "inter.broker.listener.name": "SASL_PLAINTEXT",
+        "listener.security.protocol.map": "CONTROLLER:SASL_PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT",
+        "sasl.enabled.mechanisms": SCRAM_MECHANISM,
+        "sasl.mechanism.inter.broker.protocol": SCRAM_MECHANISM,
+        "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+        "sasl.mechanism.controller.protocol": "PLAIN",
+        "listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config": (
+            f'{scram} required username="admin" password="{admin}";'
+        ),
+        "listener.name.controller.plain.sasl.jaas.config": (
+            f'{plain} required username="admin" password="{admin}" user_admin="{admin}";'
+        ),
+        "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "super.users": f"User:{kafka_acls.ADMIN}",
+        "allow.everyone.if.no.acl.found": "false",
+    }
+
+
+def credentials(layout: KafkaLayout) -> dict[str, ScramCredentials]:
+    """Production: each principal's credentials (admin, the services, each site's MES), created
+    on first use."""
+    names = [kafka_acls.ADMIN, *(p.name for p in kafka_acls.principals(layout.sites))]
+    path = layout.credentials_file
+    stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    missing = [n for n in names if n not in stored]
+    if missing:
+        if (layout.data_dir / "meta.properties").exists():
+            # SCRAM users are written into the metadata at format time (see docs/security.md).
+            raise ComponentError(
+                f"principals {', '.join(missing)} are not in this broker's credentials",
+                hint=f"stop Kafka and remove {layout.home} to format it with the new sites",
+            )
+        stored |= kafka_acls.new_passwords(missing)
+        layout.home.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(json.dumps(stored, indent=2))
+    return {n: ScramCredentials(n, stored[n]) for n in stored}
+
+
 def write_config(layout: KafkaLayout) -> None:
     layout.home.mkdir(parents=True, exist_ok=True)
     props = {
@@ -200,6 +271,8 @@ def write_config(layout: KafkaLayout) -> None:
         "log.cleaner.dedupe.buffer.size": "16777216",
         "message.max.bytes": "1048588",
     }
+    if layout.secured:
+        props |= _secured_props(layout)
     layout.config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
     layout.log4j.write_text(_LOG4J2)
 
@@ -222,6 +295,7 @@ def _format_storage(layout: KafkaLayout, libs: Path) -> None:
             _new_cluster_id(),
             "-c",
             str(layout.config),
+            *_scram_users(layout),
         ],
         capture_output=True,
         text=True,
@@ -232,6 +306,28 @@ def _format_storage(layout: KafkaLayout, libs: Path) -> None:
             f"formatting Kafka storage failed: {(proc.stderr or proc.stdout).strip()[-500:]}",
             hint=f"remove {layout.data_dir} and retry",
         )
+
+
+def _scram_users(layout: KafkaLayout) -> list[str]:
+    """``--add-scram`` arguments: every principal's SCRAM credential, in the first metadata."""
+    if not layout.secured:
+        return []
+    args = []
+    for name, cred in credentials(layout).items():
+        args += ["--add-scram", f"{SCRAM_MECHANISM}=[name={name},password={cred.password}]"]
+    return args
+
+
+def _ensure_topics(layout: KafkaLayout, partitions: int) -> None:
+    if layout.secured:
+        admin = credentials(layout)[kafka_acls.ADMIN]
+        asyncio.run(
+            kafka_acls.secure_setup(
+                layout.bootstrap, admin, sites=layout.sites, partitions=partitions
+            )
+        )
+    else:
+        asyncio.run(ensure_topics(layout.bootstrap, topic_specs(partitions)))
 
 
 def read_pid(layout: KafkaLayout) -> int | None:
@@ -249,7 +345,7 @@ def start(layout: KafkaLayout, *, timeout_s: float = 120.0, partitions: int = 6)
     is unfenced) and the stack's topics exist.
     """
     if is_running(layout):
-        asyncio.run(ensure_topics(layout.bootstrap, topic_specs(partitions)))
+        _ensure_topics(layout, partitions)
         return False
     if read_pid(layout) is None and port_open(layout.port):
         raise ComponentError(
@@ -297,7 +393,7 @@ def start(layout: KafkaLayout, *, timeout_s: float = 120.0, partitions: int = 6)
                 hint=f"see {layout.log_file}",
             )
         time.sleep(0.2)  # polling a port for readiness, not synchronising test logic
-    asyncio.run(ensure_topics(layout.bootstrap, topic_specs(partitions)))
+    _ensure_topics(layout, partitions)
     return True
 
 

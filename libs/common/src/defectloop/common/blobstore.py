@@ -96,19 +96,59 @@ class LocalBlobStore:
             return False
 
 
+S3_ENDPOINT_ENV = "DEFECTLOOP_S3_ENDPOINT"
+
+
+def s3_client(
+    endpoint: str | None = None,
+    *,
+    access_key: str | None = None,
+    secret_key: str | None = None,
+    region: str | None = None,
+) -> Any:
+    """A boto3 S3 client; ``endpoint`` (default ``$DEFECTLOOP_S3_ENDPOINT``) for S3-compatible
+    servers (MinIO, S3Proxy), credentials from the arguments or boto3's usual chain
+    (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``)."""
+    try:
+        import boto3
+        from botocore.config import Config
+    except ImportError as exc:
+        raise ConfigError(
+            "the S3 blob store needs boto3", hint="install defectloop-common[s3]"
+        ) from exc
+    endpoint = endpoint or os.environ.get(S3_ENDPOINT_ENV) or None
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        region_name=region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+        # Path-style URLs: a local endpoint (an IP, a compose host name) has no per-bucket DNS.
+        config=Config(
+            s3={"addressing_style": "path" if endpoint else "auto"},
+            retries={"max_attempts": 3, "mode": "standard"},
+            # boto3 >= 1.36 adds CRC checksums (aws-chunked trailers) to every upload; S3-
+            # compatible servers such as S3Proxy refuse them (501 NotImplemented). Integrity is
+            # ours anyway: every blob is verified against its sha256 on read.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        ),
+    )
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """(bucket, key) of ``s3://bucket/key``."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise NotFoundError(f"not an s3:// URI: {uri}", reason="missing_blob")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
 class S3BlobStore:
     """Blobs in an S3-compatible bucket under ``prefix/ab/<sha256><suffix>``."""
 
     def __init__(self, bucket: str, *, prefix: str = "", client: Any = None) -> None:
-        if client is None:
-            try:
-                import boto3
-            except ImportError as exc:
-                raise ConfigError(
-                    "the S3 blob store needs boto3", hint="install defectloop-common[s3]"
-                ) from exc
-            client = boto3.client("s3", endpoint_url=os.environ.get("DEFECTLOOP_S3_ENDPOINT"))
-        self._client = client
+        self._client = client if client is not None else s3_client()
         self.bucket = bucket
         self.prefix = prefix.strip("/")
 
@@ -126,18 +166,31 @@ class S3BlobStore:
         return f"s3://{self.bucket}/{self._key(digest, suffix)}"
 
     def get(self, uri: str) -> bytes:
-        parsed = urlparse(uri)
+        return _verified(uri, self.read_object(uri))
+
+    def read_object(self, uri: str) -> bytes:
+        """The bytes of any object ``s3://bucket/key``, unverified: for objects that are not
+        content-addressed (a model bundle's files), which the caller verifies itself."""
+        bucket, key = split_s3_uri(uri)
         with s3_errors(f"S3 get of {uri}"):
-            obj = self._client.get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))
-            data = obj["Body"].read()
-        return _verified(uri, data)
+            obj = self._client.get_object(Bucket=bucket, Key=key)
+            data: bytes = obj["Body"].read()
+        return data
+
+    def put_object(self, key: str, data: bytes) -> str:
+        """Store ``data`` at ``key`` under the store's prefix (not content-addressed: e.g. a
+        bundle's ``model.json``); return its ``s3://`` URI."""
+        key = f"{self.prefix}/{key}" if self.prefix else key
+        with s3_errors(f"S3 put of s3://{self.bucket}/{key}"):
+            self._client.put_object(Bucket=self.bucket, Key=key, Body=data)
+        return f"s3://{self.bucket}/{key}"
 
     def exists(self, uri: str) -> bool:
         """Whether the blob is there; an unreachable store raises (it is not an absent blob)."""
-        parsed = urlparse(uri)
+        bucket, key = split_s3_uri(uri)
         try:
             with s3_errors(f"S3 head of {uri}"):
-                self._client.head_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))
+                self._client.head_object(Bucket=bucket, Key=key)
         except NotFoundError:
             return False
         return True

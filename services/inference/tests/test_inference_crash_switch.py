@@ -38,7 +38,7 @@ class CrashAfterPublish:
         self.published = asyncio.Event()
         self.batch: list[PredictionMade] = []
 
-    async def __call__(self, broker: KafkaBroker, events: Sequence[Any]) -> None:
+    async def __call__(self, broker: KafkaBroker, events: Sequence[Any], **_: Any) -> None:
         await publish_events(broker, events)
         self.batch.extend(events)
         self.published.set()

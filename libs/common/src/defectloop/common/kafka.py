@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -27,14 +28,17 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import Span
 from pydantic import ValidationError
 
 from defectloop.common.errors import PermanentError, TransientError
 from defectloop.common.events import DeadLetter, Event, model_for_topic
 from defectloop.common.log_context import KafkaLogContextMiddleware
 from defectloop.common.logging import get_logger
+from defectloop.common.metrics import DEAD_LETTERS
 from defectloop.common.retry import call_with_backoff
 from defectloop.common.topics import dlq_topic
+from defectloop.common.tracing import in_span
 
 EventT = TypeVar("EventT", bound=Event)
 Handler = Callable[[EventT], Awaitable[None]]
@@ -103,14 +107,27 @@ async def enqueue_event(broker: KafkaBroker, event: Event) -> asyncio.Future[Any
     return future
 
 
-async def publish_events(broker: KafkaBroker, events: Sequence[Event]) -> None:
+async def publish_events(
+    broker: KafkaBroker,
+    events: Sequence[Event],
+    *,
+    span_of: Callable[[Event], Span | None] | None = None,
+) -> None:
     """Publish every event on its topic and wait for all acknowledgements.
 
     Sends are enqueued one after the other (:func:`enqueue_event`: each await only hands the
     record to the producer, which keeps per-partition order), then the acknowledgements are
     awaited together: one broker round trip for the lot, not one per event.
+
+    ``span_of(event)``: the span each event is published in (its ``traceparent`` then names that
+    span's trace), e.g. each prediction of a batch in its own image's trace.
     """
-    await asyncio.gather(*[await enqueue_event(broker, event) for event in events])
+    acks = []
+    for event in events:
+        span = span_of(event) if span_of is not None else None
+        with in_span(span) if span is not None else contextlib.nullcontext():
+            acks.append(await enqueue_event(broker, event))
+    await asyncio.gather(*acks)
 
 
 class DeadLetterPublisher:
@@ -144,6 +161,7 @@ class DeadLetterPublisher:
             key=key,
             headers={"content-type": "application/json", "x-dlq-reason": reason},
         )
+        DEAD_LETTERS.labels(self._service, record.topic, reason).inc()
         log.warning(
             "message_dead_lettered",
             topic=record.topic,

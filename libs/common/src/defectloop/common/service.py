@@ -6,21 +6,27 @@ Services build their app in ``build_app(settings)``; nothing is built at import 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from faststream.kafka import KafkaBroker
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from defectloop.common.http_errors import DEFAULT_RETRY_AFTER_S, install_error_handlers
 from defectloop.common.http_log_context import install_http_log_context
 from defectloop.common.kafka import build_broker
 from defectloop.common.kafka_connection import BackgroundConnection
 from defectloop.common.logging import configure_logging, ensure_logging, get_logger
+from defectloop.common.metrics import HTTP_REQUESTS, REGISTRY, refresh_consumer_lag
 from defectloop.common.settings import ServiceSettings
-from defectloop.common.tracing import build_tracer_provider
+from defectloop.common.tracing import tracer_provider_for
 
 log = get_logger(__name__)
 
@@ -29,13 +35,10 @@ SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
 
 
 def broker_from_settings(settings: ServiceSettings) -> KafkaBroker:
-    tracer = build_tracer_provider(
-        settings.service_name, otlp_endpoint=settings.otlp_endpoint, trace_file=settings.trace_file
-    )
     return build_broker(
         settings.kafka_bootstrap,
         client_id=settings.service_name,
-        tracer_provider=tracer,
+        tracer_provider=tracer_provider_for(settings),
         request_timeout_ms=settings.kafka_request_timeout_ms,
     )
 
@@ -51,6 +54,7 @@ def build_service_app(
     retry_after_s: int = DEFAULT_RETRY_AFTER_S,
     start_without_broker: bool = False,
     connect_retry_max_s: float = 10.0,
+    metrics_refresh: list[Hook] | None = None,
     **fastapi_kwargs: Any,
 ) -> FastAPI:
     """A FastAPI app whose lifespan starts/stops the broker and which serves ``GET /health``.
@@ -73,6 +77,12 @@ def build_service_app(
 
     Every error is answered with the one JSON body of :mod:`defectloop.common.http_errors`
     (``retry_after_s`` goes into the ``Retry-After`` header of a 503 for a transient error).
+
+    Observability (docs/observability.md): every request but ``/health`` and ``/metrics`` is a
+    server span of the service's tracer (a caller's ``traceparent`` is its parent) and one
+    ``http_request`` log line; ``GET /metrics`` serves the Prometheus registry, after the
+    consumers' lag and the ``metrics_refresh`` hooks (gauges read from a store) are brought up
+    to date.
     """
     service = settings.service_name
     # uvicorn --factory reaches here without serve(): configure logging unless already done.
@@ -106,6 +116,8 @@ def build_service_app(
             finally:
                 for hook in after_stop or []:
                     await hook()
+                # The last spans (the graceful stop's) go out before the process ends.
+                await asyncio.to_thread(tracer_provider_for(settings).force_flush, 5_000)
             log.info("service_stopped", service=service)
 
     app = FastAPI(title=f"defectloop {service}", lifespan=lifespan, **fastapi_kwargs)
@@ -113,7 +125,23 @@ def build_service_app(
     app.state.connection = connection
     app.state.settings = settings
     install_error_handlers(app, retry_after_s=retry_after_s)
+    # Inside the log context (added after it = nearer the app): the line carries request_id.
+    app.add_middleware(RequestLineMiddleware, service=service)
     install_http_log_context(app)  # before any route: routes take the router's dependencies
+    FastAPIInstrumentor.instrument_app(
+        app,
+        tracer_provider=tracer_provider_for(settings),
+        excluded_urls="/health,/metrics",
+        exclude_spans=["receive", "send"],  # one span per request, not one per ASGI message
+    )
+
+    @app.get("/metrics", tags=["ops"], response_class=Response)
+    async def metrics() -> Response:
+        """Prometheus metrics (text exposition format); see docs/observability.md."""
+        await refresh_consumer_lag(kafka, service)
+        for hook in metrics_refresh or []:
+            await hook()
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/health", tags=["ops"])
     async def health() -> JSONResponse:
@@ -130,6 +158,49 @@ def build_service_app(
         return JSONResponse(body, status_code=200 if kafka_ok else 503)
 
     return app
+
+
+def _route_template(app: Any, scope: Scope) -> str:
+    """The matched route's path template (bounded label values), not the concrete path."""
+    for route in app.router.routes:
+        match, _ = route.matches(scope)
+        if match == Match.FULL:
+            return str(getattr(route, "path", "unmatched"))
+    return "unmatched"
+
+
+class RequestLineMiddleware:
+    """One canonical ``http_request`` log line and one counter per request (pure ASGI, so the
+    request body still streams); ``/health`` and ``/metrics`` are left out (probes, scrapes)."""
+
+    def __init__(self, app: ASGIApp, service: str) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in ("/health", "/metrics"):
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500  # unless a response starts: an exception escaping the app is a 500
+
+        async def capture(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            route = _route_template(scope["app"], scope)
+            HTTP_REQUESTS.labels(self.service, scope["method"], route, str(status)).inc()
+            log.info(
+                "http_request",
+                route=route,
+                status=status,
+                duration_ms=round((time.perf_counter() - start) * 1000.0, 2),
+            )
 
 
 def serve(build_app: Callable[[SettingsT], FastAPI], settings: SettingsT) -> None:

@@ -1,7 +1,7 @@
 """Settings shared by every service (pydantic-settings; one env prefix per service).
 
 A service subclasses :class:`ServiceSettings` and sets its own prefix, e.g. ``DEFECTLOOP_INGEST_``.
-Stack-wide values (Kafka bootstrap, blob URL, log format, OTLP endpoint, trace file) are also read
+Stack-wide values (Kafka bootstrap, blob URL, log format, Zipkin/OTLP endpoint, trace file) are also read
 from un-prefixed ``DEFECTLOOP_*`` variables, so one export configures the whole local stack; the
 service's own prefixed variable wins. Both names are ``AliasChoices`` of the field, set for each
 subclass's prefix when the subclass is created; keyword arguments use the field names.
@@ -34,6 +34,7 @@ class ServiceSettings(BaseSettings):
         "blob_url",
         "log_format",
         "otlp_endpoint",
+        "zipkin_endpoint",
         "trace_file",
     )
 
@@ -51,8 +52,13 @@ class ServiceSettings(BaseSettings):
     otlp_endpoint: str | None = Field(
         None, description="OTLP/HTTP traces endpoint; unset = traces to a local file."
     )
+    zipkin_endpoint: str | None = Field(
+        None,
+        description="Zipkin's span intake (http://127.0.0.1:9411/api/v2/spans, as `defectloop "
+        "up` sets it); wins over the OTLP endpoint and the trace file.",
+    )
     trace_file: str | None = Field(
-        None, description="Write spans as JSON lines here when no OTLP endpoint is set."
+        None, description="Write spans as JSON lines here when no Zipkin or OTLP endpoint is set."
     )
 
     @classmethod

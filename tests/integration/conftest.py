@@ -1,0 +1,113 @@
+"""Fixtures of the observability tests: a real local Zipkin, and ingest + inference on the real
+broker with a tiny model (the two services' apps in this process, ingest served over HTTP)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from defectloop.testing.net import free_port, wait_until
+
+
+@pytest.fixture(scope="session")
+def zipkin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real Zipkin server (its Maven Central jar, as `defectloop up` runs it) on a free port."""
+    from defectloop.cli import zipkin_local
+
+    layout = zipkin_local.ZipkinLayout(tmp_path_factory.mktemp("zipkin"), port=free_port())
+    zipkin_local.start(layout)
+    try:
+        yield layout
+    finally:
+        zipkin_local.stop(layout)
+
+
+@dataclass
+class Pipeline:
+    """ingest (over HTTP) and inference running on the real broker for one fresh site."""
+
+    site: str
+    camera: str
+    token: str
+    model_version: str
+    ingest_url: str
+    ingest: FastAPI
+    inference: FastAPI
+
+    async def post(self, client: httpx.AsyncClient, png: bytes) -> httpx.Response:
+        return await client.post(
+            f"{self.ingest_url}/v1/sites/{self.site}/cameras/{self.camera}/images",
+            content=png,
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "image/png"},
+        )
+
+
+def frame(index: int) -> bytes:
+    """A simulated camera frame that passes ingest's quality floors."""
+    from defectloop.factory_sim import encode_png, get_site, render
+
+    return bytes(encode_png(render(get_site("A"), index, seed=7).pixels))
+
+
+@pytest.fixture
+def pipeline(
+    kafka_bootstrap: str, tmp_path: Path, unique_group: str
+) -> Callable[..., AbstractAsyncContextManager[Pipeline]]:
+    """``async with pipeline(**settings) as p``: ingest + inference started (extra settings, e.g.
+    ``zipkin_endpoint``, go to both), a tiny champion deployed for ``p.site``."""
+
+    @asynccontextmanager
+    async def run(**extra: Any) -> AsyncIterator[Pipeline]:
+        from defectloop.common.kafka import build_broker, publish_event
+        from defectloop.inference.main import build_app as build_inference
+        from defectloop.inference.settings import InferenceSettings
+        from defectloop.ingest.auth import issue_token
+        from defectloop.ingest.main import build_app as build_ingest
+        from defectloop.ingest.records import open_database
+        from defectloop.ingest.settings import IngestSettings
+        from defectloop.testing.bundles import BundleBuilder
+        from defectloop.testing.http import serve
+
+        site = "obs" + uuid.uuid4().hex[:8]
+        blobs = (tmp_path / "blobs").as_uri()
+        ingest_db = f"sqlite:///{tmp_path}/ingest.db"
+        token = issue_token(open_database(ingest_db), site, "cam-1").token
+        bundle = BundleBuilder(tmp_path)("v1")
+        producer = build_broker(kafka_bootstrap, client_id="obs-deployer")
+        await producer.start()
+        try:
+            await publish_event(producer, bundle.deployed(site))
+        finally:
+            await producer.stop()
+
+        common = {"kafka_bootstrap": kafka_bootstrap, "blob_url": blobs, **extra}
+        ingest = build_ingest(IngestSettings(database_url=ingest_db, **common))
+        inference = build_inference(
+            InferenceSettings(
+                group_id=unique_group,
+                providers="cpu",
+                database_url=f"sqlite:///{tmp_path}/inference.db",
+                max_wait_ms=50,
+                **common,
+            )
+        )
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(inference.router.lifespan_context(inference))
+            url = await stack.enter_async_context(serve(ingest))
+            async with httpx.AsyncClient() as client:
+
+                async def ready() -> bool:
+                    return (await client.get(f"{url}/health")).status_code == 200
+
+                await wait_until(ready, timeout_s=60, what="ingest connected to Kafka")
+            yield Pipeline(site, "cam-1", token, bundle.version, url, ingest, inference)
+
+    return run

@@ -1,0 +1,81 @@
+"""One trace per image, in a real Zipkin: camera upload (HTTP) -> ingest -> Kafka -> inference ->
+prediction.made, every span in the image's own trace with the right parent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from defectloop.common import topics, tracing
+from defectloop.testing.kafka import collect
+from defectloop.testing.net import wait_until
+
+from .conftest import frame
+
+pytestmark = pytest.mark.integration
+
+
+async def _image_trace(zipkin: Any, image_id: str) -> list[list[dict[str, Any]]]:
+    """Every trace in Zipkin that has a span tagged with ``image_id``."""
+    async with httpx.AsyncClient(base_url=zipkin.url) as client:
+        resp = await client.get(
+            "/api/v2/traces",
+            params={"annotationQuery": f"{tracing.ATTR_IMAGE}={image_id}", "limit": 10},
+        )
+        resp.raise_for_status()
+        traces: list[list[dict[str, Any]]] = resp.json()
+        return traces
+
+
+async def test_an_uploaded_image_is_one_trace_from_the_request_to_its_prediction(
+    pipeline: Any, zipkin: Any, kafka_bootstrap: str
+) -> None:
+    async with pipeline(zipkin_endpoint=zipkin.spans_endpoint) as p:
+        collected = collect(
+            kafka_bootstrap, topics.PREDICTION_MADE, where=lambda e: e.site_id == p.site
+        )
+        async with collected as predictions, httpx.AsyncClient() as client:
+            resp = await p.post(client, frame(1))
+            assert resp.status_code == 202, resp.text
+            image_id = resp.json()["image_id"]
+            await predictions.wait_for(lambda found: len(found) >= 1, timeout_s=60)
+
+        # The last span of the trace (the prediction's publish) is exported within a second.
+        async def complete() -> list[dict[str, Any]] | None:
+            traces = await _image_trace(zipkin, image_id)
+            for spans in traces:
+                names = {s.get("name") for s in spans}
+                if "prediction.made publish" in names and "inference.model" in names:
+                    return spans
+            return None
+
+        spans = await wait_until(complete, timeout_s=30, what="the image's trace in Zipkin")
+
+    traces = await _image_trace(zipkin, image_id)
+    assert len(traces) == 1, "the image's spans are in one trace, not one per service"
+    by_name = {s["name"]: s for s in spans}
+    by_id = {s["id"]: s for s in spans}
+
+    def parent(name: str) -> dict[str, Any]:
+        return by_id[by_name[name]["parentId"]]
+
+    request = by_name["post /v1/sites/{site}/cameras/{camera}/images"]
+    assert "parentId" not in request, "the gateway's request starts the trace"
+    assert (request["kind"], request["localEndpoint"]["serviceName"]) == ("SERVER", "ingest")
+    assert request["tags"][tracing.ATTR_OUTCOME] == "accepted"
+    assert parent("ingest.validate") is request
+    assert parent("ingest.store") is request
+    assert parent("image.captured create") is request
+    assert parent("image.captured publish")["name"] == "image.captured create"
+
+    image = by_name["inference.image"]
+    assert image["localEndpoint"]["serviceName"] == "inference"
+    assert parent("inference.image")["name"] == "image.captured create"
+    assert image["tags"][tracing.ATTR_OUTCOME] == "predicted"
+    assert image["tags"][tracing.ATTR_MODEL_VERSION] == p.model_version
+    assert parent("inference.decode") is image
+    assert parent("inference.model") is image
+    assert parent("prediction.made create") is image
+    assert parent("prediction.made publish")["name"] == "prediction.made create"

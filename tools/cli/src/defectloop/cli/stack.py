@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from defectloop.cli import kafka_local, labelstudio_local, supervisor
+from defectloop.cli import kafka_local, labelstudio_local, supervisor, zipkin_local
 from defectloop.common.paths import state_home
 
 console = Console()
@@ -65,6 +65,10 @@ def stack_up(
     with console.status("starting Kafka..."):
         kafka_local.start(layout)
     console.print(f"[green]✓[/green] kafka {layout.bootstrap}")
+    zipkin = zipkin_local.default_layout()
+    with console.status("starting Zipkin (the trace UI; first run fetches its jar)..."):
+        zipkin_local.start(zipkin)
+    console.print(f"[green]✓[/green] zipkin {zipkin.url}")
     studio = labelstudio_local.default_layout()
     with console.status(
         "starting Label Studio (the very first start runs its migrations: ~2 min)..."
@@ -75,7 +79,7 @@ def stack_up(
     specs = services or supervisor.SERVICES
     for spec in specs:
         # The broker's address travels with every service: DEFECTLOOP_KAFKA_PORT may move it.
-        env = {"DEFECTLOOP_KAFKA_BOOTSTRAP": layout.bootstrap}
+        env = {"DEFECTLOOP_KAFKA_BOOTSTRAP": layout.bootstrap, **zipkin_local.services_env(zipkin)}
         if spec.name == "annotation-sync":  # one Label Studio project per site, made at start
             env["DEFECTLOOP_ANNOTATION_SYNC_SITES"] = json.dumps(site_list)
             env.update(labelstudio_local.annotation_sync_env(studio, site_list))
@@ -94,6 +98,8 @@ def stack_down(services: tuple[supervisor.ServiceSpec, ...] | None = None) -> No
             console.print(f"stopped {spec.name}")
     if labelstudio_local.stop(labelstudio_local.default_layout()):
         console.print("stopped label-studio")
+    if zipkin_local.stop(zipkin_local.default_layout()):
+        console.print("stopped zipkin")
     if kafka_local.stop(kafka_local.default_layout()):
         console.print("stopped kafka")
 
@@ -110,6 +116,15 @@ def status_table() -> tuple[Table, bool]:
         str(kafka_local.read_pid(layout) or "-"),
         layout.bootstrap,
         "up" if kafka_up else "down",
+    )
+    zipkin = zipkin_local.default_layout()
+    zipkin_up = zipkin_local.is_running(zipkin)
+    all_up = all_up and zipkin_up
+    table.add_row(
+        "zipkin",
+        str(zipkin_local.read_pid(zipkin) or "-"),
+        zipkin.url,
+        "up" if zipkin_up else "down",
     )
     studio = labelstudio_local.default_layout()
     studio_up = labelstudio_local.is_running(studio)

@@ -12,14 +12,13 @@ import json
 import os
 import shutil
 import subprocess
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from defectloop.cli import kafka_acls
-from defectloop.cli.processes import pid_from_file, port_open, stop_by_pid_file
+from defectloop.cli.processes import pid_from_file, port_open, start_daemon, stop_by_pid_file
 from defectloop.common.errors import ComponentError
 from defectloop.common.kafka_admin import ensure_topics
 from defectloop.common.kafka_auth import SCRAM_MECHANISM, ScramCredentials
@@ -356,8 +355,7 @@ def start(layout: KafkaLayout, *, timeout_s: float = 120.0, partitions: int = 6)
     write_config(layout)
     _format_storage(layout, libs)
     heap = os.environ.get("DEFECTLOOP_KAFKA_HEAP", "-Xms256m -Xmx1g").split()
-    log = layout.log_file.open("ab")
-    proc = subprocess.Popen(
+    start_daemon(
         [
             _java(),
             *heap,
@@ -371,28 +369,12 @@ def start(layout: KafkaLayout, *, timeout_s: float = 120.0, partitions: int = 6)
             "kafka.Kafka",
             str(layout.config),
         ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,  # survives the CLI; stopped by pid
+        name="Kafka",
+        port=layout.port,
+        pid_file=layout.pid_file,
+        log_file=layout.log_file,
+        timeout_s=timeout_s,
     )
-    log.close()
-    layout.pid_file.write_text(str(proc.pid))
-    deadline = time.monotonic() + timeout_s
-    while not port_open(layout.port):
-        if proc.poll() is not None:
-            layout.pid_file.unlink(missing_ok=True)
-            raise ComponentError(
-                f"Kafka exited during start-up (code {proc.returncode})",
-                hint=f"see {layout.log_file}",
-            )
-        if time.monotonic() > deadline:
-            stop(layout)
-            raise ComponentError(
-                f"Kafka did not accept clients within {timeout_s:.0f} s",
-                hint=f"see {layout.log_file}",
-            )
-        time.sleep(0.2)  # polling a port for readiness, not synchronising test logic
     _ensure_topics(layout, partitions)
     return True
 

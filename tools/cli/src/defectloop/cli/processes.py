@@ -6,8 +6,12 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
+
+from defectloop.common.errors import ComponentError
 
 
 def pid_from_file(path: Path) -> int | None:
@@ -75,3 +79,45 @@ def stop_by_pid_file(path: Path, *, timeout_s: float, group: bool = False) -> bo
         time.sleep(0.2)  # waiting for a process to exit
     path.unlink(missing_ok=True)
     return True
+
+
+def start_daemon(
+    argv: Sequence[str],
+    *,
+    name: str,
+    port: int,
+    pid_file: Path,
+    log_file: Path,
+    timeout_s: float,
+) -> int:
+    """Start ``argv`` in its own session (it survives the CLI; stopped by its pid file), output
+    appended to ``log_file``; return its pid once ``127.0.0.1:port`` accepts connections.
+
+    If it exits first, or the port is not open within ``timeout_s``, it is stopped and a
+    one-line :class:`ComponentError` points at its log.
+    """
+    log = log_file.open("ab")
+    proc = subprocess.Popen(
+        list(argv),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    log.close()
+    pid_file.write_text(str(proc.pid))
+    deadline = time.monotonic() + timeout_s
+    while not port_open(port):
+        if proc.poll() is not None:
+            pid_file.unlink(missing_ok=True)
+            raise ComponentError(
+                f"{name} exited during start-up (code {proc.returncode})", hint=f"see {log_file}"
+            )
+        if time.monotonic() > deadline:
+            stop_by_pid_file(pid_file, timeout_s=30.0)
+            raise ComponentError(
+                f"{name} did not accept connections within {timeout_s:.0f} s",
+                hint=f"see {log_file}",
+            )
+        time.sleep(0.2)  # polling a port for readiness, not synchronising test logic
+    return proc.pid

@@ -11,13 +11,12 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from defectloop.cli.processes import pid_from_file, port_open, stop_by_pid_file
+from defectloop.cli.maven import fetch_jar
+from defectloop.cli.processes import pid_from_file, port_open, start_daemon, stop_by_pid_file
 from defectloop.common.errors import ComponentError
 from defectloop.common.paths import cache_home, state_home
 
@@ -69,42 +68,9 @@ def jar_path(version: str = S3PROXY_VERSION) -> Path:
 
 def ensure_jar(version: str = S3PROXY_VERSION) -> Path:
     """Fetch S3Proxy's jar-with-dependencies from Maven Central once; return its path."""
-    target = jar_path(version)
-    if target.is_file():
-        return target
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise ComponentError(
-            "Maven (mvn) is needed once to fetch S3Proxy",
-            hint="install it: apt-get install -y maven (Java 17 is needed too)",
-        )
-    staging = target.parent / "partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    proc = subprocess.run(
-        [
-            mvn,
-            "-q",
-            "-B",
-            "dependency:copy",
-            f"-Dartifact=org.gaul:s3proxy:{version}:jar:jar-with-dependencies",
-            f"-DoutputDirectory={staging}",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=staging,  # no project here: Maven resolves the artifact alone
+    return fetch_jar(
+        f"org.gaul:s3proxy:{version}:jar:jar-with-dependencies", jar_path(version), what="S3Proxy"
     )
-    fetched = staging / target.name
-    if proc.returncode != 0 or not fetched.is_file():
-        tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
-        raise ComponentError(
-            f"Maven could not fetch S3Proxy {version}: {' / '.join(tail)}",
-            hint="check that Maven Central is reachable and DEFECTLOOP_S3PROXY_VERSION exists",
-        )
-    fetched.rename(target)  # atomic: a half-fetched jar is never mistaken for a full one
-    shutil.rmtree(staging, ignore_errors=True)
-    return target
 
 
 def credentials(layout: S3ProxyLayout) -> tuple[str, str]:
@@ -172,31 +138,14 @@ def start(layout: S3ProxyLayout, *, timeout_s: float = 60.0) -> bool:
         )
     jar = ensure_jar()
     write_config(layout)
-    log = layout.log_file.open("ab")
-    proc = subprocess.Popen(
+    start_daemon(
         [java, "-Xmx256m", "-jar", str(jar), "--properties", str(layout.config)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,  # survives the CLI; stopped by pid
+        name="S3Proxy",
+        port=layout.port,
+        pid_file=layout.pid_file,
+        log_file=layout.log_file,
+        timeout_s=timeout_s,
     )
-    log.close()
-    layout.pid_file.write_text(str(proc.pid))
-    deadline = time.monotonic() + timeout_s
-    while not port_open(layout.port):
-        if proc.poll() is not None:
-            layout.pid_file.unlink(missing_ok=True)
-            raise ComponentError(
-                f"S3Proxy exited during start-up (code {proc.returncode})",
-                hint=f"see {layout.log_file}",
-            )
-        if time.monotonic() > deadline:
-            stop(layout)
-            raise ComponentError(
-                f"S3Proxy did not accept connections within {timeout_s:.0f} s",
-                hint=f"see {layout.log_file}",
-            )
-        time.sleep(0.2)  # polling a port for readiness, not synchronising test logic
     return True
 
 

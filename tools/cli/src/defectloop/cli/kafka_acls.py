@@ -11,6 +11,7 @@ The table below is the source of truth; docs/security.md shows it as a table.
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.protocol.admin import CreateAclsRequest
 
 from defectloop.common import topics as t
-from defectloop.common.errors import ComponentError
+from defectloop.common.errors import ComponentError, ConfigError
+from defectloop.common.events import SITE_ID_PATTERN
 from defectloop.common.kafka_auth import ScramCredentials, client_kwargs
 from defectloop.common.topics import TopicSpec, decisions_topic, dlq_topic, topic_specs
 from defectloop.common.translate import kafka_errors
@@ -116,6 +118,13 @@ def mes_principal(site: str) -> BusPrincipal:
 
 
 def principals(sites: Sequence[str]) -> list[BusPrincipal]:
+    """Every principal of a stack serving ``sites`` (site ids as in events: topic-safe)."""
+    bad = [s for s in sites if not re.fullmatch(SITE_ID_PATTERN, s)]
+    if bad:
+        raise ConfigError(
+            f"invalid site id(s) {', '.join(map(repr, bad))}",
+            hint="site ids are letters, digits, '_' and '-' (DEFECTLOOP_KAFKA_SITES=A,B)",
+        )
     return [*service_principals(), *(mes_principal(s) for s in sites)]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 
 import typer
@@ -50,5 +52,47 @@ def register(app: typer.Typer) -> None:
             return
         console.print("kafka down")
         raise typer.Exit(1)
+
+    @kafka.command("route-decisions")
+    def route_decisions() -> None:
+        """Copy each champion decision of prediction.made to decisions.<site> (the MES's topics,
+        docs/security.md) until interrupted; as user decisions-router on a secured broker."""
+        from defectloop.common.decisions import DecisionFanOut
+
+        layout = kafka_local.default_layout()
+        creds = kafka_local.credentials(layout)["decisions-router"] if layout.secured else None
+
+        async def run() -> None:
+            router = DecisionFanOut(layout.bootstrap, credentials=creds)
+            await router.start()
+            try:
+                while True:
+                    if await router.step():
+                        console.print(f"decisions copied: {router.copied}", end="\r")
+            finally:
+                await router.stop()
+
+        console.print(f"routing prediction.made -> decisions.<site> on {layout.bootstrap}")
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run())
+
+    @kafka.command("credentials")
+    def show_credentials(
+        principal: str = typer.Argument(help="e.g. mes-A, inference, decisions-router."),
+    ) -> None:
+        """Print the SASL/SCRAM client settings of a principal of the secured (production) broker."""
+        layout = kafka_local.default_layout()
+        if not layout.secured:
+            console.print("this broker has no credentials (DEFECTLOOP_KAFKA_PROFILE=production)")
+            raise typer.Exit(1)
+        known = kafka_local.credentials(layout)
+        if principal not in known:
+            console.print(f"unknown principal {principal!r}; known: {', '.join(sorted(known))}")
+            raise typer.Exit(1)
+        print(
+            f"bootstrap.servers={layout.bootstrap}\nsecurity.protocol=SASL_PLAINTEXT\n"
+            f"sasl.mechanism={known[principal].mechanism}\nsasl.username={principal}\n"
+            f"sasl.password={known[principal].password}"
+        )
 
     app.add_typer(kafka, name="kafka")

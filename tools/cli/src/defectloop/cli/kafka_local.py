@@ -115,8 +115,23 @@ class KafkaLayout:
 
 
 def default_layout() -> KafkaLayout:
+    """The stack's broker; ``DEFECTLOOP_KAFKA_PROFILE=production`` with
+    ``DEFECTLOOP_KAFKA_SITES=A,B`` secures it (docs/security.md)."""
     port = int(os.environ.get("DEFECTLOOP_KAFKA_PORT", "9092"))
-    return KafkaLayout(state_home() / "kafka", port=port, controller_port=port + 1)
+    profile = os.environ.get("DEFECTLOOP_KAFKA_PROFILE", "local")
+    if profile not in ("local", "production"):
+        raise ComponentError(
+            f"unknown Kafka profile {profile!r}",
+            hint="set DEFECTLOOP_KAFKA_PROFILE to local or production",
+        )
+    sites = tuple(s for s in os.environ.get("DEFECTLOOP_KAFKA_SITES", "").split(",") if s)
+    return KafkaLayout(
+        state_home() / "kafka",
+        port=port,
+        controller_port=port + 1,
+        profile="production" if profile == "production" else "local",
+        sites=sites,
+    )
 
 
 def jars_dir(version: str = KAFKA_VERSION) -> Path:
@@ -326,7 +341,8 @@ def _ensure_topics(layout: KafkaLayout, partitions: int) -> None:
             )
         )
     else:
-        asyncio.run(ensure_topics(layout.bootstrap, topic_specs(partitions)))
+        specs = topic_specs(partitions) + kafka_acls.site_topic_specs(layout.sites, partitions)
+        asyncio.run(ensure_topics(layout.bootstrap, specs))
 
 
 def read_pid(layout: KafkaLayout) -> int | None:

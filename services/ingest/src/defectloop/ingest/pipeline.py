@@ -17,6 +17,7 @@ from typing import Literal
 import anyio
 from anyio import to_thread
 
+from defectloop.common import tracing
 from defectloop.common.blobstore import BlobStore
 from defectloop.common.errors import (
     BrokerUnavailableError,
@@ -34,6 +35,7 @@ from defectloop.common.events import (
     utc_now,
 )
 from defectloop.common.logging import get_logger
+from defectloop.common.metrics import IMAGES_ACCEPTED, IMAGES_REJECTED
 from defectloop.ingest import png, quality
 from defectloop.ingest.publisher import EventPublisher
 from defectloop.ingest.records import ImageRecord, ImageStore
@@ -122,6 +124,7 @@ class Ingestor:
             max_chunks=settings.max_chunks,
         )
         self.cpu = anyio.CapacityLimiter(settings.cpu_workers)
+        self.tracer = tracing.tracer_for(settings, __name__)
 
     def floor_for(self, site_id: str) -> QualityFloor:
         return self.floors.get(site_id, self.settings.quality_floor)
@@ -148,6 +151,11 @@ class Ingestor:
             detail=detail[:2000],
             sha256=sha256,
             size_bytes=size_bytes,
+        )
+        IMAGES_REJECTED.labels(site_id, reason.value).inc()
+        # A refused upload is an outcome, not a fault of the service: no error status.
+        tracing.current_span().set_attributes(
+            {tracing.ATTR_OUTCOME: "rejected", tracing.ATTR_REASON: reason.value}
         )
         log.info(
             "image_rejected",
@@ -194,25 +202,35 @@ class Ingestor:
             raise await self.reject(site_id, camera_id, RejectReason.EMPTY, "the body is empty")
         digest = sha256_hex(data)
         image_id = image_id_for(site_id, camera_id, digest)
+        tracing.current_span().set_attributes(
+            {
+                tracing.ATTR_SITE: site_id,
+                tracing.ATTR_CAMERA: camera_id,
+                tracing.ATTR_IMAGE: image_id,
+            }
+        )
         existing = await to_thread.run_sync(self.store.get, image_id)
         if existing is not None:
             return await self._deliver(existing, fresh=False)
 
         previous = await to_thread.run_sync(self.store.previous_fingerprint, site_id, camera_id)
-        try:
-            analysis = await to_thread.run_sync(self._analyse, data, previous, limiter=self.cpu)
-        except png.PngRejectedError as exc:
-            raise await self.reject(
-                site_id, camera_id, exc.reason, exc.detail, sha256=digest, size_bytes=len(data)
-            ) from None
-        violation = quality.floor_violation(analysis.metrics, self.floor_for(site_id))
+        with self.tracer.start_as_current_span("ingest.validate"):
+            try:
+                analysis = await to_thread.run_sync(self._analyse, data, previous, limiter=self.cpu)
+            except png.PngRejectedError as exc:
+                raise await self.reject(
+                    site_id, camera_id, exc.reason, exc.detail, sha256=digest, size_bytes=len(data)
+                ) from None
+            violation = quality.floor_violation(analysis.metrics, self.floor_for(site_id))
         if violation is not None:
             reason, detail = violation
             raise await self.reject(
                 site_id, camera_id, reason, detail, sha256=digest, size_bytes=len(data)
             )
 
-        blob_uri = await to_thread.run_sync(lambda: self.blobs.put(data, suffix=".png"))
+        store_span = self.tracer.start_span("ingest.store")
+        with tracing.in_span(store_span):
+            blob_uri = await to_thread.run_sync(lambda: self.blobs.put(data, suffix=".png"))
         event = ImageCaptured(
             site_id=site_id,
             camera_id=camera_id,
@@ -237,20 +255,24 @@ class Ingestor:
             quality=analysis.metrics.model_dump(),
             event_json=event.model_dump_json(),
         )
-        stored = await to_thread.run_sync(self.store.insert, record)
-        await to_thread.run_sync(
-            self.store.set_fingerprint, site_id, camera_id, analysis.fingerprint, image_id
-        )
+        with tracing.in_span(store_span, end=True):
+            stored = await to_thread.run_sync(self.store.insert, record)
+            await to_thread.run_sync(
+                self.store.set_fingerprint, site_id, camera_id, analysis.fingerprint, image_id
+            )
         return await self._deliver(stored, fresh=stored is record)
 
     async def _deliver(self, record: ImageRecord, *, fresh: bool) -> Outcome:
         """Publish the record's event unless Kafka already acknowledged it."""
         if record.published:
+            tracing.current_span().set_attribute(tracing.ATTR_OUTCOME, "duplicate")
             log.info("image_duplicate", image_id=record.image_id, site_id=record.site_id)
             return Outcome(record.image_id, "duplicate")
         event = ImageCaptured.model_validate_json(record.event_json)
         await self.publisher.publish(event)  # BrokerUnavailableError -> 503, record kept
         await to_thread.run_sync(self.store.mark_published, record.image_id)
+        IMAGES_ACCEPTED.labels(record.site_id).inc()
+        tracing.current_span().set_attribute(tracing.ATTR_OUTCOME, "accepted")
         log.info(
             "image_accepted",
             image_id=record.image_id,

@@ -16,7 +16,6 @@ from fastapi.responses import JSONResponse
 from faststream.kafka import KafkaBroker
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from defectloop.common.http_errors import DEFAULT_RETRY_AFTER_S, install_error_handlers
@@ -160,13 +159,11 @@ def build_service_app(
     return app
 
 
-def _route_template(app: Any, scope: Scope) -> str:
-    """The matched route's path template (bounded label values), not the concrete path."""
-    for route in app.router.routes:
-        match, _ = route.matches(scope)
-        if match == Match.FULL:
-            return str(getattr(route, "path", "unmatched"))
-    return "unmatched"
+def _route_template(scope: Scope) -> str:
+    """The matched route's path template (bounded label values), not the concrete path: the
+    router records the route it matched in the request's scope."""
+    route = scope.get("route")
+    return str(getattr(route, "path", "unmatched"))
 
 
 class RequestLineMiddleware:
@@ -193,7 +190,7 @@ class RequestLineMiddleware:
         try:
             await self.app(scope, receive, capture)
         finally:
-            route = _route_template(scope["app"], scope)
+            route = _route_template(scope)
             HTTP_REQUESTS.labels(self.service, scope["method"], route, str(status)).inc()
             log.info(
                 "http_request",

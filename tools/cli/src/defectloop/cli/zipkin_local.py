@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from defectloop.cli.processes import pid_from_file, port_open, stop_by_pid_file
+from defectloop.cli.maven import fetch_jar
+from defectloop.cli.processes import pid_from_file, port_open, start_daemon, stop_by_pid_file
 from defectloop.common.errors import ComponentError
 from defectloop.common.paths import cache_home, state_home
 
@@ -68,42 +68,7 @@ def jar_path(version: str = ZIPKIN_VERSION) -> Path:
 
 def ensure_jar(version: str = ZIPKIN_VERSION) -> Path:
     """Fetch Zipkin's executable jar from Maven Central once; return its path."""
-    target = jar_path(version)
-    if target.is_file():
-        return target
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise ComponentError(
-            "Maven (mvn) is needed once to fetch Zipkin's server jar",
-            hint="install it: apt-get install -y maven (Java 17 is needed too)",
-        )
-    staging = target.parent / "partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    proc = subprocess.run(
-        [
-            mvn,
-            "-q",
-            "-B",
-            "dependency:copy",
-            f"-Dartifact={ARTIFACT.format(version=version)}",
-            f"-DoutputDirectory={staging}",
-        ],
-        cwd=staging,  # no pom here: Maven runs the goal stand-alone
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    fetched = staging / target.name
-    if proc.returncode != 0 or not fetched.is_file():
-        tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
-        raise ComponentError(
-            f"Maven could not fetch Zipkin {version}: {' / '.join(tail)}",
-            hint="check that Maven Central is reachable and DEFECTLOOP_ZIPKIN_VERSION is a release",
-        )
-    fetched.rename(target)  # atomic: a half-fetched jar is never mistaken for a full one
-    shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return fetch_jar(ARTIFACT.format(version=version), jar_path(version), what=f"Zipkin {version}")
 
 
 def read_pid(layout: ZipkinLayout) -> int | None:
@@ -133,7 +98,7 @@ def _java() -> str:
 def start(layout: ZipkinLayout, *, timeout_s: float = 120.0) -> bool:
     """Start Zipkin unless it runs; return True if this call started it.
 
-    Returns once ``/health`` answers (spans posted before that would be refused).
+    Returns once ``/health`` answers (spans posted before that would be lost).
     """
     if is_running(layout):
         return False
@@ -145,16 +110,7 @@ def start(layout: ZipkinLayout, *, timeout_s: float = 120.0) -> bool:
     jar = ensure_jar()
     layout.home.mkdir(parents=True, exist_ok=True)
     heap = os.environ.get("DEFECTLOOP_ZIPKIN_HEAP", "-Xms64m -Xmx512m").split()
-    env = {
-        **os.environ,
-        "STORAGE_TYPE": "mem",
-        "MEM_MAX_SPANS": str(layout.max_spans),
-        # Zipkin would otherwise also open its scribe/collector ports and self-trace.
-        "COLLECTOR_SCRIBE_ENABLED": "false",
-        "SELF_TRACING_ENABLED": "false",
-    }
-    log = layout.log_file.open("ab")
-    proc = subprocess.Popen(
+    start_daemon(
         [
             _java(),
             *heap,
@@ -165,27 +121,25 @@ def start(layout: ZipkinLayout, *, timeout_s: float = 120.0) -> bool:
             "--armeria.ports[0].ip=127.0.0.1",
             f"--armeria.ports[0].port={layout.port}",
             "--armeria.ports[0].protocols[0]=http",
+            "--zipkin.storage.type=mem",
+            f"--zipkin.storage.mem.max-spans={layout.max_spans}",
+            # Nor its other intakes, nor traces of itself.
+            "--zipkin.collector.scribe.enabled=false",
+            "--zipkin.self-tracing.enabled=false",
         ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        env=env,
-        start_new_session=True,  # survives the CLI; stopped by pid
+        name="Zipkin",
+        port=layout.port,
+        pid_file=layout.pid_file,
+        log_file=layout.log_file,
+        timeout_s=timeout_s,
     )
-    log.close()
-    layout.pid_file.write_text(str(proc.pid))
-    deadline = time.monotonic() + timeout_s
+    # Its port opens last, once it serves; the health check makes sure the intake is up too.
+    deadline = time.monotonic() + 30.0
     while not healthy(layout):
-        if proc.poll() is not None:
-            layout.pid_file.unlink(missing_ok=True)
-            raise ComponentError(
-                f"Zipkin exited during start-up (code {proc.returncode})",
-                hint=f"see {layout.log_file}",
-            )
         if time.monotonic() > deadline:
             stop(layout)
             raise ComponentError(
-                f"Zipkin did not answer within {timeout_s:.0f} s", hint=f"see {layout.log_file}"
+                "Zipkin listens but does not report healthy", hint=f"see {layout.log_file}"
             )
         time.sleep(0.3)  # polling a child process for readiness, not synchronising test logic
     return True

@@ -39,7 +39,13 @@ from defectloop.common.events import (
     sha256_hex,
 )
 from defectloop.common.kafka import publish_event
-from defectloop.common.signing import public_key_path, sign_bundle
+from defectloop.common.signing import (
+    TrustedKeys,
+    load_public_key,
+    public_key_path,
+    sign_bundle,
+    verify_signed_file,
+)
 from defectloop.inference.main import build_app
 from defectloop.inference.router import ModelRouter
 from defectloop.inference.settings import InferenceSettings
@@ -47,7 +53,8 @@ from defectloop.testing.bundles import BundleBuilder, TinyBundle
 from defectloop.testing.kafka import collect, started_broker
 from defectloop.trainer.audit import AuditRecord
 from defectloop.trainer.deploy import deploy_bundle, register_bundle
-from defectloop.trainer.registry import Registry
+from defectloop.trainer.registry import DatasetVersion, Registry, model_version_from_manifest
+from defectloop.vision.manifest import load_manifest
 
 pytestmark = pytest.mark.integration
 
@@ -208,3 +215,29 @@ def test_a_bundle_edited_after_registration_is_not_signed_again_at_deploy(
     with pytest.raises(IntegrityMismatchError) as refused:
         register_bundle(registry, bundle.path, site="s1", author="alice")
     assert refused.value.reason == "signature_invalid"
+
+
+def test_a_bundle_registered_before_signing_is_signed_when_deployed(
+    tmp_path: Path, registry: Registry, signing_key: Path
+) -> None:
+    bundle = BundleBuilder(tmp_path)("v1", signed=False)
+    away = tmp_path / "away"
+    bundle.path.rename(away)  # a record-only registration: no bundle there to sign
+    manifest = load_manifest(away)
+    registry.upsert_dataset(
+        DatasetVersion(
+            version=manifest.lineage.dataset_version,
+            num_images=0,
+            num_train=0,
+            num_val=0,
+            manifest_json="{}",
+        )
+    )
+    registry.add_model(
+        model_version_from_manifest(manifest, bundle_dir=bundle.path, site="s1", author="alice")
+    )
+    away.rename(bundle.path)
+    assert not (bundle.path / "signature.json").exists()
+    register_bundle(registry, bundle.path, site="s1", author="alice")
+    trusted = TrustedKeys([load_public_key(public_key_path(signing_key))])
+    assert verify_signed_file(bundle.path, trusted) == (bundle.path / "model.json").read_bytes()

@@ -305,7 +305,8 @@ async def test_ingest_recovers_when_kafka_comes_back_and_the_retry_publishes(
             await forwarder.stop()
     assert health.status_code == 200
     assert retry.status_code == 202
-    assert retry.json()["status"] == "accepted"
+    # The outbox's republisher may have published the kept image before the retry came.
+    assert retry.json()["status"] in {"accepted", "duplicate"}
     assert again.json() == {"image_id": retry.json()["image_id"], "status": "duplicate"}
     events = await read_events(
         kafka_bootstrap, topics.IMAGE_CAPTURED, harness.site, _has_image(retry.json()["image_id"])

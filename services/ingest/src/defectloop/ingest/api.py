@@ -29,7 +29,6 @@ from defectloop.ingest.pipeline import Ingestor
 log = get_logger(__name__)
 
 
-
 class IngestResponse(BaseModel):
     image_id: str = Field(
         ...,

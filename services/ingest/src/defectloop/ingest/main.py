@@ -13,6 +13,7 @@ from defectloop.common.blobstore import open_blob_store
 from defectloop.common.kafka_connection import BackgroundConnection
 from defectloop.common.service import build_service_app, serve
 from defectloop.ingest.api import router
+from defectloop.ingest.outbox import ImageLocks, Republisher
 from defectloop.ingest.pipeline import Ingestor
 from defectloop.ingest.publisher import EventPublisher
 from defectloop.ingest.records import ImageStore, open_database
@@ -25,24 +26,37 @@ def build_app(settings: IngestSettings) -> FastAPI:
     async def close_database() -> None:
         engine.dispose()
 
+    # The outbox's republisher starts once Kafka is connected (what it publishes needs it) and
+    # stops before the broker does. It is built below, on the shell's connection.
+    async def start_outbox() -> None:
+        await outbox.start()
+
+    async def stop_outbox() -> None:
+        await outbox.stop()
+
     app = build_service_app(
         settings,
         start_without_broker=True,
         connect_retry_max_s=settings.kafka_connect_retry_s,
         retry_after_s=settings.retry_after_s,
+        on_startup=[start_outbox],
+        on_shutdown=[stop_outbox],
         after_stop=[close_database],
         summary="HTTP endpoint for camera gateways: PNG frames in, image.captured out.",
         version="1",
     )
     connection: BackgroundConnection = app.state.connection
     publisher = EventPublisher(connection, publish_timeout_s=settings.publish_timeout_s)
+    store = ImageStore(engine)
+    outbox = Republisher(store, publisher, ImageLocks(), interval_s=settings.republish_interval_s)
     app.state.engine = engine
     app.state.publisher = publisher
+    app.state.outbox = outbox
     app.state.ingestor = Ingestor(
         settings,
-        store=ImageStore(engine),
+        store=store,
         blobs=open_blob_store(settings.blob_url),
-        publisher=publisher,
+        outbox=outbox,
     )
     app.include_router(router)
     return app

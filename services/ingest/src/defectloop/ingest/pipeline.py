@@ -4,8 +4,10 @@ validate (PNG, limits) -> measure quality -> store bytes (content-addressed) -> 
 (with its event, ``published=False``) -> publish ``image.captured`` and wait for the ack -> mark
 published. A repeat of the same bytes for the same camera finds the record: already published =
 "duplicate" (nothing new is sent); recorded but never acknowledged = the stored event is published
-now. Validation and quality failures publish ``image.rejected`` and raise :class:`RejectionError`.
-CPU work (decode, quality) and blocking I/O (SQL, blob store) run in worker threads.
+now. Validation and quality failures record ``image.rejected`` (published by the outbox's
+republisher, :mod:`defectloop.ingest.outbox`, which also publishes images whose upload got a 503)
+and raise :class:`RejectionError`. CPU work (decode, quality) and blocking I/O (SQL, blob store)
+run in worker threads.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from anyio import to_thread
 from defectloop.common import tracing
 from defectloop.common.blobstore import BlobStore
 from defectloop.common.errors import (
-    BrokerUnavailableError,
+    DefectloopError,
     InvalidInputError,
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
@@ -37,8 +39,8 @@ from defectloop.common.events import (
 from defectloop.common.logging import get_logger
 from defectloop.common.metrics import IMAGES_ACCEPTED, IMAGES_REJECTED
 from defectloop.ingest import png, quality
-from defectloop.ingest.publisher import EventPublisher
-from defectloop.ingest.records import ImageRecord, ImageStore
+from defectloop.ingest.outbox import Republisher
+from defectloop.ingest.records import ImageRecord, ImageStore, RejectionRecord
 from defectloop.ingest.settings import IngestSettings, QualityFloor
 
 log = get_logger(__name__)
@@ -109,12 +111,12 @@ class Ingestor:
         *,
         store: ImageStore,
         blobs: BlobStore,
-        publisher: EventPublisher,
+        outbox: Republisher,
     ) -> None:
         self.settings = settings
         self.store = store
         self.blobs = blobs
-        self.publisher = publisher
+        self.outbox = outbox
         self.floors = settings.load_quality_floors()
         self.limits = png.PngLimits(
             max_pixels=settings.max_pixels,
@@ -139,10 +141,11 @@ class Ingestor:
         sha256: str | None = None,
         size_bytes: int | None = None,
     ) -> RejectionError:
-        """Publish ``image.rejected`` (bounded wait) and return the exception to raise.
+        """Record ``image.rejected`` for the republisher and return the exception to raise.
 
-        The client's answer does not depend on Kafka: a bad upload stays bad. If the broker is
-        down the rejection event is logged as lost (``image_rejected_unpublished``).
+        The client's answer depends on neither Kafka nor the database: a bad upload stays bad.
+        The event is published by the outbox (at once if Kafka is up, else when it returns); if
+        even recording it fails, it is logged as lost (``image_rejected_unrecorded``).
         """
         event = ImageRejected(
             site_id=site_id,
@@ -164,12 +167,20 @@ class Ingestor:
             reason=reason.value,
             detail=detail[:300],
         )
+        record = RejectionRecord(
+            event_id=event.event_id,
+            site_id=site_id,
+            camera_id=camera_id,
+            reason=reason.value,
+            event_json=event.model_dump_json(),
+        )
         try:
-            await self.publisher.publish(event)
-        except BrokerUnavailableError as exc:
-            log.warning(
-                "image_rejected_unpublished", site_id=site_id, reason=reason.value, error=str(exc)
+            await to_thread.run_sync(self.store.add_rejection, record)
+        except DefectloopError as exc:
+            log.error(
+                "image_rejected_unrecorded", site_id=site_id, reason=reason.value, error=str(exc)
             )
+        self.outbox.kick()
         return rejection(reason, detail)
 
     def _analyse(self, data: bytes, previous: bytes | None) -> _Analysis:
@@ -263,14 +274,13 @@ class Ingestor:
         return await self._deliver(stored, fresh=stored is record)
 
     async def _deliver(self, record: ImageRecord, *, fresh: bool) -> Outcome:
-        """Publish the record's event unless Kafka already acknowledged it."""
-        if record.published:
+        """Publish the record's event unless Kafka already acknowledged it (this request, an
+        earlier one or the republisher: a duplicate then)."""
+        # BrokerUnavailableError -> 503; the record is kept and the republisher publishes it.
+        if record.published or not await self.outbox.publish_image(record):
             tracing.current_span().set_attribute(tracing.ATTR_OUTCOME, "duplicate")
             log.info("image_duplicate", image_id=record.image_id, site_id=record.site_id)
             return Outcome(record.image_id, "duplicate")
-        event = ImageCaptured.model_validate_json(record.event_json)
-        await self.publisher.publish(event)  # BrokerUnavailableError -> 503, record kept
-        await to_thread.run_sync(self.store.mark_published, record.image_id)
         IMAGES_ACCEPTED.labels(record.site_id).inc()
         tracing.current_span().set_attribute(tracing.ATTR_OUTCOME, "accepted")
         log.info(

@@ -1,7 +1,14 @@
-"""What ingest remembers (SQLModel): gateway tokens, images, each camera's last fingerprint.
+"""What ingest remembers (SQLModel): gateway tokens, images, rejections, each camera's last
+fingerprint.
 
 SQLite by default (``<state>/ingest.db``); a PostgreSQL URL works unchanged. ``table=True`` models
 never leave this module through the API: responses are built from explicit fields.
+
+The image and rejection tables are ingest's **outbox**: every outcome is recorded with its event
+before it is published, and ``published`` turns true only after Kafka acknowledged it; the
+republisher (:mod:`defectloop.ingest.outbox`) publishes whatever is left. Writes that concurrent
+requests race on are safe: an image insert that loses the race returns the winner's record, and
+the camera fingerprint is an upsert (two first frames of one camera both succeed).
 """
 
 from __future__ import annotations
@@ -12,9 +19,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, Column, LargeBinary
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Field, Session, SQLModel, select
+from sqlmodel import Field, Session, SQLModel, func, select
 
 from defectloop.common.db import make_engine
 from defectloop.common.events import utc_now
@@ -68,7 +76,23 @@ class CameraFingerprint(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utc_now)
 
 
-INGEST_TABLES = (GatewayToken, ImageRecord, CameraFingerprint)
+class RejectionRecord(SQLModel, table=True):
+    """A refused upload's ``image.rejected`` event, kept until Kafka acknowledged it."""
+
+    __tablename__ = "ingest_rejection"
+
+    seq: int | None = Field(default=None, primary_key=True, description="Publishing order.")
+    event_id: str = Field(unique=True)
+    site_id: str = Field(index=True)
+    camera_id: str
+    reason: str
+    event_json: str = Field(description="The image.rejected event, published verbatim.")
+    published: bool = Field(default=False, index=True)
+    created_at: datetime = Field(default_factory=utc_now)
+    published_at: datetime | None = None
+
+
+INGEST_TABLES = (GatewayToken, ImageRecord, CameraFingerprint, RejectionRecord)
 
 
 def open_database(url: str) -> Engine:
@@ -128,20 +152,77 @@ class ImageStore:
     def set_fingerprint(
         self, site_id: str, camera_id: str, fingerprint: bytes, image_id: str
     ) -> None:
+        """Upsert: the first frames of one camera posted at once all succeed (last one wins),
+        where a read-then-insert failed the losers with a UNIQUE violation."""
+        values = {
+            "site_id": site_id,
+            "camera_id": camera_id,
+            "fingerprint": fingerprint,
+            "image_id": image_id,
+            "updated_at": utc_now(),
+        }
+        changed = {k: values[k] for k in ("fingerprint", "image_id", "updated_at")}
+        table = CameraFingerprint.__table__  # type: ignore[attr-defined]
+        dialect = self.engine.dialect.name
         with self._session() as session:
-            row = session.get(CameraFingerprint, (site_id, camera_id))
-            if row is None:
-                row = CameraFingerprint(
-                    site_id=site_id, camera_id=camera_id, fingerprint=fingerprint, image_id=image_id
+            if dialect == "postgresql":
+                pg = postgresql.insert(table).values(**values)
+                session.execute(
+                    pg.on_conflict_do_update(index_elements=["site_id", "camera_id"], set_=changed)
                 )
             else:
-                row.fingerprint = fingerprint
-                row.image_id = image_id
-                row.updated_at = utc_now()
-            session.add(row)
+                lite = sqlite.insert(table).values(**values)
+                session.execute(
+                    lite.on_conflict_do_update(
+                        index_elements=["site_id", "camera_id"], set_=changed
+                    )
+                )
             session.commit()
 
     def unpublished(self, limit: int = 100) -> list[ImageRecord]:
+        """Recorded images Kafka has not acknowledged yet, oldest first."""
         with self._session() as session:
-            query = select(ImageRecord).where(ImageRecord.published == False).limit(limit)  # noqa: E712
+            query = (
+                select(ImageRecord)
+                .where(ImageRecord.published == False)  # noqa: E712
+                .order_by(ImageRecord.created_at)  # type: ignore[arg-type]
+                .limit(limit)
+            )
             return list(session.exec(query))
+
+    def add_rejection(self, record: RejectionRecord) -> None:
+        with self._session() as session:
+            session.add(record)
+            session.commit()
+
+    def unpublished_rejections(self, limit: int = 100) -> list[RejectionRecord]:
+        """Rejections Kafka has not acknowledged yet, in the order they were recorded."""
+        with self._session() as session:
+            query = (
+                select(RejectionRecord)
+                .where(RejectionRecord.published == False)  # noqa: E712
+                .order_by(RejectionRecord.seq)  # type: ignore[arg-type]
+                .limit(limit)
+            )
+            return list(session.exec(query))
+
+    def mark_rejection_published(self, event_id: str) -> None:
+        with self._session() as session:
+            query = select(RejectionRecord).where(RejectionRecord.event_id == event_id)
+            record = session.exec(query).first()
+            if record is not None and not record.published:
+                record.published = True
+                record.published_at = utc_now()
+                session.add(record)
+                session.commit()
+
+    def pending_counts(self) -> tuple[int, int]:
+        """(images, rejections) recorded and not yet acknowledged by Kafka."""
+        with self._session() as session:
+            images = session.exec(
+                select(func.count()).where(ImageRecord.published == False)  # noqa: E712
+            ).one()
+            rejections = session.exec(
+                select(func.count()).where(RejectionRecord.published == False)  # noqa: E712
+            ).one()
+            return int(images), int(rejections)

@@ -71,6 +71,9 @@ class IngestSettings(ServiceSettings):
 
     # Kafka.
     publish_timeout_s: float = Field(5.0, gt=0, description="Wait for Kafka's ack at most this.")
+    republish_interval_s: float = Field(
+        1.0, gt=0, description="Outbox: retry publishing unacknowledged events this often."
+    )
     kafka_connect_retry_s: float = Field(2.0, gt=0, description="Pause between connect tries.")
     retry_after_s: int = Field(5, ge=1, description="Retry-After sent with a 503.")
 

@@ -87,7 +87,7 @@ DEAD_LETTERS = Counter(
 # --- annotation-sync ----------------------------------------------------------------------------
 ANNOTATION_TASKS = Counter(
     "defectloop_annotation_tasks",
-    "Predictions sampled and pushed to Label Studio as tasks, by sampling reason.",
+    "Predictions sampled for annotation (each becomes a Label Studio task), by sampling reason.",
     [SITE, REASON],
     registry=REGISTRY,
 )

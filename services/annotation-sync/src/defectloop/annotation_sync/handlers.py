@@ -15,6 +15,7 @@ from defectloop.common.events import (
     PredictionMade,
 )
 from defectloop.common.kafka import event_subscriber, publish_event
+from defectloop.common.metrics import ANNOTATIONS
 
 GROUP_ID = "annotation-sync"
 
@@ -22,6 +23,7 @@ GROUP_ID = "annotation-sync"
 def publisher(broker: KafkaBroker) -> Publish:
     async def publish(event: AnnotationCompleted) -> None:
         await publish_event(broker, event)
+        ANNOTATIONS.labels(event.site_id, event.status.value).inc()
 
     return publish
 

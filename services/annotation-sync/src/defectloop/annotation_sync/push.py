@@ -26,6 +26,7 @@ from defectloop.annotation_sync import convert, label_requests, signing, store
 from defectloop.annotation_sync.projects import ProjectRegistry, SiteProject
 from defectloop.annotation_sync.sampling import Quota, SamplingPolicy, SamplingReason, decide
 from defectloop.annotation_sync.settings import AnnotationSyncSettings
+from defectloop.common import tracing
 from defectloop.common.errors import DefectloopError, InvalidInputError, PermanentError
 from defectloop.common.events import PredictionMade, ScoredBox
 from defectloop.common.logging import get_logger
@@ -164,6 +165,13 @@ class TaskPusher:
 
     async def push(self, sample: store.Sample) -> int:
         """Create the sample's Label Studio task (once) and record its id."""
+        attributes = {tracing.ATTR_SITE: sample.site_id, tracing.ATTR_IMAGE: sample.image_id}
+        with tracing.tracer_for(self.settings, __name__).start_as_current_span(
+            "annotation.push", attributes=attributes
+        ):
+            return await self._push_once(sample)
+
+    async def _push_once(self, sample: store.Sample) -> int:
         project = await self.registry.site(sample.site_id)
         async with self._lock:
             current = await store.call(

@@ -18,8 +18,10 @@ from defectloop.annotation_sync.projects import ClientFactory, ProjectRegistry
 from defectloop.annotation_sync.pull import AnnotationPuller, Publish
 from defectloop.annotation_sync.push import Sampler, TaskPusher
 from defectloop.annotation_sync.settings import AnnotationSyncSettings
+from defectloop.common import tracing
 from defectloop.common.events import AnnotationCompleted, LabelsRequested, PredictionMade
 from defectloop.common.logging import get_logger
+from defectloop.common.metrics import ANNOTATION_TASKS
 
 log = get_logger(__name__)
 
@@ -43,6 +45,7 @@ class AnnotationSync:
         self.pusher = TaskPusher(settings, engine, self.registry, clock=self._clock)
         self.sampler = Sampler(settings, engine, on_sampled=self.pusher.wake, clock=self._clock)
         self.puller = AnnotationPuller(settings, engine, self.registry, publish)
+        self.tracer = tracing.tracer_for(settings, __name__)
 
     async def aclose(self) -> None:
         await self.registry.aclose()
@@ -50,8 +53,22 @@ class AnnotationSync:
     # --- Kafka ----------------------------------------------------------------------------
 
     async def on_prediction(self, p: PredictionMade) -> store.Sample | None:
-        """Sample ``p`` (or not) as a pending task; the pusher pushes it. No Label Studio call."""
-        return await self.sampler.on_prediction(p)
+        """Sample ``p`` (or not) as a pending task; the pusher pushes it. No Label Studio call.
+
+        The decision is a span in the image's trace (the prediction's consumer span is its
+        parent): ``defectloop trace`` shows whether the image went to the annotators, and why.
+        """
+        attributes = {tracing.ATTR_SITE: p.site_id, tracing.ATTR_IMAGE: p.image_id}
+        with self.tracer.start_as_current_span("annotation.sample", attributes=attributes) as span:
+            sample = await self.sampler.on_prediction(p)
+            if sample is None:
+                span.set_attribute(tracing.ATTR_OUTCOME, "not_sampled")
+            else:
+                span.set_attributes(
+                    {tracing.ATTR_OUTCOME: "sampled", tracing.ATTR_REASON: sample.reason}
+                )
+                ANNOTATION_TASKS.labels(p.site_id, sample.reason).inc()
+            return sample
 
     async def on_labels_requested(self, event: LabelsRequested) -> bool:
         """Record the monitor's request once per ``request_id``; False for a redelivery."""
@@ -78,7 +95,20 @@ class AnnotationSync:
     async def on_annotation(
         self, site_id: str, task: dict[str, Any], annotation: dict[str, Any]
     ) -> AnnotationCompleted | None:
-        return await self.puller.on_annotation(site_id, task, annotation)
+        data = task.get("data") or {}
+        attributes = {tracing.ATTR_SITE: site_id, tracing.ATTR_IMAGE: str(data.get("image_id", ""))}
+        with self.tracer.start_as_current_span("annotation.arrival", attributes=attributes) as span:
+            event = await self.puller.on_annotation(site_id, task, annotation)
+            if event is None:
+                span.set_attribute(tracing.ATTR_OUTCOME, "ignored")
+            else:
+                span.set_attributes(
+                    {
+                        tracing.ATTR_OUTCOME: f"annotation_{event.status.value}",
+                        tracing.ATTR_ANNOTATOR: event.annotator,
+                    }
+                )
+            return event
 
     async def on_deleted(self, site_id: str, ls_annotation_ids: list[int]) -> int:
         return await self.puller.on_deleted(site_id, ls_annotation_ids)

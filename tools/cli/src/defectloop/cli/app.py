@@ -20,6 +20,7 @@ from defectloop.cli import (
     monitor_cmd,
     simulate,
     stack,
+    trace_cmd,
     training,
 )
 from defectloop.cli.errors import run_cli
@@ -44,6 +45,7 @@ def build_cli() -> typer.Typer:
         gateway,
         bench,
         monitor_cmd,
+        trace_cmd,
     ):
         module.register(app)
     return app

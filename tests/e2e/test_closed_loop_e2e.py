@@ -56,6 +56,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     ports = DemoPorts(
         kafka=free_port(),
         label_studio=free_port(),
+        zipkin=free_port(),
         services={name: free_port() for name in SERVICES},
     )
     result = run_demo(

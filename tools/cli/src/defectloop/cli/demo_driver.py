@@ -17,9 +17,9 @@ from rich.console import Console
 from rich.markdown import Markdown
 
 from defectloop.cli import closed_loop, demo_report, labelstudio_local, supervisor
-from defectloop.cli.processes import port_open
+from defectloop.cli.processes import free_port, port_open
 from defectloop.common.errors import ComponentError
-from defectloop.common.paths import state_home
+from defectloop.common.paths import cache_home, state_home
 
 console = Console()
 
@@ -30,6 +30,7 @@ class DemoPorts:
 
     kafka: int = 9092
     label_studio: int = labelstudio_local.DEFAULT_PORT
+    zipkin: int = 9411
     services: dict[str, int] = field(default_factory=dict)
 
 
@@ -57,11 +58,39 @@ def _refuse_taken_ports(ports: DemoPorts, specs: Sequence[supervisor.ServiceSpec
     taken = [f"{s.name}:{s.port}" for s in specs if port_open(s.port)]
     taken += [f"kafka:{ports.kafka}"] * port_open(ports.kafka)
     taken += [f"label-studio:{ports.label_studio}"] * port_open(ports.label_studio)
+    taken += [f"zipkin:{ports.zipkin}"] * port_open(ports.zipkin)
     if taken:
         raise ComponentError(
             f"the demo needs its ports, taken now: {', '.join(taken)}",
             hint="`defectloop down` stops a stack started by `defectloop up`",
         )
+
+
+def _label_studio_template() -> Path:
+    """A migrated, empty Label Studio home (data dir + admin credentials), made once, cached.
+
+    Label Studio's first start in a new data directory runs its migrations (minutes on a busy
+    CPU); every demo starts a fresh stack, so it copies this instead of migrating again.
+    """
+    from filelock import FileLock
+
+    template = cache_home() / f"labelstudio-template-{labelstudio_local.LABEL_STUDIO_VERSION}"
+    with FileLock(f"{template}.lock"):
+        if not (template / "ready").is_file():
+            shutil.rmtree(template, ignore_errors=True)
+            layout = labelstudio_local.LabelStudioLayout(template, port=free_port())
+            with console.status("Label Studio's first start (migrations, once: ~2 min)..."):
+                labelstudio_local.start(layout, timeout_s=600)
+                labelstudio_local.stop(layout)
+            for name in ("labelstudio.pid", "labelstudio.log", "info.json"):
+                (template / name).unlink(missing_ok=True)
+            (template / "ready").write_text("migrated\n")
+    return template
+
+
+def _seed_label_studio(home: Path) -> None:
+    target = labelstudio_local.default_layout().home
+    shutil.copytree(_label_studio_template(), target, ignore=shutil.ignore_patterns("ready"))
 
 
 def run_demo(
@@ -84,6 +113,7 @@ def run_demo(
         "DEFECTLOOP_HOME": str(home),
         "DEFECTLOOP_KAFKA_PORT": str(ports.kafka),
         "DEFECTLOOP_LABELSTUDIO_PORT": str(ports.label_studio),
+        "DEFECTLOOP_ZIPKIN_PORT": str(ports.zipkin),
         "DEFECTLOOP_KAFKA_BOOTSTRAP": f"127.0.0.1:{ports.kafka}",
     }
     url = {s.name: f"http://127.0.0.1:{s.port}" for s in specs}
@@ -93,6 +123,7 @@ def run_demo(
             shutil.rmtree(home)
         _refuse_taken_ports(ports, specs)
         home.mkdir(parents=True)
+        _seed_label_studio(home)
         console.rule(f"defectloop demo ({config.name}): state in {home}")
         console.print(
             "[dim]Each site needs a bootstrap model; the first run trains the missing ones "

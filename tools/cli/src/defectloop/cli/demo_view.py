@@ -44,7 +44,8 @@ def render(config: DemoConfig, tracks: list[SiteTrack], began: float, phase: str
             f"{d.kind} {d.severity:g}" + (f" {d.camera}" if d.camera else "") for d in t.drifts
         )
         if t.drifts and t.drift_at is None:
-            drift += f" (in {config.baseline_s + min(d.start_s for d in t.drifts) - (now - began):.0f} s)"
+            due = config.baseline_s + min(d.start_s for d in t.drifts) - (now - began)
+            drift += f" (in {due:.0f} s)" if due > 0 else " (due)"
         recall = "—" if t.headline_recall is None else f"{t.headline_recall:.2f}"
         table.add_row(
             t.site,

@@ -31,17 +31,17 @@ ADMIN = "admin"
 DECISIONS_ROUTER = "decisions-router"
 
 
-class _Resource(IntEnum):  # Kafka's ResourceType codes
+class ResourceType(IntEnum):  # Kafka's ResourceType codes
     TOPIC = 2
     GROUP = 3
 
 
-class _Pattern(IntEnum):  # Kafka's PatternType codes
+class PatternType(IntEnum):  # Kafka's PatternType codes
     LITERAL = 3
     PREFIXED = 4
 
 
-class _Operation(IntEnum):  # Kafka's AclOperation codes
+class AclOperation(IntEnum):  # Kafka's AclOperation codes
     READ = 3
     WRITE = 4
 
@@ -59,21 +59,22 @@ class BusPrincipal:
     write_prefixes: tuple[str, ...] = ()
     groups: tuple[str, ...] = field(default=())
 
-    def acls(self) -> list[tuple[_Resource, str, _Pattern, _Operation]]:
+    def acls(self) -> list[tuple[ResourceType, str, PatternType, AclOperation]]:
         """(resource, name, pattern, operation) to ALLOW; READ/WRITE imply DESCRIBE."""
-        rows = [(_Resource.TOPIC, x, _Pattern.LITERAL, _Operation.READ) for x in self.reads]
+        rows = [(ResourceType.TOPIC, x, PatternType.LITERAL, AclOperation.READ) for x in self.reads]
         # A consumer dead-letters what it cannot process: it writes the DLQ of what it reads.
         writes = (*self.writes, *(dlq_topic(x) for x in self.reads if x in t.EVENT_TOPICS))
-        rows += [(_Resource.TOPIC, x, _Pattern.LITERAL, _Operation.WRITE) for x in writes]
+        rows += [(ResourceType.TOPIC, x, PatternType.LITERAL, AclOperation.WRITE) for x in writes]
         rows += [
-            (_Resource.TOPIC, x, _Pattern.PREFIXED, _Operation.WRITE) for x in self.write_prefixes
+            (ResourceType.TOPIC, x, PatternType.PREFIXED, AclOperation.WRITE)
+            for x in self.write_prefixes
         ]
         # Consumer groups: its own name, or its name + "." + anything. The dot matters: a
         # plain prefix "mes-A" would also let mes-A use the groups of site "A-1" ("mes-A-1").
         for group in self.groups or (self.name,):
             rows += [
-                (_Resource.GROUP, group, _Pattern.LITERAL, _Operation.READ),
-                (_Resource.GROUP, f"{group}.", _Pattern.PREFIXED, _Operation.READ),
+                (ResourceType.GROUP, group, PatternType.LITERAL, AclOperation.READ),
+                (ResourceType.GROUP, f"{group}.", PatternType.PREFIXED, AclOperation.READ),
             ]
         return rows
 

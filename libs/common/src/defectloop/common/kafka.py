@@ -20,6 +20,7 @@ import base64
 import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -228,12 +229,26 @@ def event_subscriber(
 
     def decorator(handler: Handler[Any]) -> Handler[Any]:
         async def consume(message: KafkaMessage) -> None:
+            started = time.perf_counter()
+            outcome = "failed"  # unless set below: an exception escaping means re-read
+            try:
+                outcome = await handle(message)
+            finally:
+                # The canonical line of the message (its coordinates and ids are bound in the
+                # log context; its trace ids come from the consumer span).
+                log.info(
+                    "message_handled",
+                    outcome=outcome,
+                    duration_ms=round((time.perf_counter() - started) * 1000.0, 2),
+                )
+
+        async def handle(message: KafkaMessage) -> str:
             record: ConsumerRecord[Any, Any] = message.raw_message
             try:
                 event = model.model_validate_json(record.value or b"")
             except ValidationError as exc:
                 await dead_letters.send(record, reason="schema_violation", error=str(exc))
-                return
+                return "dead_lettered"
             try:
                 await call_with_backoff(
                     lambda: handler(event),
@@ -247,11 +262,14 @@ def event_subscriber(
                 raise  # not committed: the message is re-read, never dropped
             except PermanentError as exc:
                 await dead_letters.send(record, reason=exc.reason, error=str(exc))
+                return "dead_lettered"
             except Exception as exc:  # a bug must not block the partition: park it with the trace
                 log.exception("handler_failed", topic=topic, offset=record.offset)
                 await dead_letters.send(
                     record, reason="unhandled_error", error=f"{type(exc).__name__}: {exc}"
                 )
+                return "dead_lettered"
+            return "ok"
 
         consume.__name__ = f"{service}_{handler.__name__}"
         broker.subscriber(

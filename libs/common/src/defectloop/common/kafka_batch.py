@@ -27,6 +27,7 @@ A FastStream batch subscriber (``batch=True``) hands the handler every record ``
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -254,6 +255,7 @@ def batch_event_subscriber(
                 # Records fetched before a rebalance took their partitions away belong to the
                 # new owner now: leave them to it (they are not committed here).
                 owned = _owned(message, records)
+                started = time.perf_counter()
                 if owned:
                     await process_batch(
                         owned,
@@ -266,6 +268,12 @@ def batch_event_subscriber(
                 # Commit inside the gate, so a revocation waits for it (the ack middleware
                 # sees the message as committed and does not commit again).
                 await message.ack()
+                # The batch's canonical line (a batch is the unit handled and committed here).
+                log.info(
+                    "batch_handled",
+                    owned=len(owned),
+                    duration_ms=round((time.perf_counter() - started) * 1000.0, 2),
+                )
 
         consume.__name__ = f"{service}_{getattr(handler, '__name__', 'batch')}"
         broker.subscriber(

@@ -13,6 +13,7 @@ Consumer lag is read from the service's own Kafka consumers when ``/metrics`` is
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from typing import Any
 
 from faststream.kafka import KafkaBroker
@@ -129,6 +130,18 @@ HTTP_REQUESTS = Counter(
 )
 
 _lag_labels: dict[str, set[tuple[str, str, str, str]]] = {}
+_incident_labels: set[tuple[str, str]] = set()
+
+
+def set_incidents_open(open_now: Iterable[tuple[str, str]]) -> None:
+    """Set :data:`INCIDENTS_OPEN` from the open incidents' (site, kind) pairs; a pair seen before
+    and closed now reads 0 (not absent: "no incident" is a value an alert compares against)."""
+    counts: dict[tuple[str, str], int] = {}
+    for key in open_now:
+        counts[key] = counts.get(key, 0) + 1
+    _incident_labels.update(counts)
+    for key in _incident_labels:
+        INCIDENTS_OPEN.labels(*key).set(counts.get(key, 0))
 
 
 def _consumers(broker: KafkaBroker) -> list[Any]:

@@ -36,8 +36,10 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
     SpanExportResult,
 )
-from opentelemetry.trace import Link, Status, StatusCode
+from opentelemetry.trace import Link as Link  # re-exported, like Span and Tracer
 from opentelemetry.trace import Span as Span  # re-exported: services import only this module
+from opentelemetry.trace import SpanContext as SpanContext
+from opentelemetry.trace import Status, StatusCode
 from opentelemetry.trace import Tracer as Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from faststream.kafka import KafkaBroker
 from sqlalchemy.exc import OperationalError
 
-from defectloop.common import topics
+from defectloop.common import topics, tracing
 from defectloop.common.errors import TransientError
 from defectloop.common.events import Event
 from defectloop.common.kafka import publish_event
@@ -34,6 +34,25 @@ CONSUMED: tuple[str, ...] = (
 )
 
 log = get_logger(__name__)
+
+JOINED = frozenset({topics.PREDICTION_MADE, topics.ANNOTATION_COMPLETED})
+
+
+def join_spans(tracer: tracing.Tracer, items: Sequence[BatchItem[Event]]) -> tracing.ItemSpans:
+    """``monitor.join``: one span per prediction or annotation in its own trace."""
+    return tracing.ItemSpans(
+        tracer,
+        "monitor.join",
+        [tracing.headers_context(i.record.headers or ()) for i in items],
+        [
+            {
+                tracing.ATTR_SITE: i.event.site_id,
+                tracing.ATTR_IMAGE: str(getattr(i.event, "image_id", "")),
+                tracing.ATTR_BATCH_SIZE: len(items),
+            }
+            for i in items
+        ],
+    )
 
 
 async def record(store: MonitorStore, events: Sequence[Event]) -> None:
@@ -57,12 +76,19 @@ def subscribe(
     of sites).
     """
     only = frozenset(settings.sites)
+    tracer = tracing.tracer_for(settings, __name__)
     for topic in CONSUMED:
 
         async def record_batch(items: Sequence[BatchItem[Event]]) -> list[Rejection]:
-            events = [i.event for i in items if not only or i.event.site_id in only]
-            if events:
-                await record(store, events)
+            kept = [i for i in items if not only or i.event.site_id in only]
+            if kept:
+                # Predictions and annotations are joined here: a span in each one's trace.
+                spans = join_spans(tracer, kept) if kept[0].record.topic in JOINED else None
+                try:
+                    await record(store, [i.event for i in kept])
+                finally:
+                    if spans is not None:
+                        spans.end()
             return []
 
         record_batch.__name__ = f"record_{topic.replace('.', '_')}"

@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 
 from defectloop.common.db import make_engine
 from defectloop.common.logging import get_logger
+from defectloop.common.metrics import set_incidents_open
 from defectloop.common.service import broker_from_settings, build_service_app, serve
 from defectloop.monitor import api, handlers
 from defectloop.monitor.evaluate import Evaluator
@@ -64,8 +65,16 @@ def build_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    async def count_open_incidents() -> None:  # the gauge is read from the store at scrape
+        open_now = await asyncio.to_thread(store.incidents, open_only=True)
+        set_incidents_open((i.site_id, i.kind.value) for i in open_now)
+
     app = build_service_app(
-        settings, broker=kafka, on_startup=[on_startup], on_shutdown=[on_shutdown]
+        settings,
+        broker=kafka,
+        on_startup=[on_startup],
+        on_shutdown=[on_shutdown],
+        metrics_refresh=[count_open_incidents],
     )
     app.state.store = store
     app.state.evaluator = evaluator

@@ -38,6 +38,7 @@ from defectloop.common.blobstore import BlobStore
 from defectloop.common.errors import DefectloopError, NotFoundError, TransientError
 from defectloop.common.events import ModelRole
 from defectloop.common.logging import get_logger
+from defectloop.common.metrics import GATE_OUTCOMES
 from defectloop.trainer.gates import GateConfig, GateReport, Latency, SiteEval, evaluate_gates
 from defectloop.trainer.governance import GateEvidence, Governance
 from defectloop.trainer.jobs import Job, JobState, JobStore
@@ -201,6 +202,19 @@ def score_candidate(
     )
 
 
+def count_gates(site_id: str, report: GateReport) -> None:
+    """Each gate's verdict (and the overall one, gate ``all``) on the gate-outcome counter."""
+    verdicts = [
+        ("all", report.passed),
+        ("improvement", report.improvement.passed),
+        ("parity", report.parity.passed),
+        ("latency", report.latency.passed),
+        *(("non_inferiority", r.passed) for r in report.non_inferiority),
+    ]
+    for gate, passed in verdicts:
+        GATE_OUTCOMES.labels(site_id, gate, str(passed).lower()).inc()
+
+
 def _report_summary(report: GateReport) -> dict[str, object]:
     """The numbers ops reads on the job (the full report is on the version and in the audit)."""
     imp = report.improvement
@@ -308,6 +322,7 @@ class Gatekeeper:
             if isinstance(outcome, str):
                 return self.store.update(job.job_id, to=JobState.GATE_FAILED, reason=outcome)
             gate = gov.record_gate(outcome, by=self.actor)
+            count_gates(job.site_id, gate.report)
             log.info(
                 "gates_evaluated", job_id=job.job_id, model_version=version, passed=gate.passed
             )

@@ -48,6 +48,7 @@ from defectloop.common.events import (
     ModelDeployed,
     deterministic_id,
 )
+from defectloop.common.metrics import TRAINING_JOBS
 from defectloop.common.translate import sqlalchemy_errors
 
 
@@ -518,14 +519,18 @@ class JobStore:
             job = s.get(Job, job_id)
             if job is None:
                 raise NotFoundError(f"retraining job {job_id} not found")
+            ended = False
             if to is not None and to != job.job_state:
                 check_transition(job.job_state, to)
                 job.state = to.value
+                ended = to not in OPEN_STATES
             for name, value in fields.items():
                 setattr(job, name, value)
             job.updated_at = _now()
             s.add(job)
             s.commit()
+            if ended and to is not None:
+                TRAINING_JOBS.labels(job.site_id, to.value).inc()
             return job
 
     # --- labelled data ----------------------------------------------------------------------

@@ -26,9 +26,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
+from defectloop.common import tracing
 from defectloop.common.blobstore import BlobStore
 from defectloop.common.errors import DefectloopError, NotFoundError
 from defectloop.common.events import LabelsRequested, MetricDegraded
@@ -91,6 +93,8 @@ class Retrainer:
         self._on_shadow = on_shadow
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
+        self._tracer = tracing.tracer_for(settings, __name__)
+        self._incident_spans: dict[str, list[tracing.SpanContext]] = {}
 
     def policy(self, site_id: str) -> RetrainPolicy:
         return self.settings.retrain_policy_for(site_id)
@@ -99,9 +103,19 @@ class Retrainer:
         self._wake.set()
 
     async def on_incident(self, event: MetricDegraded) -> Decision:
-        decision = await asyncio.to_thread(
-            self.store.on_incident, event, self.policy(event.site_id)
-        )
+        # In the metric.degraded's trace (its consumer span is the parent); the job's steps link
+        # back to this span (self._incident_spans), and both carry the job id.
+        with self._tracer.start_as_current_span(
+            "trainer.incident",
+            attributes={tracing.ATTR_SITE: event.site_id, tracing.ATTR_EVENT_ID: event.event_id},
+        ) as span:
+            decision = await asyncio.to_thread(
+                self.store.on_incident, event, self.policy(event.site_id)
+            )
+            span.set_attributes(
+                {tracing.ATTR_JOB_ID: decision.job.job_id, tracing.ATTR_OUTCOME: decision.action}
+            )
+            self._incident_spans.setdefault(decision.job.job_id, []).append(span.get_span_context())
         log.info(
             "incident_handled",
             site_id=event.site_id,
@@ -143,8 +157,10 @@ class Retrainer:
             and not (previous is not None and job.job_state == JobState.TRAINING)
         ):
             previous = job.state
+            started_ns = time.time_ns()
             try:
                 job = await _STEPS[job.job_state](self, job)
+                self._trace_step(previous, job, started_ns)
             except DefectloopError as exc:
                 if job.job_state in _HOOKED:  # the hooks own these states' failures
                     raise
@@ -157,6 +173,24 @@ class Retrainer:
                     to=JobState.FAILED,
                     reason=f"{exc.reason}: {exc}",
                 )
+
+    def _trace_step(self, previous: str, job: Job, started_ns: int) -> None:
+        """A ``trainer.job.<state>`` span for a step that moved the job (a poll that changed
+        nothing leaves no span), linked to the incident(s) that opened the job."""
+        if job.state == previous:
+            return
+        span = self._tracer.start_span(
+            f"trainer.job.{previous}",
+            start_time=started_ns,
+            links=[tracing.Link(c) for c in self._incident_spans.get(job.job_id, ())],
+            attributes={
+                tracing.ATTR_SITE: job.site_id,
+                tracing.ATTR_JOB_ID: job.job_id,
+                tracing.ATTR_MODEL_VERSION: job.candidate_version or "",
+                tracing.ATTR_OUTCOME: job.state,
+            },
+        )
+        span.end()
 
     # --- steps ------------------------------------------------------------------------------
 

@@ -3,11 +3,16 @@ prediction.made, every span in the image's own trace with the right parent."""
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import sys
 from typing import Any
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
+from defectloop.cli.app import build_cli
 from defectloop.common import topics, tracing
 from defectloop.testing.kafka import collect
 from defectloop.testing.net import wait_until
@@ -51,7 +56,12 @@ async def test_an_uploaded_image_is_one_trace_from_the_request_to_its_prediction
                     return spans
             return None
 
-        spans = await wait_until(complete, timeout_s=30, what="the image's trace in Zipkin")
+        spans = await wait_until(complete, timeout_s=60, what="the image's trace in Zipkin")
+        told = await asyncio.to_thread(
+            CliRunner().invoke,
+            build_cli(),
+            ["trace", image_id, "--zipkin", zipkin.url, "--inference", p.inference_url],
+        )
 
     traces = await _image_trace(zipkin, image_id)
     assert len(traces) == 1, "the image's spans are in one trace, not one per service"
@@ -79,3 +89,23 @@ async def test_an_uploaded_image_is_one_trace_from_the_request_to_its_prediction
     assert parent("inference.model") is image
     assert parent("prediction.made create") is image
     assert parent("prediction.made publish")["name"] == "prediction.made create"
+
+    # `defectloop trace` tells the same story in the terminal (shown by pytest on a failure).
+    print(told.output)
+    assert told.exit_code == 0, told.output
+    assert f"ingest: accepted at site {p.site}, camera {p.camera}" in told.output
+    assert f"by model {p.model_version}" in told.output
+    assert f"site {p.site} is served now by model {p.model_version}" in told.output
+
+
+async def test_trace_of_an_unknown_image_is_one_line_with_a_hint(zipkin: Any) -> None:
+    proc = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "defectloop.cli", "trace", "no-such-image", "--zipkin", zipkin.url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[0] == "error: no trace of image no-such-image in Zipkin"
+    assert proc.stderr.splitlines()[1].startswith("hint: ")

@@ -16,6 +16,25 @@ from fastapi import FastAPI
 
 from defectloop.testing.net import free_port, wait_until
 
+SERVICE_SETTINGS = {
+    "ingest": "IngestSettings",
+    "inference": "InferenceSettings",
+    "annotation_sync": "AnnotationSyncSettings",
+    "monitor": "MonitorSettings",
+    "trainer": "TrainerSettings",
+}
+"""Each service's package name -> its settings class (in ``defectloop.<service>.settings``)."""
+
+
+def build_service(service: str, **settings: Any) -> FastAPI:
+    """``defectloop.<service>.main.build_app`` with its settings class built from ``settings``."""
+    import importlib
+
+    main = importlib.import_module(f"defectloop.{service}.main")
+    module = importlib.import_module(f"defectloop.{service}.settings")
+    app: FastAPI = main.build_app(getattr(module, SERVICE_SETTINGS[service])(**settings))
+    return app
+
 
 @pytest.fixture(scope="session")
 def zipkin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
@@ -39,6 +58,7 @@ class Pipeline:
     token: str
     model_version: str
     ingest_url: str
+    inference_url: str
     ingest: FastAPI
     inference: FastAPI
 
@@ -100,7 +120,7 @@ def pipeline(
             )
         )
         async with AsyncExitStack() as stack:
-            await stack.enter_async_context(inference.router.lifespan_context(inference))
+            inference_url = await stack.enter_async_context(serve(inference))
             url = await stack.enter_async_context(serve(ingest))
             async with httpx.AsyncClient() as client:
 
@@ -108,6 +128,8 @@ def pipeline(
                     return (await client.get(f"{url}/health")).status_code == 200
 
                 await wait_until(ready, timeout_s=60, what="ingest connected to Kafka")
-            yield Pipeline(site, "cam-1", token, bundle.version, url, ingest, inference)
+            yield Pipeline(
+                site, "cam-1", token, bundle.version, url, inference_url, ingest, inference
+            )
 
     return run

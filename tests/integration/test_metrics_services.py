@@ -3,7 +3,6 @@ real run (ingest over HTTP -> Kafka -> inference, a poison record on the way).""
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +15,9 @@ from defectloop.common.kafka import build_broker
 from defectloop.testing.kafka import collect
 from defectloop.testing.net import wait_until
 
-from .conftest import frame
+from .conftest import SERVICE_SETTINGS, build_service, frame
 
 pytestmark = pytest.mark.integration
-
-SERVICES = {
-    "ingest": "IngestSettings",
-    "inference": "InferenceSettings",
-    "annotation_sync": "AnnotationSyncSettings",
-    "monitor": "MonitorSettings",
-    "trainer": "TrainerSettings",
-}
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -50,18 +41,13 @@ def total(samples: Samples, name: str, **labels: str) -> float:
     return sum(v for (n, lbl), v in samples.items() if n == name and wanted <= lbl)
 
 
-@pytest.mark.parametrize("service", sorted(SERVICES))
+@pytest.mark.parametrize("service", sorted(SERVICE_SETTINGS))
 async def test_each_service_serves_prometheus_metrics(
     service: str, kafka_bootstrap: str, tmp_path: Path
 ) -> None:
-    main = importlib.import_module(f"defectloop.{service}.main")
-    settings_cls = getattr(
-        importlib.import_module(f"defectloop.{service}.settings"), SERVICES[service]
+    app = build_service(
+        service, kafka_bootstrap=kafka_bootstrap, database_url=f"sqlite:///{tmp_path}/db.sqlite"
     )
-    settings = settings_cls(
-        kafka_bootstrap=kafka_bootstrap, database_url=f"sqlite:///{tmp_path}/db.sqlite"
-    )
-    app = main.build_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -35,9 +36,28 @@ async def _image_trace(zipkin: Any, image_id: str) -> list[list[dict[str, Any]]]
 
 
 async def test_an_uploaded_image_is_one_trace_from_the_request_to_its_prediction(
-    pipeline: Any, zipkin: Any, kafka_bootstrap: str
+    pipeline: Any, zipkin: Any, kafka_bootstrap: str, tmp_path: Path, unique_group: str
 ) -> None:
-    async with pipeline(zipkin_endpoint=zipkin.spans_endpoint) as p:
+    from defectloop.annotation_sync.main import build_app as build_annotation_sync
+    from defectloop.annotation_sync.settings import AnnotationSyncSettings
+
+    # annotation-sync samples every prediction (no Label Studio here: the decision is what this
+    # test reads; the push waits for a Label Studio that never comes).
+    sampler = build_annotation_sync(
+        AnnotationSyncSettings(
+            kafka_bootstrap=kafka_bootstrap,
+            database_url=f"sqlite:///{tmp_path / 'annotation-sync.db'}",
+            zipkin_endpoint=zipkin.spans_endpoint,
+            random_share=1.0,
+            daily_budget=1000,
+            signing_secret="test-signing-secret",
+        ),
+        group_id=f"{unique_group}-annsync",
+    )
+    async with (
+        pipeline(zipkin_endpoint=zipkin.spans_endpoint) as p,
+        sampler.router.lifespan_context(sampler),
+    ):
         collected = collect(
             kafka_bootstrap, topics.PREDICTION_MADE, where=lambda e: e.site_id == p.site
         )
@@ -52,7 +72,7 @@ async def test_an_uploaded_image_is_one_trace_from_the_request_to_its_prediction
             traces = await _image_trace(zipkin, image_id)
             for spans in traces:
                 names = {s.get("name") for s in spans}
-                if "prediction.made publish" in names and "inference.model" in names:
+                if {"prediction.made publish", "inference.model", "annotation.sample"} <= names:
                     return spans
             return None
 
@@ -63,8 +83,12 @@ async def test_an_uploaded_image_is_one_trace_from_the_request_to_its_prediction
             ["trace", image_id, "--zipkin", zipkin.url, "--inference", p.inference_url],
         )
 
+    # One trace holds the image's whole path; other traces tagged with the image are only the
+    # work done for it out of band (the Label Studio task push).
     traces = await _image_trace(zipkin, image_id)
-    assert len(traces) == 1, "the image's spans are in one trace, not one per service"
+    own = [t for t in traces if any(x["name"] == "inference.image" for x in t)]
+    assert len(own) == 1, "the image's spans are in one trace, not one per service"
+    assert {x["name"] for t in traces if t is not own[0] for x in t} <= {"annotation.push"}
     by_name = {s["name"]: s for s in spans}
     by_id = {s["id"]: s for s in spans}
 
@@ -90,11 +114,21 @@ async def test_an_uploaded_image_is_one_trace_from_the_request_to_its_prediction
     assert parent("prediction.made create") is image
     assert parent("prediction.made publish")["name"] == "prediction.made create"
 
+    sample = by_name["annotation.sample"]
+    assert sample["localEndpoint"]["serviceName"] == "annotation-sync"
+    assert (sample["tags"][tracing.ATTR_OUTCOME], sample["tags"][tracing.ATTR_REASON]) == (
+        "sampled",
+        "random",
+    )
+    assert parent("annotation.sample")["kind"] == "CONSUMER"  # its prediction.made consumer span
+    assert parent("annotation.sample")["parentId"] == by_name["prediction.made create"]["id"]
+
     # `defectloop trace` tells the same story in the terminal (shown by pytest on a failure).
     print(told.output)
     assert told.exit_code == 0, told.output
     assert f"ingest: accepted at site {p.site}, camera {p.camera}" in told.output
     assert f"by model {p.model_version}" in told.output
+    assert "annotation: sampled (random)" in told.output
     assert f"site {p.site} is served now by model {p.model_version}" in told.output
 
 

@@ -42,10 +42,12 @@ from defectloop.common.kafka import publish_event
 from defectloop.common.signing import (
     TrustedKeys,
     load_public_key,
+    project_key,
     public_key_path,
     sign_bundle,
     verify_signed_file,
 )
+from defectloop.inference.bundles import SignaturePolicy, load_deployed
 from defectloop.inference.main import build_app
 from defectloop.inference.router import ModelRouter
 from defectloop.inference.settings import InferenceSettings
@@ -241,3 +243,16 @@ def test_a_bundle_registered_before_signing_is_signed_when_deployed(
     register_bundle(registry, bundle.path, site="s1", author="alice")
     trusted = TrustedKeys([load_public_key(public_key_path(signing_key))])
     assert verify_signed_file(bundle.path, trusted) == (bundle.path / "model.json").read_bytes()
+
+
+def test_an_unsigned_bundle_loads_only_when_verification_is_switched_off(
+    tmp_path: Path, signing_key: Path
+) -> None:
+    unsigned = BundleBuilder(tmp_path)("dev-v1", signed=False)
+    project_key(signing_key)
+    on = SignaturePolicy(public_keys=(public_key_path(signing_key),))
+    with pytest.raises(IntegrityMismatchError):
+        load_deployed(unsigned.deployed("dev"), signatures=on, providers="cpu")
+    off = SignaturePolicy.from_settings(InferenceSettings(verify_signatures=False))
+    detector = load_deployed(unsigned.deployed("dev"), signatures=off, providers="cpu")
+    assert detector.manifest.version == "dev-v1"

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from anyio import to_thread
 from fastapi import APIRouter, Header, Path, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, WithJsonSchema
 from sqlalchemy.engine import Engine
 
 from defectloop.common.events import (
@@ -216,11 +216,17 @@ async def post_image(
     ],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
     content_type: Annotated[str | None, Header(include_in_schema=False)] = None,
+    # Declared as the plain optional string it is on the wire: FastAPI's `anyOf [.., null]` for
+    # an Optional header let clients (Schemathesis) send the text "null", which is not a date.
     x_captured_at: Annotated[
-        datetime | None, Header(description="When the camera took the frame (ISO 8601).")
+        datetime | None,
+        Header(description="When the camera took the frame (ISO 8601)."),
+        WithJsonSchema({"type": "string", "format": "date-time"}),
     ] = None,
     x_line_id: Annotated[
-        str | None, Header(max_length=64, description="Production line of the camera.")
+        str | None,
+        Header(max_length=64, description="Production line of the camera."),
+        WithJsonSchema({"type": "string", "maxLength": 64}),
     ] = None,
 ) -> IngestResponse:
     """Authenticate the gateway, validate the PNG, measure its quality, store it and publish

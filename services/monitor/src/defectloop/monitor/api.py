@@ -35,6 +35,7 @@ from fastapi import APIRouter, FastAPI, Path, Query
 
 from defectloop.common.errors import NotFoundError
 from defectloop.common.events import ID_MAX_LENGTH, SITE_ID_PATTERN, DegradationKind, ModelRole
+from defectloop.common.http_errors import ErrorBody
 from defectloop.monitor import incidents, performance, scorecard
 from defectloop.monitor.records import Incident, StoredSignal
 from defectloop.monitor.settings import MonitorSettings
@@ -303,7 +304,11 @@ class MonitorApi:
 
 
 def build_router(store: MonitorStore, settings: MonitorSettings) -> APIRouter:
-    router = APIRouter(prefix="/v1", tags=["monitor"])
+    router = APIRouter(
+        prefix="/v1",
+        tags=["monitor"],
+        responses={404: {"model": ErrorBody, "description": "No data for this site (not_found)."}},
+    )
     api = MonitorApi(store, settings)
 
     @router.get("/sites")

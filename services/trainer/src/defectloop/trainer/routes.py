@@ -10,6 +10,7 @@ from fastapi import APIRouter, FastAPI, Path, Query
 from pydantic import BaseModel, ConfigDict
 
 from defectloop.common.events import ID_MAX_LENGTH, SITE_ID_PATTERN
+from defectloop.common.http_errors import ErrorBody
 from defectloop.trainer.jobs import Job, JobStore
 
 SiteQuery = Annotated[
@@ -60,7 +61,11 @@ def install(app: FastAPI, store: JobStore) -> None:
         """Every job (of ``site``), oldest first, ignored incidents included."""
         return [JobView.of(j) for j in await asyncio.to_thread(store.jobs, site)]
 
-    @router.get("/jobs/{job_id}", response_model=JobView)
+    @router.get(
+        "/jobs/{job_id}",
+        response_model=JobView,
+        responses={404: {"model": ErrorBody, "description": "No job with this id (not_found)."}},
+    )
     async def get_job(
         job_id: Annotated[str, Path(max_length=ID_MAX_LENGTH, description="Job id.")],
     ) -> JobView:

@@ -184,7 +184,10 @@ class SimulatedCamera:
     """A camera whose truth and model decisions come from seeded draws (an exact, fast model).
 
     ``miss_rate``: share of defective images the model calls OK; ``false_alarm_rate``: share of
-    good images it calls defective; ``blurred``: its frames lose sharpness (a data-quality fault).
+    good images it calls defective; ``blurred``: its frames lose sharpness (a data-quality fault)
+    to ``blur_sharpness`` ± ``blur_sd`` (sharp frames: 400 ± 40; 340 ± 40 is a mild blur whose
+    frames, one by one, look like sharp ones); ``brightness``: mean frame brightness (120; lower on
+    every camera is a site-wide lighting change).
     """
 
     camera_id: str = "cam-1"
@@ -192,6 +195,9 @@ class SimulatedCamera:
     miss_rate: float = 0.08
     false_alarm_rate: float = 0.02
     blurred: bool = False
+    blur_sharpness: float = 60.0
+    blur_sd: float = 10.0
+    brightness: float = 120.0
 
 
 def simulate(
@@ -211,13 +217,17 @@ def simulate(
         for cam in cameras:
             idx = i * 16 + cameras.index(cam)  # distinct image per camera and frame
             defective = bool(rng.random() < cam.prevalence)
-            sharp = float(rng.normal(60.0, 10.0) if cam.blurred else rng.normal(400.0, 40.0))
+            sharp = float(
+                rng.normal(cam.blur_sharpness, cam.blur_sd)
+                if cam.blurred
+                else rng.normal(400.0, 40.0)
+            )
             group: list[object] = [
                 site.captured(
                     idx,
                     cam.camera_id,
                     sharpness=max(sharp, 1.0),
-                    brightness=float(rng.normal(120.0, 5.0)),
+                    brightness=float(rng.normal(cam.brightness, 5.0)),
                     contrast=float(rng.normal(40.0, 3.0)),
                 )
             ]

@@ -11,13 +11,18 @@ harness drives it in-process with simulated time. Per site, in this order:
 2. **Data quality** per camera (``quality.py``): a camera's first frames the monitor saw are its
    own reference (not reset when the model changes: a blurred camera stays blurred), its newest
    frames are compared with it. These incidents carry no model version.
-3. **Excluded cameras**: cameras with an open data-quality incident or whose newest quality
-   evaluation departed on their own are left out of the site's performance and drift windows, so
-   a blurred camera gives one ``data_quality`` incident and no performance one.
+3. **Excluded cameras** (drift): cameras with an open data-quality incident or whose newest
+   quality evaluation departed on their own are left out of the site's drift windows.
 4. **Performance** of the champion (``performance.py``) on the random stratum since it became
    champion, against its baseline: ``model.deployed``'s ``baseline_metrics`` (its own held-out
    evaluation) when present, else the figures of its first ``baseline_window_labels`` random
-   labels at the site. A baseline is frozen the first time it is known.
+   labels at the site. A baseline is frozen the first time it is known. Each labelled frame is
+   first judged on its own camera's quality (:class:`_FrameJudge`): a frame inside a window of its
+   camera that departs on its own (the quality rule of ``quality.py``, isolation included) is
+   left out, and a frame whose camera has not yet sent enough frames after it to be judged is
+   held (counted later). So a blurred camera that makes the model divert good parts gives one
+   ``data_quality`` incident and no performance one, whatever order and batching the labels and
+   frames arrive in, while a site-wide change (every camera darker) still counts.
 5. **Drift** (``drift.py``): the first ``drift_reference_images`` images after the deployment are
    the reference, the newest ``drift_window_images`` the window (data drift on ingest quality
    features and the outlier score; prediction drift on scores, defect rate, boxes per image, box
@@ -35,9 +40,11 @@ from incident ids, so a re-run never publishes a second ``metric.degraded`` for 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import bisect
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import StrEnum
 
 from defectloop.common.errors import DefectloopError
 from defectloop.common.events import (
@@ -92,6 +99,14 @@ class Evaluator:
     def __init__(self, store: MonitorStore, settings: MonitorSettings) -> None:
         self.store = store
         self.settings = settings
+        # Final frame verdicts (image id -> left out?): a frame's verdict no longer changes once
+        # its camera and the peers sent a whole window after it, so it is not judged again.
+        self._left_out: dict[str, bool] = {}
+        self._windows: dict[_WindowKey, quality.CameraDeparture | None] = {}
+        # Per performance cursor: whether labels were held at its last evaluation, and the
+        # site's frame count then (held labels are judged again when frames arrive).
+        self._held: dict[str, bool] = {}
+        self._frames_at: dict[str, int] = {}
 
     def run_once(self, now: datetime) -> list[Event]:
         """Evaluate every site once; the events to publish (also saved in the store's outbox)."""
@@ -117,7 +132,7 @@ class Evaluator:
             since = self.store.champion_since(site_id, champion.model_version)
             history = _History(self.store, champion, since)
             baseline = self._baseline(champion, history)
-            self._performance(run, history, baseline, excluded)
+            self._performance(run, history, baseline)
             self._drift(run, history, excluded)
         self.store.save_evaluation(
             tracks={k: run.tracks[k].model_dump_json() for k in run.changed},
@@ -250,9 +265,67 @@ class Evaluator:
         timeline: list[CapturedImage | Rejection] = sorted([*frames, *rejected], key=_time_of)
         return timeline[:first] if first is not None else timeline[-(last or 0) :]
 
+    def _frames_not_counted(
+        self, site_id: str, rows: Sequence[performance.LabelledPrediction]
+    ) -> tuple[frozenset[str], int]:
+        """Image ids of labelled frames performance does not count now: left out (their camera
+        departed on its own around them) or held (not judged yet), and how many are held. See
+        :class:`_FrameJudge`."""
+        s = self.settings
+        todo = [r for r in rows if r.image_id not in self._left_out]
+        skipped = {r.image_id for r in rows if self._left_out.get(r.image_id, False)}
+        if not todo:
+            return frozenset(skipped), 0
+        since = min(r.captured_at for r in todo)
+        reference: dict[str, quality.CameraWindow] = {}
+        reference_end: dict[str, datetime] = {}
+        timelines: dict[str, _Timeline] = {}
+        for camera in self.store.cameras(site_id):
+            first = self._camera_timeline(site_id, camera, first=s.quality_reference_frames)
+            if len(first) < s.quality_reference_frames:
+                continue  # no reference yet: nothing to judge this camera's frames against
+            reference[camera] = _camera_window(camera, first)
+            reference_end[camera] = _time_of(first[-1])
+            timelines[camera] = _Timeline(self._camera_span(site_id, camera, since))
+        if len(self._windows) > _MEMO_LIMIT:
+            self._windows.clear()
+        judge = _FrameJudge(
+            reference, reference_end, timelines, s.quality_window_frames, s.quality, self._windows
+        )
+        counts = {v: 0 for v in _Verdict}
+        for r in todo:
+            verdict, final = judge.verdict(r.camera_id, r.image_id, r.captured_at)
+            counts[verdict] += 1
+            if verdict is not _Verdict.COUNTED:
+                skipped.add(r.image_id)
+            if final:
+                self._left_out[r.image_id] = verdict is _Verdict.LEFT_OUT
+        log.info(
+            "frames_judged",
+            site_id=site_id,
+            **{str(v): n for v, n in counts.items()},
+            left_out_total=sum(self._left_out.get(r.image_id, False) for r in rows),
+        )
+        return frozenset(skipped), counts[_Verdict.HELD]
+
+    def _camera_span(
+        self, site_id: str, camera_id: str, since: datetime
+    ) -> list[CapturedImage | Rejection]:
+        """A camera's frames from ``since`` on, after the window's worth of frames before it."""
+        w = self.settings.quality_window_frames
+        before: list[CapturedImage | Rejection] = [
+            *self.store.captured(site_id, camera_id=camera_id, until=since, last=w),
+            *self.store.rejections(site_id, camera_id=camera_id, until=since, last=w),
+        ]
+        after: list[CapturedImage | Rejection] = [
+            *self.store.captured(site_id, camera_id=camera_id, since=since),
+            *self.store.rejections(site_id, camera_id=camera_id, since=since),
+        ]
+        return sorted(before, key=_time_of)[-w:] + sorted(after, key=_time_of)
+
     def _excluded_cameras(self, run: _SiteRun) -> frozenset[str]:
-        """Cameras left out of the site's figures: an open data-quality incident, or departing
-        on their own in the newest quality evaluation."""
+        """Cameras left out of the site's drift windows: an open data-quality incident, or
+        departing on their own in the newest quality evaluation."""
         open_dq = {
             i.camera_id
             for i in self.store.incidents(
@@ -323,42 +396,56 @@ class Evaluator:
                 return Baseline(r.site_id, r.model_version, metric, low, "first_window", n, n_pos)
         return None
 
-    def _performance(
-        self,
-        run: _SiteRun,
-        history: _History,
-        baseline: dict[str, float],
-        excluded: frozenset[str],
-    ) -> None:
+    def _performance(self, run: _SiteRun, history: _History, baseline: dict[str, float]) -> None:
+        """Performance signals at every ``performance_every_labels`` *counted* labels.
+
+        Two cursors: ``performance/<site>/<version>`` counts the labels that arrived (the API's
+        progress figure), ``performance-counted/<site>/<version>`` the labels performance counted
+        (their frames judged and not left out: :class:`_FrameJudge`). A held label becomes
+        countable when its camera's next frames arrive, with no new label, so frames arriving
+        while labels are held also trigger an evaluation.
+        """
         site, version = run.site_id, history.version
-        name = f"performance/{site}/{version}"
-        s = self.settings
+        name, counted_name = (
+            f"performance/{site}/{version}",
+            f"performance-counted/{site}/{version}",
+        )
+        s, every = self.settings, self.settings.performance_every_labels
         n = self.store.count_labelled(
             site, model_version=version, role=ModelRole.CHAMPION, since=history.since
         )
-        cursor = self.store.cursor(name)
-        if not baseline or n - cursor < s.performance_every_labels:
+        arrived = _checkpoints(self.store.cursor(name), n, every, s.max_replayed_evaluations)
+        frames = self.store.count_captured(site) + self.store.count_rejected(site)
+        # Held labels are judged again once as many new frames came as a label cadence, not at
+        # every frame (each judgement reads the labels' frames back).
+        waiting = self._held.get(name, True) and frames - self._frames_at.get(name, -every) >= every
+        if not baseline or not (arrived or waiting):
             return
+        if arrived:
+            run.cursors[name] = arrived[-1]
         rows = history.rows()
+        skipped, held = self._frames_not_counted(site, rows)
+        self._held[name], self._frames_at[name] = held > 0, frames
+        # Replayed in the order the labels came: a batch of 200 labels is 20 evaluations, as if
+        # they had trickled in, so the M-of-N rule does not depend on how Kafka batched them.
+        counted = sorted(
+            (r for r in rows if r.image_id not in skipped),
+            key=lambda r: (r.labelled_at, r.image_id),
+        )
         points = _checkpoints(
-            cursor, len(rows), s.performance_every_labels, s.max_replayed_evaluations
+            self.store.cursor(counted_name), len(counted), every, s.max_replayed_evaluations
         )
         if not points:
             return
-        run.cursors[name] = points[-1]
-        # Replayed in the order the labels came: a batch of 200 labels is 20 evaluations, as if
-        # they had trickled in, so the M-of-N rule does not depend on how Kafka batched them.
-        arrival = sorted(rows, key=lambda r: (r.labelled_at, r.image_id))
+        run.cursors[counted_name] = points[-1]
         for point in points:
-            seen = {r.image_id for r in arrival[:point]}
-            at = min(arrival[point - 1].labelled_at, run.now)
+            at = min(counted[point - 1].labelled_at, run.now)
             for signal in performance.performance_signals(
-                [r for r in rows if r.image_id in seen],
+                counted[:point],
                 site_id=site,
                 model_version=version,
                 baseline=baseline,
                 policy=s.performance,
-                exclude_cameras=excluded,
                 now=at,
             ):
                 self._step(run, signal)
@@ -447,6 +534,143 @@ class Evaluator:
         }
         matched = [preds[i.image_id] for i in images if i.image_id in preds]
         return _Window(drift.observations(images, matched), matched)
+
+
+_WindowKey = tuple[str, datetime, datetime, datetime, int]  # camera, reference end, span, frames
+_MEMO_LIMIT = 200_000  # windows remembered between evaluations (then forgotten all at once)
+
+
+class _Verdict(StrEnum):
+    COUNTED = "counted"
+    LEFT_OUT = "left_out"
+    HELD = "held"
+
+
+class _Timeline:
+    """One camera's frames (accepted and rejected) in capture order, searchable by time and id."""
+
+    def __init__(self, items: Sequence[CapturedImage | Rejection]) -> None:
+        self.items = list(items)
+        self.times = [_time_of(x) for x in self.items]
+        self.position = {
+            x.image_id: i for i, x in enumerate(self.items) if isinstance(x, CapturedImage)
+        }
+
+
+class _FrameJudge:
+    """Whether performance may count one labelled frame, judged on that frame's own camera.
+
+    Why per frame: the camera-level quality state is a verdict on the camera's *newest* frames at
+    evaluation time, while performance replays every label since the deployment. A label that
+    arrives before its camera's quality detector has seen enough blurred frames to breach (labels
+    published with, or before, their frames; a Kafka batch split across topics) was counted as a
+    model error, and the blurred camera's diverted good parts opened a performance incident
+    beside its data-quality one (CI, order-dependent). Here each labelled frame gets the verdict
+    of the quality rule (``quality.camera_departures``: same tests, same isolation among the
+    site's cameras) on windows of its own camera: the ``window`` frames *ending* at it (it is late
+    in a fault) and the frames *starting* at it, ``policy.min_window`` of them and then the whole
+    ``window`` (it is early in one: a blur that starts at this frame fills them). Fixed lengths:
+    a window's frames do not change as newer frames arrive, so each is tested once (memoised).
+    Peers are judged on their frames up to the same time, so a change every camera shares
+    (lighting, a new part) is not isolated and counts.
+
+    Why not a per-frame range test (is *this* frame's sharpness outside its camera's range?): a
+    mild blur (simulator, severity 0.25) leaves nearly every blurred frame inside the range; only
+    a window of them departs.
+
+    * ``LEFT_OUT``: either window departs on its own (isolated), e.g. a blurred camera's frame;
+    * ``HELD``: neither departs yet, but fewer than ``min(window, policy.min_window)`` frames of
+      the camera follow it (or the frame itself is not recorded yet): it cannot be told from the
+      first frame of a fault, so it is not counted until they arrive;
+    * ``COUNTED`` otherwise; frames of a camera's own reference (its first frames) always count.
+
+    A verdict is *final* (cached by the evaluator) once the forward window is full and every
+    peer sent a frame after it: later arrivals no longer change the windows it was judged on.
+    Before that it is judged again at each evaluation, so a frame left out only because the
+    peers' frames had not arrived yet (a site-wide change looks isolated for a moment) counts once
+    they do; the error goes towards leaving a frame out, never towards counting a faulty one.
+    """
+
+    def __init__(
+        self,
+        reference: Mapping[str, quality.CameraWindow],
+        reference_end: Mapping[str, datetime],
+        timelines: Mapping[str, _Timeline],
+        window: int,
+        policy: quality.QualityPolicy,
+        memo: dict[_WindowKey, quality.CameraDeparture | None],
+    ) -> None:
+        self.reference = reference
+        self.reference_end = reference_end
+        self.timelines = timelines
+        self.window = window
+        self.policy = policy
+        self.judged_after = min(window, policy.min_window)
+        self.memo = memo
+
+    def verdict(
+        self, camera_id: str, image_id: str, captured_at: datetime
+    ) -> tuple[_Verdict, bool]:
+        """The frame's verdict and whether it is final."""
+        timeline = self.timelines.get(camera_id)
+        if timeline is None or captured_at <= self.reference_end[camera_id]:
+            return _Verdict.COUNTED, timeline is not None  # no reference yet, or part of it
+        i = timeline.position.get(image_id)
+        if i is None:
+            return _Verdict.HELD, False  # its frame is not recorded yet: nothing to judge
+        w, short, n = self.window, self.judged_after, len(timeline.items)
+        # Forward windows of two fixed lengths only (the detector's minimum, then the full
+        # window): a window's frames do not change as newer frames arrive, so each is tested once.
+        windows = [(max(0, i - w + 1), i + 1)]
+        windows += [(i, i + length) for length in sorted({short, w}) if i + length <= n]
+        full = i + w <= n
+        end = timeline.times[min(n, i + w) - 1]
+        peers_done = all(
+            t.times and t.times[-1] > end for c, t in self.timelines.items() if c != camera_id
+        )
+        final = full and peers_done
+        if any(self._departs(camera_id, *span) for span in windows):
+            return _Verdict.LEFT_OUT, final
+        if i + short > n:
+            return _Verdict.HELD, False
+        return _Verdict.COUNTED, final
+
+    def _departs(self, camera_id: str, start: int, stop: int) -> bool:
+        """Whether the camera's frames [start, stop) depart from its reference on their own."""
+        timeline = self.timelines[camera_id]
+        found = self._departure(camera_id, timeline, start, stop)
+        if found is None or not found.departed:
+            return False
+        end = timeline.times[stop - 1]
+        peers = []
+        for peer, other in self.timelines.items():
+            if peer != camera_id:
+                last = bisect.bisect_right(other.times, end)
+                d = self._departure(peer, other, max(0, last - self.window), last)
+                if d is not None:
+                    peers.append(d)
+        return bool(quality.isolated_features(found, peers, self.policy))
+
+    def _departure(
+        self, camera_id: str, timeline: _Timeline, start: int, stop: int
+    ) -> quality.CameraDeparture | None:
+        """The quality rule on frames [start, stop) of a camera, memoised by the window's span:
+        a window that no frame entered or left is not tested twice (frames arrive in order)."""
+        if stop <= start:
+            return None
+        key = (
+            camera_id,
+            self.reference_end[camera_id],
+            timeline.times[start],
+            timeline.times[stop - 1],
+            stop - start,
+        )
+        if key not in self.memo:
+            frames = timeline.items[start:stop]
+            self.memo[key] = quality.departure(
+                self.reference[camera_id], _camera_window(camera_id, frames), self.policy
+            )
+        return self.memo[key]
 
 
 class _History:

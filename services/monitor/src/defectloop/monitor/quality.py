@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -172,7 +172,14 @@ def _enough(ref: CameraWindow | None, cur: CameraWindow | None, policy: QualityP
     )
 
 
-def _departure(ref: CameraWindow, cur: CameraWindow, policy: QualityPolicy) -> CameraDeparture:
+def departure(
+    reference: CameraWindow | None, current: CameraWindow | None, policy: QualityPolicy
+) -> CameraDeparture | None:
+    """How one camera's window compares with its reference (isolation not judged yet: see
+    :func:`isolated_features`); None without enough frames on either side."""
+    if reference is None or current is None or not _enough(reference, current, policy):
+        return None
+    ref, cur = reference, current
     drift_policy = policy.drift_policy()
     tests = [
         t
@@ -191,6 +198,24 @@ def _departure(ref: CameraWindow, cur: CameraWindow, policy: QualityPolicy) -> C
     )
 
 
+def isolated_features(
+    found: CameraDeparture, peers: Sequence[CameraDeparture], policy: QualityPolicy
+) -> tuple[str, ...]:
+    """The features ``found`` departs on that fewer than ``max_peer_share`` of ``peers`` (the
+    site's other cameras with enough frames, over the same time) depart on too."""
+    isolated = []
+    for feature in found.departed:
+        if not peers:
+            # One camera: only the rejection rate can be told apart from a site-wide drift.
+            if feature == REJECTION_RATE:
+                isolated.append(feature)
+            continue
+        moving = sum(feature in p.departed for p in peers) / len(peers)
+        if moving < policy.max_peer_share:
+            isolated.append(feature)
+    return tuple(isolated)
+
+
 def camera_departures(
     reference: Mapping[str, CameraWindow],
     current: Mapping[str, CameraWindow],
@@ -199,35 +224,17 @@ def camera_departures(
     """Each camera with enough frames on both sides, with its isolated departures marked."""
     policy = policy or QualityPolicy()
     found = {
-        camera: _departure(reference[camera], current[camera], policy)
+        camera: dep
         for camera in sorted(current)
-        if _enough(reference.get(camera), current.get(camera), policy)
+        if (dep := departure(reference.get(camera), current.get(camera), policy)) is not None
     }
-    out: dict[str, CameraDeparture] = {}
-    for camera, dep in found.items():
-        peers = [d for c, d in found.items() if c != camera]
-        isolated = []
-        for feature in dep.departed:
-            if not peers:
-                # One camera: only the rejection rate can be told apart from a site-wide drift.
-                if feature == REJECTION_RATE:
-                    isolated.append(feature)
-                continue
-            moving = sum(feature in p.departed for p in peers) / len(peers)
-            if moving < policy.max_peer_share:
-                isolated.append(feature)
-        out[camera] = CameraDeparture(
-            dep.camera_id,
-            dep.tests,
-            dep.departed,
-            tuple(isolated),
-            dep.settled,
-            dep.rejection_rate,
-            dep.rejection_ci,
-            dep.baseline_rejection_rate,
-            dep.n_offered,
+    return {
+        camera: replace(
+            dep,
+            isolated=isolated_features(dep, [d for c, d in found.items() if c != camera], policy),
         )
-    return out
+        for camera, dep in found.items()
+    }
 
 
 def isolated_cameras(departures: Mapping[str, CameraDeparture]) -> frozenset[str]:

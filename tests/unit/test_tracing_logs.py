@@ -51,3 +51,26 @@ def test_console_rendering_is_one_readable_line_per_event() -> None:
     [inside] = [line for line in lines if "inside_span" in line and "stdlib" not in line]
     assert not inside.startswith("{")
     assert f"trace_id={trace_id}" in inside
+
+
+def test_a_trace_backend_that_is_down_costs_one_warning_not_a_traceback_per_batch(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from structlog.testing import capture_logs
+
+    from defectloop.common.tracing import build_tracer_provider
+    from defectloop.testing.net import free_port
+
+    nobody = f"http://127.0.0.1:{free_port()}/api/v2/spans"  # nothing listens there
+    provider = build_tracer_provider("svc", zipkin_endpoint=nobody)
+    tracer = provider.get_tracer("test")
+    with caplog.at_level("WARNING"), capture_logs() as logged:
+        for _ in range(3):
+            with tracer.start_as_current_span("work"):
+                pass
+            provider.force_flush()
+    provider.shutdown()
+    failures = [e for e in logged if e["event"] == "trace_export_failed"]
+    assert len(failures) == 1
+    assert failures[0]["target"] == nobody
+    assert not any(r.exc_info for r in caplog.records), "no traceback from the span processor"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,6 +43,8 @@ from opentelemetry.trace import SpanContext as SpanContext
 from opentelemetry.trace import Status, StatusCode
 from opentelemetry.trace import Tracer as Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from defectloop.common.logging import get_logger
 
 # Span attribute names (defectloop's own; OpenTelemetry's semantic conventions cover HTTP and
 # messaging). `defectloop trace` and the dashboards read these names: change them together.
@@ -120,6 +123,40 @@ class JsonLinesSpanExporter(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
+class GuardedExporter(SpanExporter):
+    """A network exporter whose failures (the trace backend down or restarting) cost one warning
+    line a minute, not a traceback per batch: traces are lost meanwhile, the service is not."""
+
+    def __init__(self, inner: SpanExporter, *, target: str, quiet_s: float = 60.0) -> None:
+        self._inner = inner
+        self._target = target
+        self._quiet_s = quiet_s
+        self._last_warning = -float("inf")
+        self._dropped = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            return self._inner.export(spans)
+        except Exception as exc:
+            self._dropped += len(spans)
+            now = time.monotonic()
+            if now - self._last_warning >= self._quiet_s:
+                self._last_warning = now
+                get_logger(__name__).warning(
+                    "trace_export_failed",
+                    target=self._target,
+                    dropped_spans=self._dropped,
+                    error=f"{type(exc).__name__}: {str(exc)[:200]}",
+                )
+            return SpanExportResult.FAILURE
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+
 def build_tracer_provider(
     service: str,
     *,
@@ -135,9 +172,10 @@ def build_tracer_provider(
     if zipkin_endpoint:
         from opentelemetry.exporter.zipkin.json import ZipkinExporter
 
+        zipkin = ZipkinExporter(endpoint=zipkin_endpoint, timeout=5)
         provider.add_span_processor(
             BatchSpanProcessor(
-                ZipkinExporter(endpoint=zipkin_endpoint, timeout=5),
+                GuardedExporter(zipkin, target=zipkin_endpoint),
                 schedule_delay_millis=EXPORT_DELAY_MS,
             )
         )

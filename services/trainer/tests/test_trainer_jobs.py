@@ -30,6 +30,7 @@ from defectloop.trainer.jobs import (
     check_transition,
     enough,
     fresh_counts,
+    in_eval_set,
     model_version_for,
 )
 
@@ -235,9 +236,43 @@ def test_fresh_labels_skip_skips_and_count_from_the_change_point(store: JobStore
 
     counts = fresh_counts(store.labelled_images("B"), T0)
     assert (counts.labels, counts.defective) == (4, 2)  # new-0..2 + new-4 (corrected)
-    assert enough(counts, RetrainPolicy(min_fresh_labels=4, min_fresh_defective=2))
-    assert not enough(counts, RetrainPolicy(min_fresh_labels=5, min_fresh_defective=2))
-    assert not enough(counts, RetrainPolicy(min_fresh_labels=4, min_fresh_defective=3))
+    assert enough(
+        counts, RetrainPolicy(min_fresh_labels=4, min_fresh_defective=2, min_eval_defective=0)
+    )
+    assert not enough(
+        counts, RetrainPolicy(min_fresh_labels=5, min_fresh_defective=2, min_eval_defective=0)
+    )
+    assert not enough(
+        counts, RetrainPolicy(min_fresh_labels=4, min_fresh_defective=3, min_eval_defective=0)
+    )
+
+
+def test_a_job_waits_until_the_frozen_eval_split_can_power_the_gate() -> None:
+    from defectloop.trainer.jobs import LabelledImage
+
+    # Defective fresh images, split the way snapshots freeze them (a hash of the image id).
+    ids = [f"img-{i}" for i in range(200)]
+    in_eval = [i for i in ids if in_eval_set(i, 0.2)]
+    images = [
+        LabelledImage(
+            image_id=i,
+            site_id="B",
+            sha256="0" * 64,
+            blob_uri=f"file:///blobs/{i}",
+            width=64,
+            height=64,
+            captured_at=T0 + timedelta(minutes=1),
+            annotation_id=f"a-{i}",
+            boxes=({"label": "scratch", "x": 1, "y": 1, "w": 4, "h": 4},),
+        )
+        for i in ids
+    ]
+    counts = fresh_counts(images, T0, 0.2)
+    assert counts.eval_defective == len(in_eval)
+    policy = RetrainPolicy(min_fresh_labels=1, min_fresh_defective=1, min_eval_defective=10)
+    few = fresh_counts([im for im in images if im.image_id in set(in_eval[:9])], T0, 0.2)
+    assert not enough(few, policy)  # 9 defective eval images cannot show p < 0.05 often enough
+    assert enough(counts, policy)
 
 
 def test_a_skip_after_a_label_withdraws_it(store: JobStore) -> None:

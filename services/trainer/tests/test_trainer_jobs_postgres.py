@@ -32,7 +32,7 @@ from .test_trainer_jobs import T0, annotation, captured, incident
 pytestmark = pytest.mark.integration
 
 SITE = "pg-site"
-POLICY = RetrainPolicy(min_fresh_labels=3, min_fresh_defective=1)
+POLICY = RetrainPolicy(min_fresh_labels=3, min_fresh_defective=1, min_eval_defective=0)
 
 
 def _job(job: Job) -> dict[str, Any]:

@@ -48,7 +48,12 @@ class Harness:
             blob_url=(tmp / "blobs").as_uri(),
             work_dir=tmp / "work",
             train_preset="tiny",
-            retrain_policy={"min_fresh_labels": 8, "min_fresh_defective": 2, **policy},
+            retrain_policy={
+                "min_fresh_labels": 8,
+                "min_fresh_defective": 2,
+                "min_eval_defective": 0,
+                **policy,
+            },
         )
         self.store = JobStore(
             make_engine(self.settings.resolved_database_url(), create_tables=False)

@@ -68,6 +68,15 @@ class RetrainPolicy(BaseModel):
 
     min_fresh_labels: int = Field(60, ge=1, description="Fresh non-skipped labels to wait for.")
     min_fresh_defective: int = Field(20, ge=0, description="Of which defective (with boxes).")
+    # Gate power: the improvement gate's one-sided exact McNemar needs at least 5 discordant
+    # defective eval images in the candidate's favour (and none against) to reach p < 0.05, and
+    # only a fraction (eval_fraction) of the fresh labels is frozen for evaluation. 10 lets a
+    # recall gain of about 0.5 pass; with eval_fraction 0.2 that is ~50 fresh defective labels.
+    min_eval_defective: int = Field(
+        10,
+        ge=0,
+        description="Of the fresh defective labels, how many the frozen eval split must hold.",
+    )
     label_wait_timeout_s: float = Field(
         4 * 3600.0, gt=0, description="Give up (timed_out) when labels are still short by then."
     )
@@ -594,15 +603,26 @@ class JobStore:
 class FreshCounts:
     labels: int
     defective: int
+    eval_defective: int = 0
 
 
-def fresh_counts(images: Sequence[LabelledImage], since: datetime) -> FreshCounts:
-    """Labelled images captured at or after the change point (skips already left out)."""
+def fresh_counts(
+    images: Sequence[LabelledImage], since: datetime, eval_fraction: float = 0.0
+) -> FreshCounts:
+    """Labelled images captured at or after the change point (skips already left out), and how
+    many defective ones the frozen eval split will hold (the same hash the snapshot uses)."""
     fresh = [i for i in images if i.captured_at >= _aware(since)]
-    return FreshCounts(labels=len(fresh), defective=sum(1 for i in fresh if i.defective))
+    defective = [i for i in fresh if i.defective]
+    return FreshCounts(
+        labels=len(fresh),
+        defective=len(defective),
+        eval_defective=sum(1 for i in defective if in_eval_set(i.image_id, eval_fraction)),
+    )
 
 
 def enough(counts: FreshCounts, policy: RetrainPolicy) -> bool:
     return (
-        counts.labels >= policy.min_fresh_labels and counts.defective >= policy.min_fresh_defective
+        counts.labels >= policy.min_fresh_labels
+        and counts.defective >= policy.min_fresh_defective
+        and counts.eval_defective >= policy.min_eval_defective
     )

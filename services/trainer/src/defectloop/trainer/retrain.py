@@ -197,9 +197,15 @@ class Retrainer:
     async def _wait_for_labels(self, job: Job) -> Job:
         policy = self.policy(job.site_id)
         images = await asyncio.to_thread(self.store.labelled_images, job.site_id)
-        counts = fresh_counts(images, job.change_point_at)
-        wanted = f"{policy.min_fresh_labels} ({policy.min_fresh_defective} defective)"
-        have = f"{counts.labels} fresh labels ({counts.defective} defective)"
+        counts = fresh_counts(images, job.change_point_at, policy.eval_fraction)
+        wanted = (
+            f"{policy.min_fresh_labels} ({policy.min_fresh_defective} defective), "
+            f"{policy.min_eval_defective} defective frozen for evaluation"
+        )
+        have = (
+            f"{counts.labels} fresh labels ({counts.defective} defective), "
+            f"{counts.eval_defective} defective frozen for evaluation"
+        )
         if enough(counts, policy):
             log.info("fresh_labels_enough", job_id=job.job_id, site_id=job.site_id, have=have)
             return await asyncio.to_thread(

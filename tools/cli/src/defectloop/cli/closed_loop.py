@@ -109,6 +109,9 @@ class DemoConfig:
     heldout_images: int = 200  # truth recall: simulated held-out images per condition
     min_fresh_labels: int = 50
     min_fresh_defective: int = 15
+    # The gate's McNemar needs >= 5 discordant defective eval images: freeze more of few labels.
+    min_eval_defective: int = 8
+    eval_fraction: float = 0.3
     # Label Studio is the bottleneck on a small machine: sites with no site-wide drift get a
     # small daily budget (enough for their frozen gate sets), the drifted site the rest.
     quiet_site_budget: int = 40
@@ -157,6 +160,8 @@ class DemoConfig:
         policy = {
             "min_fresh_labels": self.min_fresh_labels,
             "min_fresh_defective": self.min_fresh_defective,
+            "min_eval_defective": self.min_eval_defective,
+            "eval_fraction": self.eval_fraction,
             "label_wait_timeout_s": self.deadline_s,
             "shadow_period_s": self.deadline_s,
         }

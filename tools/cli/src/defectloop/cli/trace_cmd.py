@@ -159,12 +159,16 @@ def summarize(spans: list[Span]) -> list[str]:
             )
         elif tracing.ATTR_REASON in span.tags:
             lines.append(f"inference: not predicted ({span.tags[tracing.ATTR_REASON]})")
+    pushes = by_name.get("annotation.push", [])
+    if any("error" not in p.tags for p in pushes):
+        pushed = ", task pushed to Label Studio"
+    elif pushes:
+        pushed = ", task push failed so far (retried)"
+    else:
+        pushed = ""
     for span in by_name.get("annotation.sample", []):
         if span.tags.get(tracing.ATTR_OUTCOME) == "sampled":
-            lines.append(
-                f"annotation: sampled ({span.tags.get(tracing.ATTR_REASON, '?')})"
-                + (", task pushed to Label Studio" if "annotation.push" in by_name else "")
-            )
+            lines.append(f"annotation: sampled ({span.tags.get(tracing.ATTR_REASON, '?')}){pushed}")
         else:
             lines.append("annotation: not sampled")
     for span in by_name.get("annotation.arrival", []):

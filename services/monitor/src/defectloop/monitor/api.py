@@ -17,7 +17,11 @@
   site and per annotator pair (Cohen's kappa on the decision, IoU-matched boxes);
 - ``GET /v1/sites/{site}/evaluation``: each detector's progress (observations seen at its last
   evaluation) and each incident track's state (ok, pending, degraded, recovering);
-- ``GET /v1/sites/{site}/models``: the deployment history and the frozen baselines.
+- ``GET /v1/sites/{site}/models``: the deployment history and the frozen baselines;
+- ``GET /v1/sites/{site}/annotations``: annotation progress per UTC day: completed per annotator,
+  skipped, and the running total (the dashboard's campaign chart).
+
+``GET /dashboard`` is the ops dashboard (``dashboard/``), drawn in the browser from these routes.
 
 Handlers are plain functions: FastAPI runs them in its thread pool, so database reads and the
 statistics never block the event loop that consumes Kafka.
@@ -36,7 +40,7 @@ from fastapi import APIRouter, FastAPI, Path, Query
 from defectloop.common.errors import NotFoundError
 from defectloop.common.events import ID_MAX_LENGTH, SITE_ID_PATTERN, DegradationKind, ModelRole
 from defectloop.common.http_errors import ErrorBody
-from defectloop.monitor import incidents, performance, scorecard
+from defectloop.monitor import dashboard, incidents, performance, scorecard
 from defectloop.monitor.records import Incident, StoredSignal
 from defectloop.monitor.settings import MonitorSettings
 from defectloop.monitor.store import MonitorStore
@@ -302,6 +306,26 @@ class MonitorApi:
             },
         }
 
+    def annotations(self, site_id: str) -> dict[str, Any]:
+        days: dict[str, dict[str, Any]] = {}
+        for a in self.store.annotations(site_id):
+            day = days.setdefault(a.labelled_at.date().isoformat(), {"completed": {}, "skipped": 0})
+            if a.status.value == "completed":
+                day["completed"][a.annotator] = day["completed"].get(a.annotator, 0) + 1
+            else:
+                day["skipped"] += 1
+        total = 0
+        out = []
+        for date, counts in sorted(days.items()):
+            total += sum(counts["completed"].values())
+            out.append({"day": date, **counts, "total_completed": total})
+        return {
+            "site_id": site_id,
+            "annotators": sorted({n for d in out for n in d["completed"]}),
+            "days": out,
+            "totals": self.store.annotation_counts(site_id),
+        }
+
 
 def build_router(store: MonitorStore, settings: MonitorSettings) -> APIRouter:
     router = APIRouter(
@@ -371,8 +395,14 @@ def build_router(store: MonitorStore, settings: MonitorSettings) -> APIRouter:
         """Deployments of the site (oldest first) and each version's frozen baseline."""
         return api.models(api.known_site(site_id))
 
+    @router.get("/sites/{site_id}/annotations")
+    def site_annotations(site_id: SiteParam) -> dict[str, Any]:
+        """Annotations per UTC day: completed per annotator, skipped, running total."""
+        return api.annotations(api.known_site(site_id))
+
     return router
 
 
 def install(app: FastAPI, store: MonitorStore, settings: MonitorSettings) -> None:
     app.include_router(build_router(store, settings))
+    dashboard.install(app)

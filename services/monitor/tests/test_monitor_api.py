@@ -9,7 +9,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from defectloop.common.events import Box, ModelRole
+from defectloop.common.events import AnnotationStatus, Box, ModelRole
 from defectloop.common.http_errors import install_error_handlers
 from defectloop.monitor import api
 from defectloop.monitor.evaluate import Evaluator
@@ -150,3 +150,34 @@ def test_scorecard_pairs_shadow_with_champion(
     assert card["n_pairs"] == 120
     assert card["recall"]["candidate"] > card["recall"]["champion"]
     assert card["verdict"] == "better"
+
+
+def test_annotations_per_day_count_each_annotator_and_the_skips(
+    store: MonitorStore, client: TestClient, site: EventFactory
+) -> None:
+    store.record(site.deployed("v1"))  # a site is known from its deployments, frames, predictions
+    for i in range(5):
+        store.record(site.annotation(i, defective=False, annotator="ann-1"))
+    store.record(site.annotation(5, defective=True, annotator="ann-2"))
+    store.record(site.annotation(6, defective=False, status=AnnotationStatus.SKIPPED))
+    store.record(site.annotation(9000, defective=False, annotator="ann-2"))  # 25 h later
+
+    body = client.get(f"/v1/sites/{site.site_id}/annotations").json()
+
+    assert body["annotators"] == ["ann-1", "ann-2"]
+    assert [(d["completed"], d["skipped"], d["total_completed"]) for d in body["days"]] == [
+        ({"ann-1": 5, "ann-2": 1}, 1, 6),
+        ({"ann-2": 1}, 0, 7),
+    ]
+
+
+def test_dashboard_page_and_its_vendored_chart_library_are_served(client: TestClient) -> None:
+    page = client.get("/dashboard")
+    script = client.get("/dashboard/static/vendor/uPlot.iife.min.js")
+
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert "/dashboard/static/dashboard.js" in page.text
+    assert script.status_code == 200
+    assert "uPlot" in script.text
+    assert client.get("/dashboard/static/nosuch.js").status_code == 404

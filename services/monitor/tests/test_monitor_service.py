@@ -376,6 +376,62 @@ async def test_blurred_camera_gives_one_data_quality_incident_and_no_performance
     assert drift["cameras"]["cam-3"]["breached"] is True
 
 
+async def test_blurred_cameras_labels_published_before_its_frames_open_no_performance_incident(
+    kafka_bootstrap: str, tmp_path: Path, site_id: str
+) -> None:
+    """The CI race on the real broker, made certain: every prediction and label of the blurred
+    period is published (and recorded) before any of its frames, so performance sees the labels
+    of blurred frames before the quality detector has seen one blurred frame."""
+    start = datetime.now(UTC) - timedelta(hours=2)
+    sim = SimSite(site_id, start, seed=5)
+    model = [("v1", ModelRole.CHAMPION, Behaviour())]
+    diverting = [("v1", ModelRole.CHAMPION, Behaviour(false_alarm_rate=0.4))]
+    blur = [Drift("blur", start_index=200, severity=0.25)]
+    cameras = ("cam-1", "cam-2", "cam-3")
+
+    async with run_monitor(
+        tmp_path,
+        kafka_bootstrap,
+        site_id,
+        quality_reference_frames=100,
+        quality_window_frames=60,
+        quality_every_frames=30,
+    ) as monitor:
+        deploy = sim.deployed(
+            "v1", start - timedelta(seconds=1), ModelRole.CHAMPION, recall=0.92, precision=0.97
+        )
+        calm = [e for c in cameras for e in sim.frames(c, 0, 200, model)]
+        await publish_all(kafka_bootstrap, [deploy, *calm])
+        await settled(monitor, site_id, 600)
+
+        fault = [
+            *sim.frames("cam-1", 200, 100, model),
+            *sim.frames("cam-2", 200, 100, model),
+            *sim.frames("cam-3", 200, 100, diverting, blur),
+        ]
+        await publish_all(kafka_bootstrap, [e for e in fault if not isinstance(e, ImageCaptured)])
+        await settled(monitor, site_id, 900)  # every label evaluated, no frame of them yet
+        await publish_all(kafka_bootstrap, [e for e in fault if isinstance(e, ImageCaptured)])
+        await monitor.outputs.wait_for(
+            lambda items: any(
+                isinstance(e, MetricDegraded) and e.kind == DegradationKind.DATA_QUALITY
+                for e in items
+            ),
+            timeout_s=180,
+        )
+
+        async def counted() -> bool:
+            state = await monitor.get(f"/v1/sites/{site_id}/evaluation")
+            seen = state["observations_evaluated"].get(f"performance-counted/{site_id}/v1", 0)
+            return bool(seen >= 640) and state["outbox_pending"] == 0
+
+        await wait_until(counted, timeout_s=120, interval_s=0.5, what="held labels counted")
+
+    quality = monitor.events(MetricDegraded, kind=DegradationKind.DATA_QUALITY)
+    assert [(e.camera_id, e.model_version) for e in quality] == [("cam-3", None)]
+    assert monitor.events(MetricDegraded, kind=DegradationKind.PERFORMANCE) == []
+
+
 async def test_shadow_gets_a_paired_scorecard_from_the_same_labels(
     kafka_bootstrap: str, tmp_path: Path, site_id: str
 ) -> None:

@@ -217,11 +217,17 @@ async function renderSite(siteId) {
   cams.replaceChildren(...Object.entries(latest.cameras).map(([cam, s]) =>
     el("span", { class: "chip" + (s.breached ? " bad" : "") }, `${cam}: ${s.breached ? "departing" : "ok"}`)));
 
+  // One bar per annotator (and skipped) side by side within each day: x offset per series.
+  const groups = [...annotations.annotators, "skipped"];
+  const step = (0.8 * 86400) / groups.length;
   const perAnnotator = {};
-  for (const name of annotations.annotators) {
-    perAnnotator[name] = annotations.days.map((d) => [secs(d.day + "T12:00:00Z"), d.completed[name] || 0]);
-  }
-  perAnnotator["skipped"] = annotations.days.map((d) => [secs(d.day + "T12:00:00Z"), d.skipped]);
+  groups.forEach((name, k) => {
+    const dx = (k - (groups.length - 1) / 2) * step;
+    perAnnotator[name] = annotations.days.map((d) => [
+      secs(d.day + "T12:00:00Z") + dx,
+      name === "skipped" ? d.skipped : d.completed[name] || 0,
+    ]);
+  });
   drawChart("annotations", "chart-annotations", annotations.days.length ? perAnnotator : {},
     { bars: true, yLabel: "labels per day", empty: "no annotation yet" });
   const t = annotations.totals;

@@ -38,11 +38,8 @@ def _config() -> DemoConfig:
     return replace(
         quick,
         name="e2e",
-        baseline_s=45.0,
-        deadline_s=480.0,
+        deadline_s=600.0,
         heldout_images=120,
-        min_fresh_labels=50,
-        min_fresh_defective=15,
     ).with_drifts(["B:lighting::1.0", "C/cam-2:blur::0.8"])
 
 

@@ -157,6 +157,9 @@ class DemoConfig:
         """Settings that make a demo's hours fit into minutes: short windows, quick labels."""
         frames = max(20, int(self.baseline_s * self.camera_rate))  # one camera's baseline frames
         images = frames * self.cameras
+        # References fit in the baseline; the detectors' own minimum sizes follow them down.
+        drift_ref, drift_win = max(10, int(images * 0.6)), max(10, int(images * 0.4))
+        quality_ref, quality_win = max(10, int(frames * 0.6)), max(10, int(frames * 0.4))
         policy = {
             "min_fresh_labels": self.min_fresh_labels,
             "min_fresh_defective": self.min_fresh_defective,
@@ -172,11 +175,15 @@ class DemoConfig:
             "monitor": {
                 "DEFECTLOOP_MONITOR_EVALUATION_INTERVAL_S": "3",
                 "DEFECTLOOP_MONITOR_PERFORMANCE_EVERY_LABELS": "5",
-                "DEFECTLOOP_MONITOR_DRIFT_REFERENCE_IMAGES": str(max(10, int(images * 0.6))),
-                "DEFECTLOOP_MONITOR_DRIFT_WINDOW_IMAGES": str(max(10, int(images * 0.4))),
+                "DEFECTLOOP_MONITOR_DRIFT_REFERENCE_IMAGES": str(drift_ref),
+                "DEFECTLOOP_MONITOR_DRIFT_WINDOW_IMAGES": str(drift_win),
+                "DEFECTLOOP_MONITOR_DRIFT__MIN_REFERENCE": str(drift_ref),
+                "DEFECTLOOP_MONITOR_DRIFT__MIN_WINDOW": str(drift_win),
                 "DEFECTLOOP_MONITOR_DRIFT_EVERY_IMAGES": "10",
-                "DEFECTLOOP_MONITOR_QUALITY_REFERENCE_FRAMES": str(max(10, int(frames * 0.6))),
-                "DEFECTLOOP_MONITOR_QUALITY_WINDOW_FRAMES": str(max(10, int(frames * 0.4))),
+                "DEFECTLOOP_MONITOR_QUALITY_REFERENCE_FRAMES": str(quality_ref),
+                "DEFECTLOOP_MONITOR_QUALITY_WINDOW_FRAMES": str(quality_win),
+                "DEFECTLOOP_MONITOR_QUALITY__MIN_REFERENCE": str(quality_ref),
+                "DEFECTLOOP_MONITOR_QUALITY__MIN_WINDOW": str(quality_win),
                 "DEFECTLOOP_MONITOR_QUALITY_EVERY_FRAMES": "5",
             },
             "annotation-sync": {
@@ -356,7 +363,11 @@ class StackApis:
     def __init__(self, monitor_url: str, trainer_url: str) -> None:
         self.monitor_url = monitor_url.rstrip("/")
         self.trainer_url = trainer_url.rstrip("/")
-        self.client = httpx.AsyncClient(timeout=10.0)
+        # No keep-alive: polls can be further apart than uvicorn's keep-alive (5 s) on a busy
+        # machine, and a reused connection the server already closed fails the request.
+        self.client = httpx.AsyncClient(
+            timeout=15.0, limits=httpx.Limits(max_keepalive_connections=0)
+        )
 
     async def aclose(self) -> None:
         await self.client.aclose()

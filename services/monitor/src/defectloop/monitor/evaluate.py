@@ -581,11 +581,13 @@ class _FrameJudge:
     * ``LEFT_OUT``: either window departs on its own (isolated), e.g. a blurred camera's frame;
     * ``HELD``: neither departs yet, but fewer than ``min(window, policy.min_window)`` frames of
       the camera follow it (or the frame itself is not recorded yet): it cannot be told from the
-      first frame of a fault, so it is not counted until they arrive;
+      first frame of a fault, so it is not counted until they arrive (left out for good if every
+      peer sends a whole window more meanwhile: its camera went quiet);
     * ``COUNTED`` otherwise; frames of a camera's own reference (its first frames) always count.
 
     A verdict is *final* (cached by the evaluator) once the forward window is full and every
-    peer sent a frame after it: later arrivals no longer change the windows it was judged on.
+    peer sent a frame after it (or has been silent since before the frame): later arrivals no
+    longer change the windows it was judged on.
     Before that it is judged again at each evaluation, so a frame left out only because the
     peers' frames had not arrived yet (a site-wide change looks isolated for a moment) counts once
     they do; the error goes towards leaving a frame out, never towards counting a faulty one.
@@ -625,13 +627,24 @@ class _FrameJudge:
         windows += [(i, i + length) for length in sorted({short, w}) if i + length <= n]
         full = i + w <= n
         end = timeline.times[min(n, i + w) - 1]
+        # A peer is done with this frame once it sent a frame after the window, or if it has been
+        # silent since before the frame (a dead camera must not keep every verdict open forever).
         peers_done = all(
-            t.times and t.times[-1] > end for c, t in self.timelines.items() if c != camera_id
+            t.times and (t.times[-1] > end or t.times[-1] < captured_at)
+            for c, t in self.timelines.items()
+            if c != camera_id
         )
         final = full and peers_done
         if any(self._departs(camera_id, *span) for span in windows):
             return _Verdict.LEFT_OUT, final
         if i + short > n:
+            # Its camera went quiet while every peer sent a whole window more: the frame will not
+            # be judged in any useful time, so it is left out for good (never counted unjudged).
+            peers = [t for c, t in self.timelines.items() if c != camera_id]
+            if peers and all(
+                len(t.times) - bisect.bisect_right(t.times, captured_at) >= w for t in peers
+            ):
+                return _Verdict.LEFT_OUT, True
             return _Verdict.HELD, False
         return _Verdict.COUNTED, final
 

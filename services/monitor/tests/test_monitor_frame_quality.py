@@ -28,7 +28,7 @@ from defectloop.monitor.store import MonitorStore
 
 from .conftest import EventFactory, SimulatedCamera, simulate
 
-pytestmark = pytest.mark.unit
+pytestmark = [pytest.mark.unit, pytest.mark.slow]  # in-process, but 15-60 s each
 
 Groups = Sequence[Sequence[object]]
 Schedule = Callable[[Groups], list[list[Event]]]

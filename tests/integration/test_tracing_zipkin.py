@@ -41,47 +41,49 @@ async def test_an_uploaded_image_is_one_trace_from_the_request_to_its_prediction
     from defectloop.annotation_sync.main import build_app as build_annotation_sync
     from defectloop.annotation_sync.settings import AnnotationSyncSettings
 
-    # annotation-sync samples every prediction (no Label Studio here: the decision is what this
-    # test reads; the push waits for a Label Studio that never comes).
-    sampler = build_annotation_sync(
-        AnnotationSyncSettings(
-            kafka_bootstrap=kafka_bootstrap,
-            database_url=f"sqlite:///{tmp_path / 'annotation-sync.db'}",
-            zipkin_endpoint=zipkin.spans_endpoint,
-            random_share=1.0,
-            daily_budget=1000,
-            signing_secret="test-signing-secret",
-        ),
-        group_id=f"{unique_group}-annsync",
-    )
-    async with (
-        pipeline(zipkin_endpoint=zipkin.spans_endpoint) as p,
-        sampler.router.lifespan_context(sampler),
-    ):
-        collected = collect(
-            kafka_bootstrap, topics.PREDICTION_MADE, where=lambda e: e.site_id == p.site
+    async with pipeline(zipkin_endpoint=zipkin.spans_endpoint) as p:
+        # annotation-sync samples every prediction of this test's site (no Label Studio here: the
+        # decision is what this test reads; the push waits for a Label Studio that never comes).
+        # Only this site: the shared topic holds every earlier test's predictions, and sampling
+        # that backlog first kept the image's sampling span out of Zipkin past the deadline.
+        sampler = build_annotation_sync(
+            AnnotationSyncSettings(
+                kafka_bootstrap=kafka_bootstrap,
+                database_url=f"sqlite:///{tmp_path / 'annotation-sync.db'}",
+                zipkin_endpoint=zipkin.spans_endpoint,
+                random_share=1.0,
+                daily_budget=1000,
+                signing_secret="test-signing-secret",
+                sites=[p.site],
+                ignore_other_sites=True,
+            ),
+            group_id=f"{unique_group}-annsync",
         )
-        async with collected as predictions, httpx.AsyncClient() as client:
-            resp = await p.post(client, frame(1))
-            assert resp.status_code == 202, resp.text
-            image_id = resp.json()["image_id"]
-            await predictions.wait_for(lambda found: len(found) >= 1, timeout_s=60)
+        async with sampler.router.lifespan_context(sampler):
+            collected = collect(
+                kafka_bootstrap, topics.PREDICTION_MADE, where=lambda e: e.site_id == p.site
+            )
+            async with collected as predictions, httpx.AsyncClient() as client:
+                resp = await p.post(client, frame(1))
+                assert resp.status_code == 202, resp.text
+                image_id = resp.json()["image_id"]
+                await predictions.wait_for(lambda found: len(found) >= 1, timeout_s=60)
 
-        # The last span of the trace (the prediction's publish) is exported within a second.
-        async def complete() -> list[dict[str, Any]] | None:
-            traces = await _image_trace(zipkin, image_id)
-            for spans in traces:
-                names = {s.get("name") for s in spans}
-                if {"prediction.made publish", "inference.model", "annotation.sample"} <= names:
-                    return spans
-            return None
+            # The last span of the trace (the prediction's publish) is exported within a second.
+            async def complete() -> list[dict[str, Any]] | None:
+                traces = await _image_trace(zipkin, image_id)
+                for spans in traces:
+                    names = {s.get("name") for s in spans}
+                    if {"prediction.made publish", "inference.model", "annotation.sample"} <= names:
+                        return spans
+                return None
 
-        spans = await wait_until(complete, timeout_s=60, what="the image's trace in Zipkin")
-        told = await asyncio.to_thread(
-            CliRunner().invoke,
-            build_cli(),
-            ["trace", image_id, "--zipkin", zipkin.url, "--inference", p.inference_url],
-        )
+            spans = await wait_until(complete, timeout_s=60, what="the image's trace in Zipkin")
+            told = await asyncio.to_thread(
+                CliRunner().invoke,
+                build_cli(),
+                ["trace", image_id, "--zipkin", zipkin.url, "--inference", p.inference_url],
+            )
 
     # One trace holds the image's whole path; other traces tagged with the image are only the
     # work done for it out of band (the Label Studio task push).

@@ -61,17 +61,29 @@ def sim_labelled() -> Callable[..., list[tuple[Any, Any]]]:
             image_id = image_id_for(site, "cam-1", digest)
             at = captured_at + timedelta(seconds=i)
             event = ImageCaptured(
-                site_id=site, camera_id="cam-1", image_id=image_id, sha256=digest,
-                blob_uri=blobs.put(png, suffix=".png"), captured_at=at, width=128, height=128,
-                quality=QualityMetrics(sharpness=50.0, brightness=120.0, contrast=20.0,
-                                       uniform=False),
+                site_id=site,
+                camera_id="cam-1",
+                image_id=image_id,
+                sha256=digest,
+                blob_uri=blobs.put(png, suffix=".png"),
+                captured_at=at,
+                width=128,
+                height=128,
+                quality=QualityMetrics(
+                    sharpness=50.0, brightness=120.0, contrast=20.0, uniform=False
+                ),
             )
             label = AnnotationCompleted(
-                site_id=site, camera_id="cam-1", image_id=image_id,
-                annotation_id=f"ls-{image_id}", annotator="alice",
+                site_id=site,
+                camera_id="cam-1",
+                image_id=image_id,
+                annotation_id=f"ls-{image_id}",
+                annotator="alice",
                 status=AnnotationStatus.COMPLETED,
                 boxes=tuple(Box(label=b.label, x=b.x, y=b.y, w=b.w, h=b.h) for b in image.boxes),
-                sampling_reason="random", lead_time_s=3.0, occurred_at=at + timedelta(minutes=1),
+                sampling_reason="random",
+                lead_time_s=3.0,
+                occurred_at=at + timedelta(minutes=1),
             )
             pairs.append((event, label))
         return pairs

@@ -22,8 +22,12 @@ def _bright_box(image: np.ndarray) -> list[float]:
 
 
 def test_geometric_augmentations_move_boxes_with_pixels() -> None:
-    cfg = resolve_config("quick", overrides={"augment": {
-        "brightness": 0.0, "contrast": 0.0, "blur_prob": 0.0, "noise_prob": 0.0}}).augment
+    cfg = resolve_config(
+        "quick",
+        overrides={
+            "augment": {"brightness": 0.0, "contrast": 0.0, "blur_prob": 0.0, "noise_prob": 0.0}
+        },
+    ).augment
     image, boxes, labels = _scene()
     for seed in range(20):
         out, moved, kept = augment(image, boxes, labels, cfg, np.random.default_rng(seed))

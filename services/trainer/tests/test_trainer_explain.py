@@ -61,21 +61,42 @@ def _registry(tmp_path: Path) -> Registry:
 
 def _fine_tuned(reg: Registry, provenance: RunProvenance | None) -> ModelVersion:
     reg.upsert_dataset(
-        DatasetVersion(version="d" * 64, site="A", num_images=3, num_train=2, num_val=1,
-                       manifest_json="{}")
+        DatasetVersion(
+            version="d" * 64, site="A", num_images=3, num_train=2, num_val=1, manifest_json="{}"
+        )
     )
     for version, parent in (("v0", None), ("v1", "v0")):
         run = reg.add_run(
-            TrainingRun(dataset_version="d" * 64, dataset_dirs_json="[]", site="A",
-                        preset="quick", config_json="{}", config_sha256="c" * 64, seed=7,
-                        parent_version=parent, git_commit="abc", lockfile_sha256="l" * 64),
+            TrainingRun(
+                dataset_version="d" * 64,
+                dataset_dirs_json="[]",
+                site="A",
+                preset="quick",
+                config_json="{}",
+                config_sha256="c" * 64,
+                seed=7,
+                parent_version=parent,
+                git_commit="abc",
+                lockfile_sha256="l" * 64,
+            ),
             provenance=provenance if version == "v1" else None,
         )
         model = reg.add_model(
-            ModelVersion(version=version, name="det", training_run_id=run.id,
-                         dataset_version="d" * 64, parent_version=parent, site="A",
-                         git_commit="abc", lockfile_sha256="l" * 64, config_sha256="c" * 64,
-                         seed=7, sha256=version * 32, bundle_path="/b", author="alice")
+            ModelVersion(
+                version=version,
+                name="det",
+                training_run_id=run.id,
+                dataset_version="d" * 64,
+                parent_version=parent,
+                site="A",
+                git_commit="abc",
+                lockfile_sha256="l" * 64,
+                config_sha256="c" * 64,
+                seed=7,
+                sha256=version * 32,
+                bundle_path="/b",
+                author="alice",
+            )
         )
     return model
 
@@ -106,7 +127,9 @@ def test_a_hand_fine_tuned_version_says_why_its_links_are_missing(tmp_path: Path
     assert chain.link("approval").missing == "not promoted"
     run = chain.link("run").facts
     assert (run["git_dirty"], run["parent_version"], run["parent_sha256"]) == (
-        False, "v0", "v0" * 32
+        False,
+        "v0",
+        "v0" * 32,
     )
     # A version without provenance (recorded before it existed): said, not guessed.
     older = explain("v0", registry=reg, jobs=JobStore(reg.engine), monitor=unreachable)
@@ -132,29 +155,52 @@ def test_without_the_snapshot_the_chain_uses_the_job_and_the_labels_as_they_are(
     t0 = datetime(2026, 11, 1, 12, tzinfo=UTC)
     job = jobs.on_incident(
         MetricDegraded(
-            site_id="A", incident_id="inc-7", kind=DegradationKind.PERFORMANCE, metric="recall",
-            value=0.5, baseline=0.9, threshold=0.85, window_start=t0,
-            window_end=t0 + timedelta(minutes=5), sample_size=60, change_point_at=t0,
+            site_id="A",
+            incident_id="inc-7",
+            kind=DegradationKind.PERFORMANCE,
+            metric="recall",
+            value=0.5,
+            baseline=0.9,
+            threshold=0.85,
+            window_start=t0,
+            window_end=t0 + timedelta(minutes=5),
+            sample_size=60,
+            change_point_at=t0,
         ),
         RetrainPolicy(),
     ).job
     for i, (who, at) in enumerate(
-        [("ann1", t0 + timedelta(seconds=1)), ("ann2", t0 + timedelta(seconds=2)),
-         ("ann3", t0 - timedelta(hours=1))]  # before the change point: not fresh
+        [
+            ("ann1", t0 + timedelta(seconds=1)),
+            ("ann2", t0 + timedelta(seconds=2)),
+            ("ann3", t0 - timedelta(hours=1)),
+        ]  # before the change point: not fresh
     ):
         jobs.record_image(
             ImageCaptured(
-                site_id="A", camera_id="c", image_id=f"i{i}", sha256="0" * 64,
-                blob_uri="file:///x.png", captured_at=at, width=8, height=8,
-                quality=QualityMetrics(sharpness=1.0, brightness=1.0, contrast=1.0,
-                                       uniform=False),
+                site_id="A",
+                camera_id="c",
+                image_id=f"i{i}",
+                sha256="0" * 64,
+                blob_uri="file:///x.png",
+                captured_at=at,
+                width=8,
+                height=8,
+                quality=QualityMetrics(sharpness=1.0, brightness=1.0, contrast=1.0, uniform=False),
             )
         )
         jobs.record_annotation(
             AnnotationCompleted(
-                site_id="A", camera_id="c", image_id=f"i{i}", annotation_id=f"a{i}",
-                annotator=who, status=AnnotationStatus.COMPLETED, boxes=(),
-                sampling_reason="random", lead_time_s=1.0, occurred_at=at,
+                site_id="A",
+                camera_id="c",
+                image_id=f"i{i}",
+                annotation_id=f"a{i}",
+                annotator=who,
+                status=AnnotationStatus.COMPLETED,
+                boxes=(),
+                sampling_reason="random",
+                lead_time_s=1.0,
+                occurred_at=at,
             )
         )
     _fine_tuned(reg, None)

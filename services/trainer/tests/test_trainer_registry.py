@@ -23,26 +23,54 @@ def _registry(tmp_path: Path) -> Registry:
 
 def _fill(reg: Registry) -> ModelVersion:
     reg.upsert_dataset(
-        DatasetVersion(version="d" * 64, site="A", num_images=3, num_train=2, num_val=1,
-                       manifest_json=json.dumps({"images": []}), sources_json='["/data/a"]')
+        DatasetVersion(
+            version="d" * 64,
+            site="A",
+            num_images=3,
+            num_train=2,
+            num_val=1,
+            manifest_json=json.dumps({"images": []}),
+            sources_json='["/data/a"]',
+        )
     )
     run = reg.add_run(
-        TrainingRun(dataset_version="d" * 64, dataset_dirs_json='["/data/a"]', site="A",
-                    preset="quick", config_json='{"x": 1}', config_sha256="c" * 64, seed=7,
-                    git_commit="abc", lockfile_sha256="l" * 64)
+        TrainingRun(
+            dataset_version="d" * 64,
+            dataset_dirs_json='["/data/a"]',
+            site="A",
+            preset="quick",
+            config_json='{"x": 1}',
+            config_sha256="c" * 64,
+            seed=7,
+            git_commit="abc",
+            lockfile_sha256="l" * 64,
+        )
     )
     return reg.add_model(
-        ModelVersion(version="v1", name="det", training_run_id=run.id, dataset_version="d" * 64,
-                     site="A", git_commit="abc", lockfile_sha256="l" * 64, config_sha256="c" * 64,
-                     seed=7, sha256="s" * 64, bundle_path="/b", metrics_json='{"val_map50": 0.9}',
-                     author="alice")
+        ModelVersion(
+            version="v1",
+            name="det",
+            training_run_id=run.id,
+            dataset_version="d" * 64,
+            site="A",
+            git_commit="abc",
+            lockfile_sha256="l" * 64,
+            config_sha256="c" * 64,
+            seed=7,
+            sha256="s" * 64,
+            bundle_path="/b",
+            metrics_json='{"val_map50": 0.9}',
+            author="alice",
+        )
     )
 
 
 def test_round_trip_of_dataset_run_model_and_deployment(tmp_path: Path) -> None:
     reg = _registry(tmp_path)
     _fill(reg)
-    reg.add_deployment(Deployment(site="A", role="shadow", model_version="v1", requested_by="alice"))
+    reg.add_deployment(
+        Deployment(site="A", role="shadow", model_version="v1", requested_by="alice")
+    )
 
     again = _registry(tmp_path)  # a fresh engine on the same file
     model = again.get_model("v1")
@@ -57,15 +85,25 @@ def test_round_trip_of_dataset_run_model_and_deployment(tmp_path: Path) -> None:
     assert [m.version for m in again.list_models(site="A")] == ["v1"]
     assert again.list_models(site="B") == []
     [deployment] = again.deployments("A")
-    assert (deployment.role, deployment.model_version, deployment.approver) == ("shadow", "v1", None)
+    assert (deployment.role, deployment.model_version, deployment.approver) == (
+        "shadow",
+        "v1",
+        None,
+    )
 
 
 def test_upserting_a_known_dataset_updates_where_it_was_seen(tmp_path: Path) -> None:
     reg = _registry(tmp_path)
     _fill(reg)
     reg.upsert_dataset(
-        DatasetVersion(version="d" * 64, num_images=3, num_train=2, num_val=1,
-                       manifest_json="{}", sources_json='["/moved"]')
+        DatasetVersion(
+            version="d" * 64,
+            num_images=3,
+            num_train=2,
+            num_val=1,
+            manifest_json="{}",
+            sources_json='["/moved"]',
+        )
     )
     ds = reg.get_dataset("d" * 64)
     assert ds.sources == ["/moved"]

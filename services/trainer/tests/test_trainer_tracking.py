@@ -11,9 +11,13 @@ pytestmark = pytest.mark.unit
 
 def _log(bundle: Path) -> str | None:
     return log_training(
-        config={"train": {"epochs": 1}}, params={"seed": 1},
-        epoch_metrics=[{"loss": 1.0}, {"loss": 0.5}], metrics={"val_map50": 0.5},
-        tags={"dataset_version": "d"}, bundle_dir=bundle, run_name="v1",
+        config={"train": {"epochs": 1}},
+        params={"seed": 1},
+        epoch_metrics=[{"loss": 1.0}, {"loss": 0.5}],
+        metrics={"val_map50": 0.5},
+        tags={"dataset_version": "d"},
+        bundle_dir=bundle,
+        run_name="v1",
     )
 
 

@@ -42,7 +42,11 @@ def registry(workspace: Path) -> Registry:
 @pytest.fixture(scope="module")
 def trained(workspace: Path, dataset: Path, registry: Registry) -> TrainOutcome:
     return train_and_register(
-        [dataset], preset="tiny", seed=SEED, out_dir=workspace / "bundle", registry=registry,
+        [dataset],
+        preset="tiny",
+        seed=SEED,
+        out_dir=workspace / "bundle",
+        registry=registry,
         track=False,
     )
 
@@ -144,8 +148,13 @@ def test_fine_tuning_records_the_parent(
     trained: TrainOutcome, registry: Registry, dataset: Path, workspace: Path
 ) -> None:
     child = train_and_register(
-        [dataset], preset="tiny", seed=SEED, out_dir=workspace / "child", registry=registry,
-        parent_bundle=trained.result.bundle_dir, track=False,
+        [dataset],
+        preset="tiny",
+        seed=SEED,
+        out_dir=workspace / "child",
+        registry=registry,
+        parent_bundle=trained.result.bundle_dir,
+        track=False,
     )
     assert child.result.manifest.lineage.parent == trained.model.version
     assert registry.get_model(child.model.version).parent_version == trained.model.version

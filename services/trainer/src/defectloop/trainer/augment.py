@@ -46,8 +46,9 @@ def augment(
         if dx or dy:
             matrix = np.array([[1, 0, dx], [0, 1, dy]], dtype=np.float32)
             # Replicating the border (not reflecting) never mirrors a defect into an unlabeled copy.
-            shifted = cv2.warpAffine(img, matrix, (w, h), flags=cv2.INTER_NEAREST,
-                                     borderMode=cv2.BORDER_REPLICATE)
+            shifted = cv2.warpAffine(
+                img, matrix, (w, h), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE
+            )
             img = np.asarray(shifted, np.float32)
             boxes, labels = _shift_boxes(boxes, labels, dx, dy, w, h)
 

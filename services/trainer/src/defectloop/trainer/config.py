@@ -27,7 +27,9 @@ class _Strict(BaseModel):
 
 
 class ModelConfig(_Strict):
-    input_size: tuple[int, int] = Field(description="Network input [H, W] in pixels; multiples of 32.")
+    input_size: tuple[int, int] = Field(
+        description="Network input [H, W] in pixels; multiples of 32."
+    )
     width: int = Field(ge=4, le=128, description="Channels of the first backbone stage.")
     head_width: int = Field(ge=4, le=256, description="Channels of the neck and heads.")
 
@@ -59,7 +61,9 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(ge=0, le=1)
     warmup_epochs: int = Field(ge=0)
     num_threads: int = Field(
-        ge=1, le=256, description="torch intra-op threads; fixed so that reductions are reproducible."
+        ge=1,
+        le=256,
+        description="torch intra-op threads; fixed so that reductions are reproducible.",
     )
     val_fraction: float = Field(ge=0, lt=1)
     crop: tuple[int, int] | None = Field(
@@ -72,7 +76,6 @@ class TrainConfig(_Strict):
     )
     size_weight: float = Field(ge=0)
     offset_weight: float = Field(ge=0)
-
 
     @field_validator("crop")
     @classmethod
@@ -91,7 +94,9 @@ class DecodingConfig(_Strict):
 
 class TrainerConfig(_Strict):
     name: str = Field(min_length=1)
-    labels: tuple[str, ...] = Field(min_length=1, description="Class names; index = heatmap channel.")
+    labels: tuple[str, ...] = Field(
+        min_length=1, description="Class names; index = heatmap channel."
+    )
     model: ModelConfig
     augment: AugmentConfig
     train: TrainConfig
@@ -102,7 +107,9 @@ class TrainerConfig(_Strict):
         if len(set(self.labels)) != len(self.labels):
             raise ValueError(f"labels must be unique, got {list(self.labels)}")
         crop = self.train.crop
-        if crop is not None and (crop[0] > self.model.input_size[0] or crop[1] > self.model.input_size[1]):
+        if crop is not None and (
+            crop[0] > self.model.input_size[0] or crop[1] > self.model.input_size[1]
+        ):
             raise ValueError(f"train.crop {list(crop)} exceeds model.input_size")
         return self
 

@@ -93,15 +93,16 @@ def load_coco_dir(
         path = coco.image_path(img)
         if not path.is_file():
             raise NotFoundError(f"image {img.file_name} listed in {ann_path} is missing")
-        anns = sorted(
-            (a for a in coco.annotations_of(img.id) if not a.iscrowd), key=lambda a: a.id
-        )
+        anns = sorted((a for a in coco.annotations_of(img.id) if not a.iscrowd), key=lambda a: a.id)
         boxes = np.array([a.bbox for a in anns], dtype=np.float32).reshape(-1, 4)
         cls = np.array([cat_to_index[a.category_id] for a in anns], dtype=np.int64)
         canonical = json.dumps(
             [
-                {"id": a.id, "bbox": [float(v) for v in a.bbox],
-                 "label": labels[cat_to_index[a.category_id]]}
+                {
+                    "id": a.id,
+                    "bbox": [float(v) for v in a.bbox],
+                    "label": labels[cat_to_index[a.category_id]],
+                }
                 for a in anns
             ],
             sort_keys=True,
@@ -174,15 +175,19 @@ def load_resized(samples: Sequence[Sample], input_size: tuple[int, int]) -> Resi
         if img is None:
             raise InvalidInputError(f"cannot decode image {s.path}")
         h, w = img.shape
-        images[i] = img if (h, w) == (h_in, w_in) else cv2.resize(
-            img, (w_in, h_in), interpolation=cv2.INTER_AREA
+        images[i] = (
+            img
+            if (h, w) == (h_in, w_in)
+            else cv2.resize(img, (w_in, h_in), interpolation=cv2.INTER_AREA)
         )
         scale = np.array([w_in / w, h_in / h, w_in / w, h_in / h], dtype=np.float32)
         boxes.append(s.boxes * scale)
     return Resized(images=images, boxes=boxes, labels=[s.labels for s in samples])
 
 
-def normalise(images: npt.NDArray[np.floating[Any]] | npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+def normalise(
+    images: npt.NDArray[np.floating[Any]] | npt.NDArray[np.uint8],
+) -> npt.NDArray[np.float32]:
     """Gray levels → network input, as ``defectloop.vision.preprocess`` does."""
     out = np.asarray(images, dtype=np.float32) / np.float32(255.0)
     out -= np.float32(MEAN)
@@ -219,7 +224,9 @@ def make_targets(
     ys_grid = np.arange(gh, dtype=np.float32)[:, None]
     xs_grid = np.arange(gw, dtype=np.float32)[None, :]
     # Large boxes first, so that a small box sharing a cell keeps its own size/offset target.
-    order: npt.NDArray[np.intp] | list[int] = np.argsort(-(boxes[:, 2] * boxes[:, 3]), kind="stable") if len(boxes) else []
+    order: npt.NDArray[np.intp] | list[int] = (
+        np.argsort(-(boxes[:, 2] * boxes[:, 3]), kind="stable") if len(boxes) else []
+    )
     for k in order:
         x, y, w, h = (float(v) for v in boxes[k])
         if w <= 0 or h <= 0:
@@ -269,7 +276,9 @@ def iterate_batches(
         imgs, heats, sizes, offs, masks = [], [], [], [], []
         for i in chunk:
             if augment_cfg is not None:
-                img, b, lab = augment(data.images[i], data.boxes[i], data.labels[i], augment_cfg, rng)
+                img, b, lab = augment(
+                    data.images[i], data.boxes[i], data.labels[i], augment_cfg, rng
+                )
             else:
                 img, b, lab = data.images[i].astype(np.float32), data.boxes[i], data.labels[i]
             if crop is not None:
@@ -281,6 +290,9 @@ def iterate_batches(
             offs.append(off)
             masks.append(mask)
         yield Batch(
-            image=np.stack(imgs), heatmap=np.stack(heats), size=np.stack(sizes),
-            offset=np.stack(offs), mask=np.stack(masks),
+            image=np.stack(imgs),
+            heatmap=np.stack(heats),
+            size=np.stack(sizes),
+            offset=np.stack(offs),
+            mask=np.stack(masks),
         )

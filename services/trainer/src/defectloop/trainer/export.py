@@ -63,7 +63,9 @@ def export_onnx(net: object, input_size: tuple[int, int]) -> bytes:
     return data
 
 
-def torch_outputs(net: object, batch: npt.NDArray[np.float32]) -> dict[str, npt.NDArray[np.float32]]:
+def torch_outputs(
+    net: object, batch: npt.NDArray[np.float32]
+) -> dict[str, npt.NDArray[np.float32]]:
     import torch
 
     from defectloop.trainer.model import CenterNet, ExportWrapper
@@ -71,16 +73,22 @@ def torch_outputs(net: object, batch: npt.NDArray[np.float32]) -> dict[str, npt.
     assert isinstance(net, CenterNet)
     with torch.no_grad():
         outs = ExportWrapper(net).eval()(torch.from_numpy(batch))
-    return {name: o.numpy() for name, o in zip((HEATMAP, SIZE, OFFSET, EMBEDDING), outs, strict=True)}
+    return {
+        name: o.numpy() for name, o in zip((HEATMAP, SIZE, OFFSET, EMBEDDING), outs, strict=True)
+    }
 
 
-def ort_outputs(onnx_bytes: bytes, batch: npt.NDArray[np.float32]) -> dict[str, npt.NDArray[np.float32]]:
+def ort_outputs(
+    onnx_bytes: bytes, batch: npt.NDArray[np.float32]
+) -> dict[str, npt.NDArray[np.float32]]:
     from defectloop.vision.runtime import run_graph
 
     return run_graph(onnx_bytes, batch, intra_op_threads=1)
 
 
-def max_abs_diff(net: object, onnx_bytes: bytes, batch: npt.NDArray[np.float32]) -> dict[str, float]:
+def max_abs_diff(
+    net: object, onnx_bytes: bytes, batch: npt.NDArray[np.float32]
+) -> dict[str, float]:
     """Largest |ORT - torch| per output on ``batch``."""
     a, b = torch_outputs(net, batch), ort_outputs(onnx_bytes, batch)
     return {name: float(np.max(np.abs(a[name] - b[name]))) for name in OUTPUT_NAMES}

@@ -64,7 +64,11 @@ def git_commit(cwd: Path | None = None) -> str:
     root = cwd or repo_root() or Path.cwd()
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10,
+            ["git", "rev-parse", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
             check=False,
         )
     except (OSError, subprocess.SubprocessError):
@@ -79,8 +83,12 @@ def git_dirty(cwd: Path | None = None) -> bool | None:
     root = cwd or repo_root() or Path.cwd()
     try:
         out = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-            capture_output=True, text=True, timeout=10, check=False,
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
         )
     except (OSError, subprocess.SubprocessError):
         return None

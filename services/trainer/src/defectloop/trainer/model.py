@@ -33,12 +33,12 @@ def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     )
 
 
-
 def _bias(conv: nn.Conv2d) -> Tensor:
     # The heads are built with bias=True; torch types the attribute as optional.
     if conv.bias is None:
         raise TypeError("detector head built without a bias")
     return conv.bias
+
 
 class ResidualBlock(nn.Module):
     def __init__(self, channels: int) -> None:
@@ -75,9 +75,7 @@ class CenterNet(nn.Module):
         self.stage16 = Stage(2 * w, 4 * w)
         self.stage32 = Stage(4 * w, 4 * w)
         self.embedding_dim = 4 * w
-        self.lateral = nn.ModuleList(
-            nn.Conv2d(c, hw, 1) for c in (w, 2 * w, 4 * w, 4 * w)
-        )
+        self.lateral = nn.ModuleList(nn.Conv2d(c, hw, 1) for c in (w, 2 * w, 4 * w, 4 * w))
         self.trunk = _conv_bn(hw, hw)
         self.heatmap = nn.Conv2d(hw, num_classes, 1)
         self.size = nn.Conv2d(hw, 2, 1)

@@ -115,9 +115,7 @@ def train_and_register(
             started_at=started,
             finished_at=datetime.now(UTC),
         ),
-        provenance=RunProvenance(
-            git_dirty=dirty, job_id=job_id, snapshot_sha256=snapshot_sha256
-        ),
+        provenance=RunProvenance(git_dirty=dirty, job_id=job_id, snapshot_sha256=snapshot_sha256),
     )
     model = registry.add_model(
         model_version_from_manifest(

@@ -214,8 +214,14 @@ def train(
         lr = tc.lr
         for batch_i, batch in enumerate(
             iterate_batches(
-                data, ds.train, batch_size=tc.batch_size, num_classes=len(cfg.labels),
-                augment_cfg=cfg.augment, rng=rng, shuffle=True, crop=tc.crop,
+                data,
+                ds.train,
+                batch_size=tc.batch_size,
+                num_classes=len(cfg.labels),
+                augment_cfg=cfg.augment,
+                rng=rng,
+                shuffle=True,
+                crop=tc.crop,
                 crop_on_object=tc.crop_on_object,
             )
         ):
@@ -301,9 +307,13 @@ def train(
     torch.save(net.state_dict(), out_dir / CHECKPOINT_FILE)
     (out_dir / DATASET_FILE).write_text(
         json.dumps(
-            {"dataset_version": data_version, "sources": [str(Path(d).resolve()) for d in dataset_dirs],
-             **manifest_data},
-            indent=1, sort_keys=True,
+            {
+                "dataset_version": data_version,
+                "sources": [str(Path(d).resolve()) for d in dataset_dirs],
+                **manifest_data,
+            },
+            indent=1,
+            sort_keys=True,
         )
         + "\n"
     )

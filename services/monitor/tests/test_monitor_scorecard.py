@@ -117,6 +117,27 @@ SCENARIOS = {
         ),
         Verdict.BETTER,
     ),
+    # A precision incident repaired: the champion flags every part (recall 1.00 that no model can
+    # beat), the candidate misses one defect in 40 and stops diverting 25 of 30 good parts.
+    "stops_diverting_good_parts": (
+        (
+            (39, True, True, True),
+            (1, True, True, False),
+            (25, False, True, False),
+            (5, False, True, True),
+        ),
+        Verdict.BETTER,
+    ),
+    # The same false alarms removed, paid for with 4 defects in 40 (recall drops 0.10, margin 0.05).
+    "fewer_false_alarms_for_missed_defects": (
+        (
+            (36, True, True, True),
+            (4, True, True, False),
+            (25, False, True, False),
+            (5, False, True, True),
+        ),
+        Verdict.NOT_ENOUGH_DATA,
+    ),
     "too_few_defective_pairs": (
         ((10, True, False, True), (50, False, False, False)),
         Verdict.NOT_ENOUGH_DATA,
@@ -147,6 +168,12 @@ def test_verdict(name: str) -> None:
         assert card.precision.ci_low > 0
     if name == "straddles_the_margin":
         assert card.recall.ci_low < -0.02
+    if name.startswith(("stops_diverting", "fewer_false_alarms_for")):
+        # recall alone could not decide it: its interval straddles the margin either way
+        assert card.recall.ci_low < -0.02 < 0 < card.recall.ci_high
+        right = card.correct_counts
+        assert (right.second_only, right.first_only) == (25, int(name[0] == "f") * 3 + 1)
+        assert card.correct_mcnemar_p < 0.05
 
 
 def test_precision_difference_agrees_with_scipy_bootstrap() -> None:

@@ -33,6 +33,7 @@ def _site(
     champ_recall: float = 0.9,
     cand_recall: float = 0.9,
     fp_rate: float = 0.03,
+    cand_fp_rate: float | None = None,
     seed: int = 0,
     maps: tuple[float | None, float | None] = (None, None),
 ) -> SiteEval:
@@ -40,7 +41,8 @@ def _site(
     rng = np.random.default_rng(seed)
     truth = rng.random(n) < 0.4
     champ = np.where(truth, rng.random(n) < champ_recall, rng.random(n) < fp_rate)
-    cand = np.where(truth, rng.random(n) < cand_recall, rng.random(n) < fp_rate)
+    cand_fp = fp_rate if cand_fp_rate is None else cand_fp_rate
+    cand = np.where(truth, rng.random(n) < cand_recall, rng.random(n) < cand_fp)
     return SiteEval(
         site=name,
         truth=truth.tolist(),
@@ -90,7 +92,57 @@ def test_degraded_site_passes_when_the_candidate_finds_clearly_more_defects() ->
 def test_degraded_site_fails_without_a_significant_gain() -> None:
     result = improvement_gate(_site("B", maps=(0.8, 0.8)), FAST)
     assert not result.passed
-    assert "recall not better" in result.reasons[0]
+    assert "not better" in result.reasons[0]
+
+
+def test_degraded_site_passes_when_the_candidate_stops_diverting_good_parts() -> None:
+    """A precision incident: the champion flags nearly everything, so its recall cannot be beaten;
+    the candidate is better because it decides the good parts right (counted independently)."""
+    ev = _site("B", champ_recall=1.0, cand_recall=0.97, fp_rate=0.9, cand_fp_rate=0.05, seed=4)
+    result = improvement_gate(ev.model_copy(update={"champion_map50": 0.03}), FAST)
+    assert result.passed is False  # the candidate's mAP50 is missing: both are needed
+    ev = ev.model_copy(update={"champion_map50": 0.03, "candidate_map50": 0.7})
+    result = improvement_gate(ev, FAST)
+    truth, champ, cand = (np.array(x) for x in (ev.truth, ev.champion, ev.candidate))
+    assert result.candidate_only_correct == int(np.sum((cand == truth) & (champ != truth)))
+    assert result.champion_only_correct == int(np.sum((champ == truth) & (cand != truth)))
+    assert result.candidate_precision is not None
+    assert result.champion_precision is not None
+    assert result.candidate_precision > result.champion_precision
+    assert result.p_value < 0.05
+    assert result.passed, result.reasons
+
+
+def test_degraded_site_fails_when_more_right_decisions_cost_recall() -> None:
+    """Fewer false alarms bought with missed defects is not a repair."""
+    ev = _site(
+        "B", champ_recall=0.97, cand_recall=0.6, fp_rate=0.6, cand_fp_rate=0.0, maps=(0.5, 0.5)
+    )
+    result = improvement_gate(ev, FAST)
+    assert result.p_value < 0.05  # more images decided right overall ...
+    assert result.recall_worse_p is not None
+    assert result.recall_worse_p < 0.05
+    assert not result.passed  # ... but the defects it misses fail it
+    assert any("recall significantly lower" in r for r in result.reasons)
+
+
+def test_degraded_site_fails_a_recall_drop_beyond_the_margin_even_when_not_significant() -> None:
+    truth = [True] * 10 + [False] * 30
+    champ = [True] * 10 + [True] * 30
+    cand = [True] * 8 + [False] * 2 + [False] * 30  # 2 misses of 10: p = 0.25, drop 0.2
+    ev = SiteEval(
+        site="B",
+        truth=truth,
+        champion=champ,
+        candidate=cand,
+        champion_map50=0.1,
+        candidate_map50=0.8,
+    )
+    result = improvement_gate(ev, FAST)
+    assert result.recall_worse_p == pytest.approx(0.25)
+    assert [r for r in result.reasons if "recall" in r] == [
+        "site B: recall 0.800 is more than 0.1 below the champion's 1.000"
+    ]
 
 
 def test_degraded_site_fails_when_map50_drops_beyond_the_margin() -> None:

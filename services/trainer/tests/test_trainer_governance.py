@@ -142,9 +142,9 @@ def test_a_failed_gate_deploys_nothing_and_records_why(registry: Registry, tmp_p
     report = _gate("v2", "v1", "B", passed=False)
     assert not report.passed
     gov.record_gate(report, by="trainer")
-    with pytest.raises(ConflictError, match="failed its gates: site B: recall not better"):
+    with pytest.raises(ConflictError, match="failed its gates: site B: not better"):
         gov.shadow("v2", "trainer")
-    with pytest.raises(ConflictError, match="failed its gates: site B: recall not better"):
+    with pytest.raises(ConflictError, match="failed its gates: site B: not better"):
         gov.promote("v2", "trainer")
     with pytest.raises(ConflictError, match="cannot be approved"):
         gov.approve("v2", "bob")
@@ -153,7 +153,7 @@ def test_a_failed_gate_deploys_nothing_and_records_why(registry: Registry, tmp_p
     failed = next(r for r in gov.history(version="v2") if r.action == "gate_failed")
     assert failed.evidence["improvement"]["p_value"] == report.improvement.p_value
     assert failed.evidence["passed"] is False
-    assert "recall not better" in failed.reason
+    assert "not better" in failed.reason
     stored = gov.latest_gate("v2")
     assert stored is not None
     assert stored.report == report

@@ -244,7 +244,7 @@ async def test_a_failed_gate_deploys_nothing_and_records_why(tmp_path: Path) -> 
     job = w.store.get(w.job.job_id)
     assert job.job_state == JobState.GATE_FAILED
     assert "nothing deployed" in job.reason
-    assert "recall not better" in job.reason
+    assert "not better" in job.reason
     assert w.sent.events[sent_before:] == []
     gate = w.governance.latest_gate(w.candidate)
     assert gate is not None
@@ -252,7 +252,7 @@ async def test_a_failed_gate_deploys_nothing_and_records_why(tmp_path: Path) -> 
     assert gate.report.improvement.candidate_only_hits == 0
     assert gate.report.improvement.champion_only_hits == 8
     [failed] = [r for r in w.governance.history(version=w.candidate) if r.action == "gate_failed"]
-    assert "recall not better" in failed.reason
+    assert "not better" in failed.reason
     assert failed.evidence["improvement"]["champion_recall"] == 1.0
     assert w.audit(w.candidate)[-1] == AuditAction.GATE_FAILED
     assert job.detail["gate"]["passed"] is False

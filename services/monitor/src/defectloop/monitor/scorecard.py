@@ -15,6 +15,12 @@ notes §4.1).
   ``worse`` when a difference is not non-inferior and its upper bound is below 0;
   ``better`` when both are non-inferior (lower bound ≥ −margin) and recall is significantly better
   (McNemar) or precision is (bootstrap lower bound > 0); ``non_inferior`` otherwise.
+* Decided right, defective and good images alike: ``better`` too when the candidate decides
+  significantly more images right (one-sided exact McNemar on all discordant images) and gives up
+  at most ``recall_margin`` of recall (point estimate) without being ``worse``. This is the repair
+  of a precision incident: a champion that flags every part has a recall no candidate can beat,
+  and the paired recall interval of a candidate missing one defect in 40 straddles the 0.02
+  margin for hundreds of labels, while the false alarms it removes are plain to see.
 
 Repeated looks: the caller should treat a ``better`` verdict as a promotion proposal that a human
 (or the site's policy) confirms; the scorecard itself does not spend alpha across looks.
@@ -53,6 +59,12 @@ class ScorecardPolicy(BaseModel):
     alpha: float = Field(0.05, gt=0, lt=1, description="One-sided level of 'better'.")
     confidence: float = Field(0.95, gt=0, lt=1, description="Interval confidence level.")
     bootstrap_resamples: int = Field(2000, ge=100, description="Resamples for precision.")
+    recall_margin: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Recall a candidate deciding significantly more images right may give up.",
+    )
 
 
 @dataclass(frozen=True)
@@ -79,6 +91,10 @@ class Scorecard:
     mcnemar_p: float
     """One-sided exact McNemar p that the candidate's recall is higher."""
     verdict: Verdict
+    correct_counts: stats.PairedCounts
+    """On every image; success = the model's decision matches the label."""
+    correct_mcnemar_p: float
+    """One-sided exact McNemar p that the candidate decides more images right."""
 
 
 def _precision(
@@ -122,15 +138,31 @@ def _precision_difference(
 
 
 def _verdict(
-    n_positive: int, recall: Difference, precision: Difference, p: float, policy: ScorecardPolicy
+    n_positive: int,
+    recall: Difference,
+    precision: Difference,
+    p: float,
+    p_correct: float,
+    policy: ScorecardPolicy,
 ) -> Verdict:
     diffs = (recall, precision)
     if n_positive < policy.min_positive_pairs or any(d.ci_low is None for d in diffs):
         return Verdict.NOT_ENOUGH_DATA
     lows = [d.ci_low for d in diffs if d.ci_low is not None]
-    highs = [d.ci_high for d in diffs if d.ci_high is not None]
+    worse = any(
+        d.ci_low is not None
+        and d.ci_high is not None
+        and d.ci_low < -policy.margin
+        and d.ci_high < 0
+        for d in diffs
+    )
+    if worse:
+        return Verdict.WORSE
+    recall_kept = recall.value is not None and recall.value >= -policy.recall_margin
+    if p_correct < policy.alpha and recall_kept:
+        return Verdict.BETTER
     if any(low < -policy.margin for low in lows):
-        return Verdict.WORSE if any(high < 0 for high in highs) else Verdict.NOT_ENOUGH_DATA
+        return Verdict.NOT_ENOUGH_DATA
     precision_better = precision.ci_low is not None and precision.ci_low > 0
     if p < policy.alpha or precision_better:
         return Verdict.BETTER
@@ -170,6 +202,8 @@ def scorecard(pairs: Sequence[Pair], policy: ScorecardPolicy | None = None) -> S
         recall = Difference(None, None, None, None, None)
     precision = _precision_difference(truth, champion, candidate, policy)
     p = stats.mcnemar_exact(counts.second_only, counts.first_only)
+    correct = stats.PairedCounts.from_outcomes(champion == truth, candidate == truth)
+    p_correct = stats.mcnemar_exact(correct.second_only, correct.first_only)
     return Scorecard(
         champion_version=champion_version,
         candidate_version=candidate_version,
@@ -179,5 +213,7 @@ def scorecard(pairs: Sequence[Pair], policy: ScorecardPolicy | None = None) -> S
         recall=recall,
         precision=precision,
         mcnemar_p=p,
-        verdict=_verdict(n_positive, recall, precision, p, policy),
+        verdict=_verdict(n_positive, recall, precision, p, p_correct, policy),
+        correct_counts=correct,
+        correct_mcnemar_p=p_correct,
     )

@@ -400,7 +400,15 @@ def _shadow(
     if card:
         facts["scorecard"] = {
             k: card.get(k)
-            for k in ("verdict", "n_pairs", "n_positive", "mcnemar_p", "recall", "precision")
+            for k in (
+                "verdict",
+                "n_pairs",
+                "n_positive",
+                "mcnemar_p",
+                "correct_mcnemar_p",
+                "recall",
+                "precision",
+            )
         }
     else:
         notes.append("no scorecard recorded")

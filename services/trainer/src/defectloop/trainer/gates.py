@@ -3,8 +3,11 @@
 Pure functions over per-image decisions, no torch and no I/O, so the trainer service, the CLI and
 tests all compute the same :class:`GateReport`:
 
-* the degraded site must get better: one-sided exact McNemar (a binomial test on the discordant
-  defective images) and mAP50 not lower than the champion's by more than a margin;
+* the degraded site must get better: more of its images decided right, by a one-sided exact
+  McNemar on the discordant images, defective and good alike (an incident can be on recall, a model
+  missing defects, or on precision, a model diverting good parts, and the same test sees a repair of
+  either); without paying for it in recall (not significantly lower on the defective images, and not
+  lower by more than a margin) nor in mAP50 (not lower by more than a margin);
 * every other site (and, passed as one more "site", the degraded site's pre-drift set) must be
   non-inferior: the paired-bootstrap lower bound of Δrecall and Δprecision ≥ −margin, with Holm's
   correction across sites, seeded so the report is reproducible;
@@ -36,6 +39,13 @@ class GateConfig(_Frozen):
 
     alpha: float = Field(0.05, gt=0, lt=1, description="Level of every test.")
     map50_margin: float = Field(0.02, ge=0, description="Degraded site: mAP50 may drop this much.")
+    recall_margin: float = Field(
+        0.10,
+        ge=0,
+        le=1,
+        description="Degraded site: recall may drop this much (point estimate on the frozen set) "
+        "while more images are decided right; a significant drop fails whatever the margin.",
+    )
     noninferiority_margin: float = Field(
         0.02, ge=0, description="Other sites: Δrecall and Δprecision lower bounds ≥ −margin."
     )
@@ -84,11 +94,26 @@ class ImprovementResult(_Frozen):
     candidate_recall: float
     candidate_only_hits: int = Field(description="Defective images only the candidate finds.")
     champion_only_hits: int = Field(description="Defective images only the champion finds.")
-    p_value: float = Field(description="One-sided exact McNemar (binomial on discordant pairs).")
+    p_value: float = Field(
+        description="One-sided exact McNemar that the candidate decides more images right "
+        "(binomial on the discordant images)."
+    )
     champion_map50: float | None
     candidate_map50: float | None
     passed: bool
     reasons: list[str]
+    # Defaults keep gate reports stored before these fields readable.
+    champion_precision: float | None = None
+    candidate_precision: float | None = None
+    candidate_only_correct: int | None = Field(
+        None, description="Images (defective or good) only the candidate decides right."
+    )
+    champion_only_correct: int | None = Field(
+        None, description="Images (defective or good) only the champion decides right."
+    )
+    recall_worse_p: float | None = Field(
+        None, description="One-sided exact McNemar that the champion finds more defects."
+    )
 
 
 class NonInferiorityResult(_Frozen):
@@ -172,20 +197,37 @@ def mcnemar_one_sided(candidate_only: int, champion_only: int) -> float:
 
 
 def improvement_gate(ev: SiteEval, config: GateConfig) -> ImprovementResult:
-    """The degraded site: better recall (McNemar on defective images) and mAP50 not lower."""
+    """The degraded site: more images decided right, recall and mAP50 not paid for it."""
     truth, champ, cand = _arrays(ev)
-    cand_hits, champ_hits = cand[truth], champ[truth]
-    b = int(np.sum(cand_hits & ~champ_hits))
-    c = int(np.sum(champ_hits & ~cand_hits))
+    champ_right, cand_right = champ == truth, cand == truth
+    b = int(np.sum(cand_right & ~champ_right))
+    c = int(np.sum(champ_right & ~cand_right))
     p = mcnemar_one_sided(b, c)
+    cand_hits, champ_hits = cand[truth], champ[truth]
+    hits_b = int(np.sum(cand_hits & ~champ_hits))
+    hits_c = int(np.sum(champ_hits & ~cand_hits))
+    p_recall_worse = mcnemar_one_sided(hits_c, hits_b)
+    t = truth.astype(np.float64)
+    champ_recall = float(recall(t, champ.astype(np.float64)))
+    cand_recall = float(recall(t, cand.astype(np.float64)))
     n_def = int(truth.sum())
     reasons: list[str] = []
     if n_def == 0:
         reasons.append(f"site {ev.site}: no defective image in the frozen set")
-    elif p >= config.alpha:
+    if p >= config.alpha:
         reasons.append(
-            f"site {ev.site}: recall not better (McNemar p={p:.3g} ≥ {config.alpha}, "
-            f"{b} images only the candidate finds vs {c} only the champion finds)"
+            f"site {ev.site}: not better (McNemar p={p:.3g} ≥ {config.alpha}: {b} images only "
+            f"the candidate decides right vs {c} only the champion, of {truth.size})"
+        )
+    if n_def and p_recall_worse < config.alpha:
+        reasons.append(
+            f"site {ev.site}: recall significantly lower (McNemar p={p_recall_worse:.3g}: the "
+            f"champion finds {hits_c} defective images the candidate misses, the candidate {hits_b})"
+        )
+    elif n_def and cand_recall < champ_recall - config.recall_margin:
+        reasons.append(
+            f"site {ev.site}: recall {cand_recall:.3f} is more than {config.recall_margin} below "
+            f"the champion's {champ_recall:.3f}"
         )
     if ev.champion_map50 is None or ev.candidate_map50 is None:
         reasons.append(f"site {ev.site}: mAP50 of both models is needed")
@@ -194,20 +236,24 @@ def improvement_gate(ev: SiteEval, config: GateConfig) -> ImprovementResult:
             f"site {ev.site}: mAP50 {ev.candidate_map50:.3f} is more than {config.map50_margin} "
             f"below the champion's {ev.champion_map50:.3f}"
         )
-    t = truth.astype(np.float64)
     return ImprovementResult(
         site=ev.site,
         n_images=int(truth.size),
         n_defective=n_def,
-        champion_recall=float(recall(t, champ.astype(np.float64))),
-        candidate_recall=float(recall(t, cand.astype(np.float64))),
-        candidate_only_hits=b,
-        champion_only_hits=c,
+        champion_recall=champ_recall,
+        candidate_recall=cand_recall,
+        candidate_only_hits=hits_b,
+        champion_only_hits=hits_c,
         p_value=p,
         champion_map50=ev.champion_map50,
         candidate_map50=ev.candidate_map50,
         passed=not reasons,
         reasons=reasons,
+        champion_precision=float(precision(t, champ.astype(np.float64))),
+        candidate_precision=float(precision(t, cand.astype(np.float64))),
+        candidate_only_correct=b,
+        champion_only_correct=c,
+        recall_worse_p=p_recall_worse,
     )
 
 

@@ -80,6 +80,8 @@ def _card_summary(card: dict[str, Any]) -> dict[str, Any]:
         "n_pairs",
         "n_positive",
         "mcnemar_p",
+        "correct_mcnemar_p",
+        "correct_counts",
         "recall",
         "precision",
     )
@@ -185,7 +187,8 @@ class Promoter:
             version,
             by=self.actor,
             reason=f"shadow scorecard {verdict} on {card.get('n_pairs', 0)} paired labels "
-            f"(McNemar p={card.get('mcnemar_p')})",
+            f"(McNemar p: recall {card.get('mcnemar_p')}, decided right "
+            f"{card.get('correct_mcnemar_p')})",
         )
         log.info("candidate_promoted", job_id=job.job_id, model_version=version, verdict=verdict)
         return self.store.update(

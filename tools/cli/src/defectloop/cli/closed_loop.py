@@ -105,7 +105,7 @@ class DemoConfig:
     # period only has to fill the drift and quality references (in frames, so a slow machine
     # that renders fewer frames per second still fills them before the drift frame).
     baseline_s: float = 30.0
-    deadline_s: float = 900.0  # after the drift: give up waiting for recovery
+    deadline_s: float = 1200.0  # after the drift: give up waiting for recovery
     heldout_images: int = 200  # truth recall: simulated held-out images per condition
     min_fresh_labels: int = 50
     min_fresh_defective: int = 15

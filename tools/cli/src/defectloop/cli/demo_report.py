@@ -147,6 +147,11 @@ def build_report(
             "recall_before_drift": truth_before["recall"] if truth_before else None,
             "recall_after_drift": truth_after["recall"] if truth_after else None,
             "recall_at_end": truth_end["recall"] if truth_end else None,
+            # A drift can flood a line with false alarms instead of missing defects: precision
+            # is where such a site's damage and recovery show.
+            "precision_before_drift": truth_before["precision"] if truth_before else None,
+            "precision_after_drift": truth_after["precision"] if truth_after else None,
+            "precision_at_end": truth_end["precision"] if truth_end else None,
             "truth": t.truth,
             "time_to_detect_s": _seconds(t.detected_at, t.drift_at),
             "time_to_recover_s": _seconds(t.recovered_at, t.drift_at) if t.retrained else None,
@@ -195,8 +200,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"truth recall on {cfg['heldout_images']} simulated held-out images per condition.",
         "",
         "| site | drift | detected after | first incident | retrained | recovered after "
-        "| recall before drift | right after | at end | champion at end |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| recall before drift | right after | at end "
+        "| precision before drift | right after | at end | champion at end |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for site, s in report["sites"].items():
         drifts = s["drift"] if isinstance(s["drift"], list) else [s["drift"]] if s["drift"] else []
@@ -215,7 +221,9 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {site} | {drift or '—'} | {_fmt(s['time_to_detect_s'], ' s')} | {first_txt} "
             f"| {'yes' if s['retrained'] else 'no'} | {_fmt(s['time_to_recover_s'], ' s')} "
             f"| {_fmt(s['recall_before_drift'])} | {_fmt(s['recall_after_drift'])} "
-            f"| {_fmt(s['recall_at_end'])} | {s['champion_at_end'] or '—'} |"
+            f"| {_fmt(s['recall_at_end'])} | {_fmt(s.get('precision_before_drift'))} "
+            f"| {_fmt(s.get('precision_after_drift'))} | {_fmt(s.get('precision_at_end'))} "
+            f"| {s['champion_at_end'] or '—'} |"
         )
     lines += ["", "## Events", ""]
     for site, s in report["sites"].items():

@@ -160,15 +160,12 @@ def bad_pngs() -> list[BadPng]:
         BadPng("bomb_iccp", text_bomb(b"iCCP"), 422, "pixel_bomb"),
         BadPng("jpeg_body", jpeg_body(), 415, "not_png"),
         BadPng("text_body", b"hello, I am not an image", 415, "not_png"),
-        BadPng("gray16", craft(64, 48, depth=16), 422, "unsupported_format"),
-        BadPng(
-            "rgb8",
-            encode(cv2.cvtColor(textured_frame(2), cv2.COLOR_GRAY2BGR)),
-            422,
-            "unsupported_format",
-        ),
+        # 16-bit gray, RGB and RGBA are accepted by default (converted to gray8): a flat one is
+        # refused for its content, after the conversion.
+        BadPng("gray16_flat", craft(64, 48, depth=16), 422, "uniform_frame"),
+        BadPng("rgb8_flat", craft(64, 48, color=2), 422, "uniform_frame"),
         BadPng("palette8", craft(64, 48, color=3), 422, "unsupported_format"),
-        BadPng("rgba8", craft(64, 48, color=6), 422, "unsupported_format"),
+        BadPng("rgba8_flat", craft(64, 48, color=6), 422, "uniform_frame"),
         BadPng("gray_alpha8", craft(64, 48, color=4), 422, "unsupported_format"),
         BadPng("gray1", craft(64, 48, depth=1), 422, "unsupported_format"),
         BadPng("bad_idat_crc", with_bad_idat_crc(good), 422, "undecodable"),

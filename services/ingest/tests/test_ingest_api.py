@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from fastapi import FastAPI
 
@@ -320,3 +321,33 @@ async def test_openapi_documents_the_upload(ingest: Ingest) -> None:
     assert "image/png" in operation["requestBody"]["content"]
     assert {"202", "401", "403", "413", "415", "422", "503"} <= set(operation["responses"])
     assert "gatewayToken" in schema["components"]["securitySchemes"]
+
+
+async def test_16_bit_and_colour_frames_are_accepted_with_their_mode_recorded(
+    ingest: Ingest, kafka_bootstrap: str, pngs: Any
+) -> None:
+    gray = pngs.frame(21)
+    frames = {
+        "gray16": (gray.astype(np.uint16) << 8) | 0xAB,
+        "rgb8": np.dstack([gray, gray // 2, 255 - gray]),
+        "rgba8": np.dstack([gray, gray, gray, np.full_like(gray, 7)]),
+        "rgb16": np.dstack([gray.astype(np.uint16) << 8] * 3),
+    }
+    ids: dict[str, str] = {}
+    for mode, pixels in frames.items():
+        response = await ingest.post(pngs.encode(pixels))
+        assert response.status_code == 202, response.text
+        ids[response.json()["image_id"]] = mode
+    events = await read_events(
+        kafka_bootstrap, topics.IMAGE_CAPTURED, ingest.site, lambda ev: len(ev) >= len(frames)
+    )
+    captured = {e["image_id"]: ImageCaptured.model_validate(e) for e in events}
+    assert {image_id: captured[image_id].source_mode for image_id in ids} == ids
+    for image_id, mode in ids.items():
+        event = captured[image_id]
+        assert (event.width, event.height) == (128, 96)
+        assert event.bit_depth == (16 if mode.endswith("16") else 8)
+    # gray16 and rgb16 carry the 8-bit frame in their high bytes: measured as that frame.
+    by_mode = {mode: captured[image_id].quality for image_id, mode in ids.items()}
+    assert by_mode["gray16"].brightness == by_mode["rgb16"].brightness
+    assert abs(by_mode["gray16"].brightness - float(gray.mean())) < 1e-6

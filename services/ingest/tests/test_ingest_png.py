@@ -51,12 +51,20 @@ def test_pixel_cap_follows_the_configured_camera_resolution(pngs) -> None:
     assert caught.value.reason is RejectReason.PIXEL_BOMB
 
 
-def test_accepted_modes_setting_admits_16_bit(pngs) -> None:
+def test_accepted_modes_setting_admits_16_bit_as_gray8(pngs) -> None:
     limits = png.PngLimits(accepted_modes=frozenset({"gray8", "gray16"}))
     pixels = (np.arange(48 * 64, dtype=np.uint16).reshape(48, 64) * 20).astype(np.uint16)
     decoded = png.decode(pngs.encode(pixels), limits)
     assert decoded.header.mode == "gray16"
-    assert decoded.pixels.dtype == np.uint16
+    np.testing.assert_array_equal(decoded.pixels, (pixels >> 8).astype(np.uint8))
+
+
+def test_accepted_modes_setting_can_refuse_16_bit_and_colour(pngs) -> None:
+    limits = png.PngLimits(accepted_modes=frozenset({"gray8"}))
+    for pixels in (np.full((8, 8), 1000, np.uint16), np.zeros((8, 8, 3), np.uint8)):
+        with pytest.raises(png.PngRejectedError) as caught:
+            png.decode(pngs.encode(pixels), limits)
+        assert caught.value.reason is RejectReason.UNSUPPORTED_FORMAT
 
 
 def test_interlaced_png_is_accepted_and_decoded(pngs) -> None:

@@ -154,6 +154,13 @@ class ImageCaptured(CameraEvent):
     height: int = Field(..., gt=0, description="Height in pixels.")
     bit_depth: int = Field(8, description="Bits per sample.")
     quality: QualityMetrics = Field(..., description="Quality measured at ingest.")
+    source_mode: str | None = Field(
+        None,
+        description="Pixel format the camera sent (gray8, gray16, rgb8, rgba8, rgb16, rgba16): "
+        "the stored bytes are the original; every reader decodes them to 8-bit gray by one rule "
+        "(docs/ingest.md). None from producers older than this field.",
+        examples=["gray16"],
+    )
 
 
 class RejectReason(StrEnum):

@@ -55,7 +55,7 @@ HINTS: dict[RejectReason, str] = {
     RejectReason.TRUNCATED: "the upload was cut short: send the whole file again",
     RejectReason.UNDECODABLE: "the PNG is corrupt: check the gateway's encoder",
     RejectReason.PIXEL_BOMB: "the declared size exceeds the camera limits (max_pixels, max_side)",
-    RejectReason.UNSUPPORTED_FORMAT: "send 8-bit grayscale, or configure accepted_modes",
+    RejectReason.UNSUPPORTED_FORMAT: "send 8/16-bit gray or RGB(A), or configure accepted_modes",
     RejectReason.UNIFORM_FRAME: "the camera sees nothing: check the lens, lighting and cabling",
     RejectReason.TOO_BLURRY: "refocus or clean the camera",
     RejectReason.TOO_DARK: "check the lighting and exposure",
@@ -254,6 +254,7 @@ class Ingestor:
             height=analysis.header.height,
             bit_depth=analysis.header.bit_depth,
             quality=analysis.metrics,
+            source_mode=analysis.header.mode,
         )
         record = ImageRecord(
             image_id=image_id,

@@ -9,7 +9,25 @@ Order of checks (each failure is one :class:`RejectReason`):
    ``undecodable``), compressed text/ICC chunks inflated with a cap (``pixel_bomb``);
 4. the image data stream inflated with a cap of exactly the size the header promises: it must end
    and hold exactly that many bytes (``truncated`` / ``undecodable``);
-5. only then the decode (OpenCV, ``IMREAD_UNCHANGED``), whose result must match the header.
+5. only then the decode, whose result must match the header.
+
+The decode gives what the model expects, 8-bit gray, from every accepted mode, by one rule that
+the inference service applies too (both call ``cv2.imdecode(..., IMREAD_GRAYSCALE)``, libpng's
+transforms, so the pixels ingest measures are the pixels the model sees):
+
+- ``gray8``: as is;
+- ``gray16`` (Mono12/Mono16 cameras): the high byte, ``v >> 8``. A PNG stores every sample at full
+  16-bit scale (PNG spec §12.5; ``sBIT`` only records how many bits were significant), so a
+  Mono12 frame must be sent scaled (``v << 4``); raw 12-bit values in a 16-bit PNG read as 1/16
+  of the brightness and are refused as dark or uniform by the quality checks;
+- ``rgb8`` / ``rgba8``: ITU-R BT.601 luma in libpng's 15-bit fixed point,
+  ``(9797 R + 19234 G + 3737 B) >> 15`` (truncated; within one level of ``cv2.cvtColor``), a
+  pixel with R = G = B keeping its value; alpha is dropped, not composited;
+- ``rgb16`` / ``rgba16``: the same luma of the 16-bit samples, rounded (``+ 16384``), then its
+  high byte.
+
+The mode the camera sent is recorded in ``image.captured.source_mode``; the stored blob keeps the
+original bytes.
 """
 
 from __future__ import annotations
@@ -26,6 +44,10 @@ from defectloop.common.errors import InvalidInputError
 from defectloop.common.events import RejectReason
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+#: What cameras send (8/16-bit gray, RGB, RGBA); palette, gray+alpha and sub-byte gray stay
+#: refused unless configured (no camera in the field sends them; fewer decoder paths exposed).
+DEFAULT_MODES = ("gray8", "gray16", "rgb8", "rgba8", "rgb16", "rgba16")
 
 _KINDS = {0: "gray", 2: "rgb", 3: "palette", 4: "graya", 6: "rgba"}
 _CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
@@ -57,7 +79,7 @@ class PngRejectedError(InvalidInputError):
 class PngLimits:
     max_pixels: int = 5_000_000
     max_side: int = 8192
-    accepted_modes: frozenset[str] = frozenset({"gray8"})
+    accepted_modes: frozenset[str] = frozenset(DEFAULT_MODES)
     max_text_chunk_bytes: int = 1024 * 1024
     max_chunks: int = 100_000
 
@@ -96,6 +118,7 @@ class PngHeader:
 class DecodedPng:
     header: PngHeader
     pixels: np.ndarray
+    """``HxW`` uint8 gray, converted from ``header.mode`` by the module's rule."""
 
 
 def _chunks(data: bytes, max_chunks: int) -> Iterator[tuple[bytes, bytes, int]]:
@@ -247,14 +270,15 @@ def check_structure(data: bytes, header: PngHeader, limits: PngLimits) -> None:
 
 
 def decode(data: bytes, limits: PngLimits) -> DecodedPng:
-    """Validate ``data`` and decode its pixels; raises :class:`PngRejectedError`."""
+    """Validate ``data`` and decode it to 8-bit gray; raises :class:`PngRejectedError`."""
     header = read_header(data, limits)
     check_structure(data, header, limits)
     buffer = np.frombuffer(data, dtype=np.uint8)
     try:
-        pixels = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+        # libpng converts row by row while decoding: no full-frame 16-bit or colour copy.
+        pixels = cv2.imdecode(buffer, cv2.IMREAD_GRAYSCALE)
     except cv2.error as exc:
         raise PngRejectedError(RejectReason.UNDECODABLE, f"decoder error: {exc}") from exc
-    if pixels is None or pixels.shape[:2] != (header.height, header.width):
+    if pixels is None or pixels.ndim != 2 or pixels.shape != (header.height, header.width):
         raise PngRejectedError(RejectReason.UNDECODABLE, "the decoder could not read the image")
     return DecodedPng(header=header, pixels=pixels)

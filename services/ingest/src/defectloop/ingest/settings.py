@@ -17,6 +17,7 @@ from pydantic_settings import SettingsConfigDict
 
 from defectloop.common.errors import ConfigError
 from defectloop.common.settings import ServiceSettings
+from defectloop.ingest.png import DEFAULT_MODES
 
 #: Pixel formats a PNG can declare, named ``<kind><bits per sample>``.
 KNOWN_MODES = frozenset(
@@ -62,7 +63,9 @@ class IngestSettings(ServiceSettings):
     max_pixels: int = Field(5_000_000, ge=1, description="Largest width x height (IHDR).")
     max_side: int = Field(8192, ge=1, description="Largest width or height (IHDR).")
     accepted_modes: tuple[str, ...] = Field(
-        ("gray8",), description=f"Accepted PNG pixel formats, among {sorted(KNOWN_MODES)}."
+        DEFAULT_MODES,
+        description=f"Accepted PNG pixel formats, among {sorted(KNOWN_MODES)}; every one is "
+        "decoded to 8-bit gray by one rule (docs/ingest.md).",
     )
     max_text_chunk_bytes: int = Field(
         1024 * 1024, ge=1, description="Largest decompressed zTXt/iTXt/iCCP chunk."

@@ -30,7 +30,9 @@ from typing import Any
 import httpx
 import numpy as np
 
+from defectloop.common.errors import TransientError
 from defectloop.common.logging import get_logger
+from defectloop.common.retry import call_with_backoff
 from defectloop.factory_sim.cameras import Truth, TruthBox, TruthLog
 from defectloop.factory_sim.defects import CLASSES
 
@@ -40,6 +42,51 @@ FROM_NAME = "defect"
 TO_NAME = "image"
 CANNOT_ANNOTATE = "cannot_annotate"
 PROJECT_TITLE_PREFIX = "defectloop site "
+
+
+class _RetryingTransport(httpx.AsyncBaseTransport):
+    """Retries a request Label Studio answered 5xx or could not take (a moment of overload).
+
+    Label Studio on SQLite answers 500 "database is locked" when several writers meet (annotators
+    signing up while annotation-sync imports tasks); the transaction was rolled back, so sending
+    the request again is safe, and a person in the UI would simply retry too.
+    """
+
+    def __init__(
+        self,
+        attempts: int = 6,
+        base_delay_s: float = 0.5,
+        inner: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._inner = inner or httpx.AsyncHTTPTransport()
+        self._attempts = attempts
+        self._base_delay_s = base_delay_s
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        async def send() -> httpx.Response:
+            try:
+                response = await self._inner.handle_async_request(request)
+            except httpx.TransportError as exc:
+                raise TransientError(f"Label Studio unreachable: {exc}") from exc
+            if response.status_code >= 500:
+                await response.aread()
+                await response.aclose()
+                raise TransientError(
+                    f"Label Studio answered {response.status_code} to {request.method} "
+                    f"{request.url.path}"
+                )
+            return response
+
+        return await call_with_backoff(
+            send,
+            attempts=self._attempts,
+            base_delay_s=self._base_delay_s,
+            log_event="label_studio_retrying",
+            path=request.url.path,
+        )
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 @dataclass(frozen=True)
@@ -183,7 +230,10 @@ class LabelStudioAPI:
         self._admin_token = token
         self._timeout_s = timeout_s
         self.http = httpx.AsyncClient(
-            base_url=self.url, headers={"Authorization": f"Token {token}"}, timeout=timeout_s
+            base_url=self.url,
+            headers={"Authorization": f"Token {token}"},
+            timeout=timeout_s,
+            transport=_RetryingTransport(),
         )
         self._as: dict[str, httpx.AsyncClient] = {}
 
@@ -205,7 +255,9 @@ class LabelStudioAPI:
 
     async def _login(self, annotator: SimAnnotator, invite: str) -> str | None:
         """Sign up through the invite link (or log in if the account exists); its API token."""
-        async with httpx.AsyncClient(base_url=self.url, timeout=self._timeout_s) as browser:
+        async with httpx.AsyncClient(
+            base_url=self.url, timeout=self._timeout_s, transport=_RetryingTransport()
+        ) as browser:
             form = {"email": annotator.email, "password": self.password(annotator)}
             for path, params in (("/user/signup/", {"token": invite}), ("/user/login/", {})):
                 (await browser.get(path, params=params)).raise_for_status()  # CSRF cookie
@@ -250,6 +302,7 @@ class LabelStudioAPI:
                 base_url=self.url,
                 headers={"Authorization": f"Token {annotator.token}"},
                 timeout=self._timeout_s,
+                transport=_RetryingTransport(),
             )
         return self._as[annotator.email]
 

@@ -105,6 +105,16 @@ class Event(BaseModel):
     def _to_utc(cls, value: datetime) -> datetime:
         return value.astimezone(UTC)
 
+    @field_validator("schema_version")
+    @classmethod
+    def _known_version(cls, value: int) -> int:
+        # A version newer than this model's may mean anything: refused (the record goes to the
+        # DLQ as a schema violation) rather than read as if it were the one we know.
+        known = cls.model_fields["schema_version"].default
+        if value > known:
+            raise ValueError(f"unknown schema_version {value}: this reader knows up to {known}")
+        return value
+
     def key(self) -> bytes:
         """The Kafka message key: per site, so order per site holds."""
         return self.site_id.encode()

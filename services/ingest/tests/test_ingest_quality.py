@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+
 import cv2
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from defectloop.common.events import RejectReason
 from defectloop.ingest import quality
@@ -85,3 +90,29 @@ def test_color_and_16_bit_frames_reduce_to_gray8(pngs) -> None:
     frame = pngs.frame(6)
     assert quality.to_gray8(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)).shape == frame.shape
     assert quality.to_gray8(frame.astype(np.uint16) << 8).dtype == np.uint8
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(
+    frame=st.tuples(st.integers(1, 60), st.integers(1, 60)).flatmap(
+        lambda side: hnp.arrays(np.uint8, side)
+    )
+)
+def test_metrics_equal_their_float64_definitions(frame: np.ndarray) -> None:
+    """The no-float-copy computation (int16 Laplacian, OpenCV mean/std) gives the textbook values:
+    the variance of the float64 Laplacian, numpy's mean and std, per-tile numpy std."""
+    metrics = quality.measure(frame, flat_tile_max_std=2.0)
+    reference = float(cv2.Laplacian(frame, cv2.CV_64F).var())
+    assert metrics.sharpness == pytest.approx(reference, rel=1e-9, abs=1e-9)
+    assert metrics.brightness == pytest.approx(float(frame.mean()), rel=1e-12, abs=1e-9)
+    assert metrics.contrast == pytest.approx(float(frame.std()), rel=1e-9, abs=1e-9)
+    ys = np.linspace(0, frame.shape[0], 9, dtype=int)
+    xs = np.linspace(0, frame.shape[1], 9, dtype=int)
+    tiles = [
+        frame[y0:y1, x0:x1]
+        for y0, y1 in itertools.pairwise(ys)
+        for x0, x1 in itertools.pairwise(xs)
+        if (y1 - y0) * (x1 - x0)
+    ]
+    flat = sum(float(tile.std()) < 2.0 for tile in tiles)
+    assert metrics.obstructed_fraction == pytest.approx(flat / len(tiles))

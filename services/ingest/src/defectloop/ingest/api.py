@@ -134,7 +134,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
                 "examples": {
                     "pixel_bomb": error_example(
                         "pixel_bomb",
-                        "60000x60000 exceeds the limits (5000000 pixels, 8192 per side)",
+                        "60000x60000 exceeds the limits (5242880 pixels, 8192 per side)",
                     ),
                     "uniform_frame": error_example(
                         "uniform_frame", "the frame is uniform (contrast 0.00)"

@@ -77,7 +77,7 @@ class PngRejectedError(InvalidInputError):
 
 @dataclass(frozen=True)
 class PngLimits:
-    max_pixels: int = 5_000_000
+    max_pixels: int = 5_242_880  # 5 MiP: 2592x1944 and 2448x2048 sensors fit
     max_side: int = 8192
     accepted_modes: frozenset[str] = frozenset(DEFAULT_MODES)
     max_text_chunk_bytes: int = 1024 * 1024

@@ -37,9 +37,20 @@ def to_gray8(pixels: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
+def _mean_std(pixels: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation, accumulated in float64 by OpenCV without a float copy of the
+    frame (numpy's ``std`` of a 5 MP uint8 frame allocates 40 MB and costs ~25x more)."""
+    mean, std = cv2.meanStdDev(pixels)
+    return float(mean[0, 0]), float(std[0, 0])
+
+
 def sharpness(gray: np.ndarray) -> float:
-    """Variance of the Laplacian."""
-    return float(cv2.Laplacian(gray, cv2.CV_64F).var())
+    """Variance of the Laplacian.
+
+    The 3x3 Laplacian of 8-bit pixels lies in [-1020, 1020]: int16 holds it exactly, so the
+    variance is the float64 one's (to rounding) without a float64 frame (5 MP: 38 -> 13 ms).
+    """
+    return _mean_std(cv2.Laplacian(gray, cv2.CV_16S))[1] ** 2
 
 
 def obstructed_fraction(gray: np.ndarray, *, flat_tile_max_std: float) -> float:
@@ -54,7 +65,7 @@ def obstructed_fraction(gray: np.ndarray, *, flat_tile_max_std: float) -> float:
             if tile.size == 0:
                 continue
             total += 1
-            flat += int(float(tile.std()) < flat_tile_max_std)
+            flat += int(_mean_std(tile)[1] < flat_tile_max_std)
     return flat / total if total else 1.0
 
 
@@ -66,10 +77,10 @@ def measure(
     near_duplicate: bool = False,
 ) -> QualityMetrics:
     """Quality metrics of an 8-bit grayscale frame."""
-    contrast = float(gray.std())
+    mean, contrast = _mean_std(gray)
     return QualityMetrics(
         sharpness=sharpness(gray),
-        brightness=min(255.0, max(0.0, float(gray.mean()))),
+        brightness=min(255.0, max(0.0, mean)),
         contrast=contrast,
         uniform=contrast < uniform_max_contrast,
         obstructed_fraction=obstructed_fraction(gray, flat_tile_max_std=flat_tile_max_std),

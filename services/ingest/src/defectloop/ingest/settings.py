@@ -60,7 +60,8 @@ class IngestSettings(ServiceSettings):
 
     # Input limits.
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest accepted body.")
-    max_pixels: int = Field(5_000_000, ge=1, description="Largest width x height (IHDR).")
+    # 5 MiP: the 5 MP sensors of the field (2592x1944, 2448x2048) are a little over 5,000,000.
+    max_pixels: int = Field(5_242_880, ge=1, description="Largest width x height (IHDR).")
     max_side: int = Field(8192, ge=1, description="Largest width or height (IHDR).")
     accepted_modes: tuple[str, ...] = Field(
         DEFAULT_MODES,

@@ -36,6 +36,30 @@ def build_service(service: str, **settings: Any) -> FastAPI:
     return app
 
 
+SECURED_SITES = ("A", "B")
+"""The sites of the secured broker: their MES principals and ``decisions.<site>`` topics."""
+
+
+@pytest.fixture(scope="module")
+def secured_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A production-profile broker (SASL/SCRAM only, ACLs per principal, sites A and B) for one
+    test module: ``kafka_local.credentials(layout)[name]`` is each principal's login."""
+    from defectloop.cli import kafka_local
+
+    layout = kafka_local.KafkaLayout(
+        tmp_path_factory.mktemp("kafka-sasl"),
+        port=free_port(),
+        controller_port=free_port(),
+        profile="production",
+        sites=SECURED_SITES,
+    )
+    kafka_local.start(layout, partitions=2)
+    try:
+        yield layout
+    finally:
+        kafka_local.stop(layout)
+
+
 @pytest.fixture(scope="session")
 def zipkin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A real Zipkin server (its Maven Central jar, as `defectloop up` runs it) on a free port."""

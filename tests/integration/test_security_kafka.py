@@ -1,7 +1,7 @@
 """The bus is not a side door: the production profile's broker (SASL/SCRAM + ACLs), for real.
 
 One secured single-node Kafka (``defectloop.cli.kafka_local``, profile ``production``, sites A
-and B) for this module. Every refusal below is the broker's own answer (an authentication
+and B) for this module (the ``secured_kafka`` fixture of tests/integration/conftest.py). Every refusal below is the broker's own answer (an authentication
 failure, or Kafka error 29/30: topic/group authorization failed), and each allowed path is
 exercised too, so a refusal cannot come from a broken client.
 """
@@ -9,7 +9,6 @@ exercised too, so a refusal cannot come from a broken client.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -24,28 +23,10 @@ from defectloop.cli import kafka_local
 from defectloop.common import events, topics
 from defectloop.common.decisions import DecisionFanOut
 from defectloop.common.kafka_auth import ScramCredentials, client_kwargs
-from defectloop.testing.net import free_port
 
 pytestmark = pytest.mark.integration
 
-SITES = ("A", "B")
 TIMEOUT_S = 60.0
-
-
-@pytest.fixture(scope="module")
-def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[kafka_local.KafkaLayout]:
-    layout = kafka_local.KafkaLayout(
-        tmp_path_factory.mktemp("kafka-sasl"),
-        port=free_port(),
-        controller_port=free_port(),
-        profile="production",
-        sites=SITES,
-    )
-    kafka_local.start(layout, partitions=2)
-    try:
-        yield layout
-    finally:
-        kafka_local.stop(layout)
 
 
 def who(layout: kafka_local.KafkaLayout, name: str) -> ScramCredentials:
@@ -115,36 +96,36 @@ def decision(site: str, n: int, role: events.ModelRole) -> events.PredictionMade
 
 
 async def test_a_client_without_valid_credentials_cannot_connect(
-    secured: kafka_local.KafkaLayout,
+    secured_kafka: kafka_local.KafkaLayout,
 ) -> None:
     with pytest.raises(KafkaConnectionError):
-        await produce(secured.bootstrap, None, topics.PREDICTION_MADE, b"{}")
+        await produce(secured_kafka.bootstrap, None, topics.PREDICTION_MADE, b"{}")
     wrong = ScramCredentials("inference", "not-its-password")
     with pytest.raises(KafkaConnectionError):
-        await produce(secured.bootstrap, wrong, topics.PREDICTION_MADE, b"{}")
+        await produce(secured_kafka.bootstrap, wrong, topics.PREDICTION_MADE, b"{}")
 
 
 async def test_a_service_writes_and_reads_only_its_own_topics(
-    secured: kafka_local.KafkaLayout,
+    secured_kafka: kafka_local.KafkaLayout,
 ) -> None:
-    bootstrap = secured.bootstrap
+    bootstrap = secured_kafka.bootstrap
     # Allowed: inference publishes decisions, reads deployments.
-    await produce(bootstrap, who(secured, "inference"), topics.PREDICTION_MADE, b"{}")
-    await consume(bootstrap, who(secured, "inference"), topics.MODEL_DEPLOYED, "inference")
+    await produce(bootstrap, who(secured_kafka, "inference"), topics.PREDICTION_MADE, b"{}")
+    await consume(bootstrap, who(secured_kafka, "inference"), topics.MODEL_DEPLOYED, "inference")
     # Refused: inference deploying a model (the trainer's topic) ...
     with pytest.raises(TopicAuthorizationFailedError):
-        await produce(bootstrap, who(secured, "inference"), topics.MODEL_DEPLOYED, b"{}")
+        await produce(bootstrap, who(secured_kafka, "inference"), topics.MODEL_DEPLOYED, b"{}")
     # ... ingest reading decisions, and a service using another service's consumer group.
     with pytest.raises(TopicAuthorizationFailedError):
-        await consume(bootstrap, who(secured, "ingest"), topics.PREDICTION_MADE, "ingest")
+        await consume(bootstrap, who(secured_kafka, "ingest"), topics.PREDICTION_MADE, "ingest")
     with pytest.raises(GroupAuthorizationFailedError):
-        await consume(bootstrap, who(secured, "monitor"), topics.PREDICTION_MADE, "inference")
+        await consume(bootstrap, who(secured_kafka, "monitor"), topics.PREDICTION_MADE, "inference")
 
 
 async def test_each_mes_reads_its_own_sites_decisions_and_no_other(
-    secured: kafka_local.KafkaLayout,
+    secured_kafka: kafka_local.KafkaLayout,
 ) -> None:
-    bootstrap = secured.bootstrap
+    bootstrap = secured_kafka.bootstrap
     sent = [
         decision("A", 1, events.ModelRole.CHAMPION),
         decision("A", 2, events.ModelRole.SHADOW),  # not for the MES
@@ -153,11 +134,11 @@ async def test_each_mes_reads_its_own_sites_decisions_and_no_other(
     for event in sent:
         await produce(
             bootstrap,
-            who(secured, "inference"),
+            who(secured_kafka, "inference"),
             topics.PREDICTION_MADE,
             event.model_dump_json().encode(),
         )
-    router = DecisionFanOut(bootstrap, credentials=who(secured, "decisions-router"))
+    router = DecisionFanOut(bootstrap, credentials=who(secured_kafka, "decisions-router"))
     await router.start()
     try:
         async with asyncio.timeout(TIMEOUT_S):
@@ -166,7 +147,7 @@ async def test_each_mes_reads_its_own_sites_decisions_and_no_other(
     finally:
         await router.stop()
 
-    mes_a, mes_b = who(secured, "mes-A"), who(secured, "mes-B")
+    mes_a, mes_b = who(secured_kafka, "mes-A"), who(secured_kafka, "mes-B")
     got_a = await consume(bootstrap, mes_a, topics.decisions_topic("A"), "mes-A", want=1)
     got_b = await consume(bootstrap, mes_b, topics.decisions_topic("B"), "mes-B.line-1", want=1)
     assert [events.PredictionMade.model_validate_json(v).image_id for v in got_a] == [

@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pydantic import ValidationError
 
 from defectloop.common.events import ModelRole, PredictionMade
-from defectloop.common.kafka_auth import ScramCredentials, client_kwargs
+from defectloop.common.kafka_auth import ScramCredentials, client_kwargs, resolve
 from defectloop.common.logging import get_logger
 from defectloop.common.topics import PREDICTION_MADE, decisions_topic
 
@@ -46,7 +46,7 @@ class DecisionFanOut:
         credentials: ScramCredentials | None = None,
         group_id: str = GROUP_ID,
     ) -> None:
-        auth = client_kwargs(credentials)
+        auth = client_kwargs(resolve(credentials))  # default: the process's login
         self._consumer = AIOKafkaConsumer(
             PREDICTION_MADE,
             bootstrap_servers=bootstrap,

@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -28,12 +29,14 @@ from aiokafka import ConsumerRecord
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
+from faststream.security import BaseSecurity, SASLScram256, SASLScram512
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Span
 from pydantic import ValidationError
 
-from defectloop.common.errors import PermanentError, TransientError
+from defectloop.common.errors import ConfigError, PermanentError, TransientError
 from defectloop.common.events import DeadLetter, Event, model_for_topic
+from defectloop.common.kafka_auth import SCRAM_MECHANISM, ScramCredentials, resolve
 from defectloop.common.log_context import KafkaLogContextMiddleware
 from defectloop.common.logging import get_logger
 from defectloop.common.metrics import DEAD_LETTERS
@@ -46,6 +49,10 @@ Handler = Callable[[EventT], Awaitable[None]]
 
 log = get_logger(__name__)
 
+# Who each broker built here logs in as: the clients a service builds beside its broker (the
+# compacted-table reader) log in as the same principal without being handed the password again.
+_LOGINS: weakref.WeakKeyDictionary[KafkaBroker, ScramCredentials] = weakref.WeakKeyDictionary()
+
 
 def build_broker(
     bootstrap: str,
@@ -55,10 +62,17 @@ def build_broker(
     request_timeout_ms: int = 10_000,
     graceful_timeout: float = 15.0,
     linger_ms: int = 0,
+    credentials: ScramCredentials | None = None,
 ) -> KafkaBroker:
-    """A FastStream Kafka broker with an idempotent producer and trace propagation."""
-    return KafkaBroker(
+    """A FastStream Kafka broker with an idempotent producer and trace propagation.
+
+    ``credentials``: its SASL/SCRAM login (default: the process's,
+    :func:`defectloop.common.kafka_auth.credentials_from_env`; none = PLAINTEXT).
+    """
+    login = resolve(credentials)
+    broker = KafkaBroker(
         bootstrap,
+        security=_security(login),
         client_id=client_id,
         acks="all",
         enable_idempotence=True,
@@ -75,6 +89,27 @@ def build_broker(
         logger=logging.getLogger("defectloop.faststream"),
         log_level=logging.DEBUG,
     )
+    if login is not None:
+        _LOGINS[broker] = login
+    return broker
+
+
+def _security(login: ScramCredentials | None) -> BaseSecurity | None:
+    if login is None:
+        return None
+    if login.mechanism == "SCRAM-SHA-512":
+        return SASLScram512(login.username, login.password)
+    if login.mechanism != SCRAM_MECHANISM:
+        raise ConfigError(
+            f"unsupported SASL mechanism {login.mechanism!r}",
+            hint=f"use {SCRAM_MECHANISM} (the production profile's) or SCRAM-SHA-512",
+        )
+    return SASLScram256(login.username, login.password)
+
+
+def broker_credentials(broker: KafkaBroker) -> ScramCredentials | None:
+    """The login of a broker made by :func:`build_broker` (None: anonymous, or made elsewhere)."""
+    return _LOGINS.get(broker)
 
 
 def event_headers(event: Event) -> dict[str, str]:
@@ -137,6 +172,10 @@ class DeadLetterPublisher:
     def __init__(self, broker: KafkaBroker, service: str) -> None:
         self._broker = broker
         self._service = service
+
+    @property
+    def broker(self) -> KafkaBroker:
+        return self._broker
 
     async def send(self, record: ConsumerRecord[Any, Any], *, reason: str, error: str) -> None:
         headers = {

@@ -4,15 +4,27 @@ from __future__ import annotations
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from defectloop.common.kafka_auth import ScramCredentials, client_kwargs, resolve
 from defectloop.common.topics import TopicSpec
 from defectloop.common.translate import kafka_errors
 
 _HINT = "is Kafka running? `defectloop kafka status`"
 
 
-async def ensure_topics(bootstrap: str, specs: list[TopicSpec]) -> list[str]:
+def _admin(bootstrap: str, credentials: ScramCredentials | None) -> AIOKafkaAdminClient:
+    """``credentials``: the login (default: the process's, ``DEFECTLOOP_KAFKA_USERNAME``)."""
+    return AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap,
+        request_timeout_ms=15_000,
+        **client_kwargs(resolve(credentials)),
+    )
+
+
+async def ensure_topics(
+    bootstrap: str, specs: list[TopicSpec], *, credentials: ScramCredentials | None = None
+) -> list[str]:
     """Create the missing topics of ``specs``; return the names created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
+    admin = _admin(bootstrap, credentials)
     try:
         with kafka_errors(f"cannot create topics on {bootstrap}", hint=_HINT):
             await admin.start()
@@ -32,9 +44,11 @@ async def ensure_topics(bootstrap: str, specs: list[TopicSpec]) -> list[str]:
         await admin.close()
 
 
-async def partitions_of(bootstrap: str, topics: list[str]) -> dict[str, list[int]]:
+async def partitions_of(
+    bootstrap: str, topics: list[str], *, credentials: ScramCredentials | None = None
+) -> dict[str, list[int]]:
     """The partition numbers of each of ``topics`` that exists (a missing topic is left out)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
+    admin = _admin(bootstrap, credentials)
     try:
         with kafka_errors(f"cannot describe topics on {bootstrap}", hint=_HINT):
             await admin.start()

@@ -14,9 +14,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from aiokafka.errors import KafkaError
 from faststream.kafka import KafkaBroker
 
-from defectloop.common.errors import BrokerUnavailableError
+from defectloop.common.errors import BrokerUnavailableError, DefectloopError
 from defectloop.common.events import Event
-from defectloop.common.kafka import publish_event
+from defectloop.common.kafka import broker_credentials, publish_event
+from defectloop.common.kafka_auth import check_login
 from defectloop.common.logging import get_logger
 from defectloop.common.retry import call_with_backoff
 
@@ -29,24 +30,29 @@ class BackgroundConnection:
     """Connects ``broker`` (retrying until it works), then runs the ``then`` hooks in order.
 
     :attr:`connected` is set as soon as the producer is connected (publishing works), before
-    the hooks run.
+    the hooks run. ``bootstrap`` (the broker's address): a failed attempt then checks whether the
+    broker refused the login; if so it stops retrying and :attr:`failed` holds the reason.
     """
 
     def __init__(
         self,
         broker: KafkaBroker,
         *,
+        bootstrap: str | None = None,
         attempt_timeout_s: float = 10.0,
         retry_base_s: float = 0.5,
         retry_max_s: float = 10.0,
     ) -> None:
         self.broker = broker
+        self._bootstrap = bootstrap
         self._attempt_timeout_s = attempt_timeout_s
         self._retry_base_s = retry_base_s
         self._retry_max_s = retry_max_s
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.connected = asyncio.Event()
+        self.failed: DefectloopError | None = None
+        """Set when connecting can never succeed (the broker refused the login)."""
 
     async def _connect_once(self) -> None:
         # A cancellation can be lost: when the client's attempt fails in the same loop turn as
@@ -61,17 +67,25 @@ class BackgroundConnection:
                 await self.broker.stop()  # drop the half-made clients before the next attempt
             if self._stopping:
                 raise asyncio.CancelledError from exc
+            # A refused login raises ConfigError here: not retried (a password does not heal).
+            if self._bootstrap is not None:
+                await check_login(self._bootstrap, broker_credentials(self.broker))
             raise BrokerUnavailableError(f"cannot connect to Kafka: {exc}") from exc
 
     async def _run(self, then: Sequence[Hook]) -> None:
-        await call_with_backoff(
-            self._connect_once,
-            attempts=None,
-            base_delay_s=self._retry_base_s,
-            max_delay_s=self._retry_max_s,
-            on=BrokerUnavailableError,
-            log_event="kafka_connect_failed",
-        )
+        try:
+            await call_with_backoff(
+                self._connect_once,
+                attempts=None,
+                base_delay_s=self._retry_base_s,
+                max_delay_s=self._retry_max_s,
+                on=BrokerUnavailableError,
+                log_event="kafka_connect_failed",
+            )
+        except DefectloopError as exc:
+            self.failed = exc
+            log.error("kafka_connect_gave_up", reason=exc.reason, error=str(exc), hint=exc.hint)
+            return  # /health stays 503 and publish raises it; nothing else to wait for
         self.connected.set()
         log.info("kafka_connected")
         try:
@@ -94,6 +108,8 @@ class BackgroundConnection:
         Raises :class:`BrokerUnavailableError` when Kafka is not connected or does not
         acknowledge in time.
         """
+        if self.failed is not None:
+            raise self.failed  # e.g. the login refused: 500 with its reason, not a 503 to retry
         try:
             async with asyncio.timeout(timeout_s):
                 await self.connected.wait()

@@ -26,6 +26,7 @@ from defectloop.common.errors import (
 )
 from defectloop.common.events import DeadLetter, model_for_topic
 from defectloop.common.kafka_admin import partitions_of
+from defectloop.common.kafka_auth import ScramCredentials, client_kwargs, resolve
 from defectloop.common.logging import get_logger
 from defectloop.common.retry import call_with_backoff
 from defectloop.common.topics import DLQ_SUFFIX
@@ -48,13 +49,15 @@ async def assign_from_beginning(
     topics: str | Sequence[str],
     *,
     partitions: Iterable[int] | None = None,
+    credentials: ScramCredentials | None = None,
 ) -> dict[TopicPartition, int]:
     """Assign ``topics`` (all partitions, or only ``partitions``) from offset 0; return end offsets.
 
     Raises :class:`ConfigError` when a topic does not exist (nothing to read is not "empty").
+    ``credentials``: the login of the metadata lookup (default: the process's).
     """
     names = _as_list(topics)
-    known = await partitions_of(bootstrap, names)
+    known = await partitions_of(bootstrap, names, credentials=credentials)
     wanted = None if partitions is None else set(partitions)
     tps: list[TopicPartition] = []
     for topic in names:
@@ -78,13 +81,16 @@ async def caught_up(consumer: AIOKafkaConsumer, end: dict[TopicPartition, int]) 
     return True
 
 
-def _consumer(bootstrap: str, client_id: str) -> AIOKafkaConsumer:
+def _consumer(
+    bootstrap: str, client_id: str, credentials: ScramCredentials | None
+) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         client_id=client_id,
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        **client_kwargs(credentials),
     )
 
 
@@ -106,19 +112,24 @@ async def read_topic(
     partitions: Iterable[int] | None = None,
     client_id: str = "defectloop-reader",
     timeout_s: float = 120.0,
+    credentials: ScramCredentials | None = None,
 ) -> list[Record]:
     """Every record of ``topics`` (or of their ``partitions``) up to the end offsets seen at start.
 
     Records come in partition order (within a partition, in offset order). Records published
     after the call began may or may not be included. Raises :class:`BrokerUnavailableError` when
     the end is not reached within ``timeout_s`` (a partition without a leader, a lost broker).
+    ``credentials``: the reader's login (default: the process's, ``DEFECTLOOP_KAFKA_USERNAME``).
     """
-    consumer = _consumer(bootstrap, client_id)
+    login = resolve(credentials)
+    consumer = _consumer(bootstrap, client_id, login)
     await _start(consumer, bootstrap)
     records: list[Record] = []
     try:
         async with asyncio.timeout(timeout_s):
-            end = await assign_from_beginning(consumer, bootstrap, topics, partitions=partitions)
+            end = await assign_from_beginning(
+                consumer, bootstrap, topics, partitions=partitions, credentials=login
+            )
             while not await caught_up(consumer, end):
                 for tp, batch in (await consumer.getmany(timeout_ms=500)).items():
                     records += [r for r in batch if r.offset < end[tp]]
@@ -158,6 +169,7 @@ async def read_events(
     partitions: Iterable[int] | None = None,
     client_id: str = "defectloop-reader",
     timeout_s: float = 120.0,
+    credentials: ScramCredentials | None = None,
 ) -> list[ModelT]:
     """The valid events of ``topic`` up to its end, filtered by ``where``.
 
@@ -166,7 +178,12 @@ async def read_events(
     """
     found: list[ModelT] = []
     records = await read_topic(
-        bootstrap, topic, partitions=partitions, client_id=client_id, timeout_s=timeout_s
+        bootstrap,
+        topic,
+        partitions=partitions,
+        client_id=client_id,
+        timeout_s=timeout_s,
+        credentials=credentials,
     )
     for record in records:
         event: ModelT | None = parse_event(record, model)
@@ -192,8 +209,10 @@ class TopicFollower:
         *,
         client_id: str,
         partitions: Iterable[int] | None = None,
+        credentials: ScramCredentials | None = None,
     ) -> None:
         self._bootstrap = bootstrap
+        self._credentials = resolve(credentials)  # default: the process's login
         self._topics = _as_list(topics)
         self._on_record = on_record
         self._client_id = client_id
@@ -204,11 +223,15 @@ class TopicFollower:
 
     async def start(self) -> None:
         """Assign from the beginning and start following in the background."""
-        consumer = _consumer(self._bootstrap, self._client_id)
+        consumer = _consumer(self._bootstrap, self._client_id, self._credentials)
         await _start(consumer, self._bootstrap)
         try:
             end = await assign_from_beginning(
-                consumer, self._bootstrap, self._topics, partitions=self._partitions
+                consumer,
+                self._bootstrap,
+                self._topics,
+                partitions=self._partitions,
+                credentials=self._credentials,
             )
         except BaseException:
             await consumer.stop()

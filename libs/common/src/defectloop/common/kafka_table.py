@@ -16,7 +16,8 @@ from typing import Any, Generic, TypeVar
 from pydantic import ValidationError
 
 from defectloop.common.events import Event, model_for_topic
-from defectloop.common.kafka import DeadLetterPublisher
+from defectloop.common.kafka import DeadLetterPublisher, broker_credentials
+from defectloop.common.kafka_auth import ScramCredentials
 from defectloop.common.kafka_read import Record, TopicFollower
 from defectloop.common.logging import get_logger
 
@@ -48,13 +49,19 @@ class CompactedTableFollower(Generic[EventT]):
         on_tombstone: Callable[[bytes | None], Awaitable[None] | None],
         dead_letters: DeadLetterPublisher,
         client_id: str,
+        credentials: ScramCredentials | None = None,
     ) -> None:
+        # Default login: the one of the broker that dead-letters its bad rows (the service's
+        # principal, which may read this topic), else the process's.
+        login = credentials or broker_credentials(dead_letters.broker)
         self._model: type[Any] = model_for_topic(topic)
         self._topic = topic
         self._on_event = on_event
         self._on_tombstone = on_tombstone
         self._dead_letters = dead_letters
-        self._follower = TopicFollower(bootstrap, topic, self._apply, client_id=client_id)
+        self._follower = TopicFollower(
+            bootstrap, topic, self._apply, client_id=client_id, credentials=login
+        )
         self.applied = 0
         self.dead_lettered = 0
 

@@ -20,7 +20,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from defectloop.common.http_errors import DEFAULT_RETRY_AFTER_S, install_error_handlers
 from defectloop.common.http_log_context import install_http_log_context
-from defectloop.common.kafka import build_broker
+from defectloop.common.kafka import broker_credentials, build_broker
+from defectloop.common.kafka_auth import check_login
 from defectloop.common.kafka_connection import BackgroundConnection
 from defectloop.common.logging import configure_logging, ensure_logging, get_logger
 from defectloop.common.metrics import HTTP_REQUESTS, REGISTRY, refresh_consumer_lag
@@ -39,6 +40,7 @@ def broker_from_settings(settings: ServiceSettings) -> KafkaBroker:
         client_id=settings.service_name,
         tracer_provider=tracer_provider_for(settings),
         request_timeout_ms=settings.kafka_request_timeout_ms,
+        credentials=settings.kafka_credentials(),
     )
 
 
@@ -88,7 +90,9 @@ def build_service_app(
     ensure_logging(service, fmt=settings.log_format, level=settings.log_level)
     kafka = broker if broker is not None else broker_from_settings(settings)
     connection = (
-        BackgroundConnection(kafka, retry_max_s=connect_retry_max_s)
+        BackgroundConnection(
+            kafka, bootstrap=settings.kafka_bootstrap, retry_max_s=connect_retry_max_s
+        )
         if start_without_broker
         else None
     )
@@ -99,7 +103,12 @@ def build_service_app(
         if connection is not None:
             connection.start(then=starting)
         else:
-            await kafka.connect()
+            try:
+                await kafka.connect()
+            except Exception:
+                # A refused login fails the start with its own reason, not "unreachable".
+                await check_login(settings.kafka_bootstrap, broker_credentials(kafka))
+                raise
             for hook in starting:
                 await hook()
         log.info("service_started", service=service, port=settings.port)

@@ -1,10 +1,11 @@
 """Settings shared by every service (pydantic-settings; one env prefix per service).
 
 A service subclasses :class:`ServiceSettings` and sets its own prefix, e.g. ``DEFECTLOOP_INGEST_``.
-Stack-wide values (Kafka bootstrap, blob URL, log format, Zipkin/OTLP endpoint, trace file) are also read
-from un-prefixed ``DEFECTLOOP_*`` variables, so one export configures the whole local stack; the
-service's own prefixed variable wins. Both names are ``AliasChoices`` of the field, set for each
-subclass's prefix when the subclass is created; keyword arguments use the field names.
+Stack-wide values (Kafka bootstrap and credentials, blob URL, log format, Zipkin/OTLP endpoint,
+trace file) are also read from un-prefixed ``DEFECTLOOP_*`` variables, so one export configures the
+whole local stack; the service's own prefixed variable wins. Both names are ``AliasChoices`` of
+the field, set for each subclass's prefix when the subclass is created; keyword arguments use the
+field names.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from __future__ import annotations
 from copy import copy
 from typing import Any, ClassVar, Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from defectloop.common.kafka_auth import ScramCredentials, credentials_from
 from defectloop.common.paths import state_home
 
 
@@ -31,6 +33,8 @@ class ServiceSettings(BaseSettings):
 
     STACK_WIDE: ClassVar[tuple[str, ...]] = (
         "kafka_bootstrap",
+        "kafka_username",
+        "kafka_password",
         "blob_url",
         "log_format",
         "otlp_endpoint",
@@ -43,6 +47,14 @@ class ServiceSettings(BaseSettings):
     port: int = Field(8080, ge=1, le=65535)
     kafka_bootstrap: str = "127.0.0.1:9092"
     kafka_request_timeout_ms: int = Field(10_000, ge=1000)
+    kafka_username: str | None = Field(
+        None,
+        description="SASL/SCRAM user on a secured broker (the production profile: the "
+        "service's principal, e.g. inference); unset = an anonymous PLAINTEXT client.",
+    )
+    kafka_password: SecretStr | None = Field(
+        None, description="The SCRAM password of kafka_username (never logged)."
+    )
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default: SQLite file <state>/<service>.db"
     )
@@ -79,6 +91,11 @@ class ServiceSettings(BaseSettings):
                 )
             cls.__pydantic_fields__[name] = field
         cls.model_rebuild(force=True)
+
+    def kafka_credentials(self) -> ScramCredentials | None:
+        """The service's principal on the bus, or None (raises ``ConfigError`` for half a pair)."""
+        password = self.kafka_password.get_secret_value() if self.kafka_password else None
+        return credentials_from(self.kafka_username, password)
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -17,6 +17,7 @@ from faststream.kafka import KafkaBroker
 from pydantic import BaseModel
 
 from defectloop.common.kafka import build_broker
+from defectloop.common.kafka_auth import ScramCredentials
 from defectloop.common.kafka_read import Record, TopicFollower, parse_event, read_events
 
 M = TypeVar("M", bound=BaseModel)
@@ -74,14 +75,20 @@ async def collect(
     *,
     where: Callable[[Any], bool] | None = None,
     model: type[Any] | None = None,
+    credentials: ScramCredentials | None = None,
 ) -> AsyncIterator[TopicCollector[Any]]:
     """Collect ``topics`` (from their beginning, no consumer group) while the block runs.
 
     Values are parsed with ``model`` or each topic's own model (``DeadLetter`` for a DLQ).
+    ``credentials``: the collector's login on a secured broker.
     """
     collector: TopicCollector[Any] = TopicCollector(where, model)
     follower = TopicFollower(
-        bootstrap, topics, collector._on_record, client_id=f"test-collector-{uuid.uuid4().hex[:8]}"
+        bootstrap,
+        topics,
+        collector._on_record,
+        client_id=f"test-collector-{uuid.uuid4().hex[:8]}",
+        credentials=credentials,
     )
     await follower.start()
     try:
@@ -92,10 +99,10 @@ async def collect(
 
 @asynccontextmanager
 async def started_broker(
-    bootstrap: str, client_id: str = "test-producer"
+    bootstrap: str, client_id: str = "test-producer", credentials: ScramCredentials | None = None
 ) -> AsyncIterator[KafkaBroker]:
     """The product's broker (idempotent producer, telemetry), connected, for publishing."""
-    broker = build_broker(bootstrap, client_id=client_id)
+    broker = build_broker(bootstrap, client_id=client_id, credentials=credentials)
     await broker.start()
     try:
         yield broker

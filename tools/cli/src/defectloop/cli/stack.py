@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import Mapping
@@ -11,7 +12,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from defectloop.cli import kafka_local, labelstudio_local, supervisor, zipkin_local
+from defectloop.cli import kafka_acls, kafka_local, labelstudio_local, supervisor, zipkin_local
+from defectloop.common.kafka_admin import ensure_topics
+from defectloop.common.kafka_auth import ENV_PASSWORD, ENV_USERNAME, ScramCredentials, logged_in_as
 from defectloop.common.paths import state_home
 
 console = Console()
@@ -26,8 +29,33 @@ def stack_sites(sites: str | None = None) -> list[str]:
     return [s.strip() for s in raw.split(",") if s.strip()]
 
 
-def ensure_models(sites: list[str], bootstrap: str) -> None:
-    """A site with no champion gets its bootstrap model (trained once, cached) deployed."""
+def login_env(credentials: ScramCredentials | None) -> dict[str, str]:
+    """The environment that makes a process log in as ``credentials`` (none: anonymous)."""
+    if credentials is None:
+        return {}
+    return {ENV_USERNAME: credentials.username, ENV_PASSWORD: credentials.password}
+
+
+def bus_logins(layout: kafka_local.KafkaLayout) -> dict[str, ScramCredentials]:
+    """Each principal's login on a secured (production) broker; none on the local profile."""
+    return kafka_local.credentials(layout) if layout.secured else {}
+
+
+def ensure_decision_topics(layout: kafka_local.KafkaLayout, sites: list[str]) -> None:
+    """``decisions.<site>`` for every site served (the router refuses to invent one)."""
+    admin = bus_logins(layout).get(kafka_acls.ADMIN)
+    asyncio.run(
+        ensure_topics(
+            layout.bootstrap, kafka_acls.site_topic_specs(sites, partitions=6), credentials=admin
+        )
+    )
+
+
+def ensure_models(
+    sites: list[str], bootstrap: str, *, login: ScramCredentials | None = None
+) -> None:
+    """A site with no champion gets its bootstrap model (trained once, cached) deployed
+    (``login``: who publishes ``model.deployed`` on a secured broker, the trainer)."""
     from defectloop.cli.bootstrap import bootstrap_bundle
     from defectloop.cli.errors import require_trainer
     from defectloop.common.events import ModelRole
@@ -41,13 +69,14 @@ def ensure_models(sites: list[str], bootstrap: str) -> None:
             console.print(f"[green]✓[/green] site {site}: model {active}")
             continue
         bundle = bootstrap_bundle(site, say=lambda msg: console.print(f"[dim]· {msg}[/dim]"))
-        event = api.deploy(
-            bundle,
-            site=site,
-            role=ModelRole.CHAMPION,
-            bootstrap=bootstrap,
-            reason="bootstrap model: the site had none",
-        )
+        with logged_in_as(login):
+            event = api.deploy(
+                bundle,
+                site=site,
+                role=ModelRole.CHAMPION,
+                bootstrap=bootstrap,
+                reason="bootstrap model: the site had none",
+            )
         console.print(
             f"[green]✓[/green] site {site}: deployed bootstrap model {event.model_version}"
         )
@@ -58,13 +87,21 @@ def stack_up(
     *,
     services: tuple[supervisor.ServiceSpec, ...] | None = None,
     service_env: Mapping[str, Mapping[str, str]] | None = None,
+    decisions_router: bool | None = None,
 ) -> None:
     """Start Kafka, Label Studio and the services (``services``: other ports; ``service_env``:
-    extra settings per service name, e.g. the demo's short windows), then deploy the models."""
+    extra settings per service name, e.g. the demo's short windows), then deploy the models.
+
+    On a secured broker (``DEFECTLOOP_KAFKA_PROFILE=production``) each service logs in as its
+    own principal. ``decisions_router``: also run the decision router (default: when the
+    services are on their default ports, i.e. ``defectloop up``)."""
     layout = kafka_local.default_layout()
     with console.status("starting Kafka..."):
         kafka_local.start(layout)
     console.print(f"[green]✓[/green] kafka {layout.bootstrap}")
+    logins = bus_logins(layout)
+    site_list = sites or stack_sites()
+    with_router = services is None if decisions_router is None else decisions_router
     zipkin = zipkin_local.default_layout()
     with console.status("starting Zipkin (the trace UI; first run fetches its jar)..."):
         zipkin_local.start(zipkin)
@@ -75,11 +112,11 @@ def stack_up(
     ):
         labelstudio_local.start(studio)
     console.print(f"[green]✓[/green] label-studio {studio.url}")
-    site_list = sites or stack_sites()
     specs = services or supervisor.SERVICES
     for spec in specs:
         # The broker's address travels with every service: DEFECTLOOP_KAFKA_PORT may move it.
         env = {"DEFECTLOOP_KAFKA_BOOTSTRAP": layout.bootstrap, **zipkin_local.services_env(zipkin)}
+        env.update(login_env(logins.get(spec.name)))  # its own principal on a secured broker
         if spec.name == "annotation-sync":  # one Label Studio project per site, made at start
             env["DEFECTLOOP_ANNOTATION_SYNC_SITES"] = json.dumps(site_list)
             env.update(labelstudio_local.annotation_sync_env(studio, site_list))
@@ -89,10 +126,33 @@ def stack_up(
         with console.status(f"waiting for {spec.name} to report healthy..."):
             supervisor.wait_healthy(spec)
         console.print(f"[green]✓[/green] {spec.name} http://127.0.0.1:{spec.port}/health")
-    ensure_models(site_list, layout.bootstrap)
+    if with_router:
+        start_decisions_router(layout, site_list, zipkin_env=zipkin_local.services_env(zipkin))
+    ensure_models(site_list, layout.bootstrap, login=logins.get("trainer"))
+
+
+def start_decisions_router(
+    layout: kafka_local.KafkaLayout,
+    sites: list[str],
+    *,
+    zipkin_env: Mapping[str, str] | None = None,
+    home: Path | None = None,
+) -> None:
+    """The decision router as a supervised process, after each site's ``decisions.<site>``."""
+    ensure_decision_topics(layout, sites)
+    spec = supervisor.DECISIONS_ROUTER
+    env = {"DEFECTLOOP_KAFKA_BOOTSTRAP": layout.bootstrap, **(zipkin_env or {})}
+    env.update(login_env(bus_logins(layout).get(kafka_acls.DECISIONS_ROUTER)))
+    supervisor.start_service(spec, env=env, home=home)
+    with console.status(f"waiting for {spec.name} to report healthy..."):
+        supervisor.wait_healthy(spec, home=home)
+    console.print(f"[green]✓[/green] {spec.name} http://127.0.0.1:{spec.port}/health")
 
 
 def stack_down(services: tuple[supervisor.ServiceSpec, ...] | None = None) -> None:
+    # The router runs with the default ports only (`defectloop up`); stopped only if it runs.
+    if services is None and supervisor.stop_service(supervisor.DECISIONS_ROUTER):
+        console.print(f"stopped {supervisor.DECISIONS_ROUTER.name}")
     for spec in reversed(services or supervisor.SERVICES):
         if supervisor.stop_service(spec):
             console.print(f"stopped {spec.name}")
@@ -135,7 +195,7 @@ def status_table() -> tuple[Table, bool]:
         studio.url,
         "up" if studio_up else "down",
     )
-    for spec in supervisor.SERVICES:
+    for spec in (*supervisor.SERVICES, supervisor.DECISIONS_ROUTER):
         body = supervisor.health(spec)
         all_up = all_up and body is not None
         table.add_row(

@@ -40,6 +40,11 @@ SERVICES: tuple[ServiceSpec, ...] = (
 )
 
 
+DECISIONS_ROUTER = ServiceSpec("decisions-router", "defectloop.cli.decisions_router", 8086)
+"""Not one of the five services: the process that copies each site's decisions to
+``decisions.<site>`` for its MES (docs/security.md); ``defectloop up`` starts it after them."""
+
+
 def stack_services(ports: dict[str, int] | None = None) -> tuple[ServiceSpec, ...]:
     """The five services, on their default ports unless ``ports`` (name -> port) moves some.
 

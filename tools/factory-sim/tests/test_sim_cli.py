@@ -59,7 +59,20 @@ def test_unknown_site_lists_the_known_ones(tmp_path: Path) -> None:
     result = _invoke("--site", "Q", "--n", "2", "--out", str(tmp_path / "x"))
     assert isinstance(result.exception, InvalidInputError)
     assert "unknown site 'Q'" in str(result.exception)
-    assert result.exception.hint == "known sites: A, B, C"
+    assert result.exception.hint == (
+        "built-in sites: A, B, C; procedural: S01, S02, ... (S + number)"
+    )
+
+
+@pytest.mark.unit
+def test_writes_a_procedural_site_and_its_profile_seed_matters(tmp_path: Path) -> None:
+    for seed in ("0", "0", "5"):
+        out = tmp_path / f"s07-{seed}-{len(list(tmp_path.iterdir()))}"
+        result = _invoke("--site", "S07", "--profile-seed", seed, "--n", "2", "--out", str(out))
+        assert result.exit_code == 0, result.output
+    first, again, other = (sorted(d.glob("images/*.png")) for d in sorted(tmp_path.iterdir()))
+    assert [p.read_bytes() for p in first] == [p.read_bytes() for p in again]
+    assert [p.read_bytes() for p in first] != [p.read_bytes() for p in other]
 
 
 @pytest.mark.unit

@@ -24,7 +24,13 @@ def register(app: typer.Typer) -> None:
 
 
 def dataset(
-    site: Annotated[str, typer.Option(help="Site profile: A, B or C.")] = "A",
+    site: Annotated[
+        str,
+        typer.Option(help="Site profile: A, B, C, or a procedural factory S01, S02, ..."),
+    ] = "A",
+    profile_seed: Annotated[
+        int, typer.Option(help="Seed a procedural site is drawn from (A, B, C ignore it).")
+    ] = 0,
     n: Annotated[int, typer.Option("--n", help="Number of images.")] = 500,
     seed: Annotated[int, typer.Option(help="Random seed; same seed, same bytes.")] = 1,
     out: Annotated[Path, typer.Option(help="Output directory (new or empty).")] = Path(
@@ -50,7 +56,7 @@ def dataset(
     from defectloop.common.errors import InvalidInputError
     from defectloop.factory_sim import generate_dataset, get_site, parse_drift
 
-    profile = get_site(site)
+    profile = get_site(site, profile_seed=profile_seed)
     if image_size is not None:
         profile = profile.with_size(image_size)
     drifts = [parse_drift(spec) for spec in drift or []]
@@ -94,7 +100,9 @@ def _tokens(specs: list[str]) -> dict[tuple[str, str], str]:
 
 
 def run(
-    sites: Annotated[str, typer.Option(help="Comma-separated sites, e.g. A,B.")] = "A",
+    sites: Annotated[
+        str, typer.Option(help="Comma-separated sites, e.g. A,B or S01,S02 (procedural).")
+    ] = "A",
     rate: Annotated[float, typer.Option(help="Frames per second per camera.")] = 1.0,
     duration: Annotated[float, typer.Option(help="Seconds to run.")] = 60.0,
     cameras: Annotated[int, typer.Option(help="Cameras per site (cam-1, cam-2, ...).")] = 1,

@@ -1,13 +1,21 @@
 """Site profiles: what one factory's camera sees when nothing has drifted.
 
+Three are written out (A, B, C: the demo's sites, whose bootstrap models are cached by the
+simulator version, so they never change without a version bump); any number more are drawn from
+a name and a seed (:func:`procedural_site`: ``S01`` ... ``S20`` for twenty factories).
+
 Lengths are fractions of the image's shorter side so a profile renders the same scene at any size.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import re
 from dataclasses import dataclass
 from typing import Literal
+
+import numpy as np
 
 from defectloop.common.errors import InvalidInputError
 
@@ -142,11 +150,105 @@ SITES: dict[str, SiteProfile] = {
 }
 
 
-def get_site(name: str) -> SiteProfile:
-    """Look a built-in site up by name."""
-    try:
+#: Names of procedural sites: ``S`` and a number (``S07``, ``S100``); see :func:`procedural_site`.
+PROCEDURAL_NAME = re.compile(r"S[0-9]{1,4}")
+
+
+def site_names(count: int) -> list[str]:
+    """``S01`` ... ``S<count>``: the names of ``count`` procedural factories."""
+    if not 1 <= count <= 9999:
+        raise InvalidInputError(f"site count {count} is out of range", hint="use 1 to 9999")
+    width = max(2, len(str(count)))
+    return [f"S{i:0{width}d}" for i in range(1, count + 1)]
+
+
+def _draws(name: str, seed: int) -> tuple[np.random.Generator, int]:
+    """The profile's random stream and its ``rng_key``, from (name, seed) alone.
+
+    sha256, not ``hash()``: str hashes are salted per process, and every gateway, trainer and
+    test must derive the same site from the same name.
+    """
+    digest = hashlib.sha256(f"defectloop.site|{name}|{seed}".encode()).digest()
+    # Keys of built-in sites are 1-3; procedural keys start above 2**32, so no stream is shared.
+    rng_key = (1 << 32) + int.from_bytes(digest[:6], "big")
+    return np.random.default_rng(int.from_bytes(digest[6:22], "big")), rng_key
+
+
+def procedural_site(name: str, *, seed: int = 0) -> SiteProfile:
+    """A factory drawn from ``(name, seed)``: part, texture, lighting, pose, noise, defect mix.
+
+    The same (name, seed) gives the same profile in every process and on every machine (the
+    draws come from a sha256 of both); another name or seed, another factory. The ranges span
+    what sites A, B and C show, and a little beyond: the part stands out from the background
+    (at least 40 gray levels apart) and defects keep the contrast ranges of the built-in sites,
+    so a model can learn each one.
+    """
+    if seed < 0:
+        raise InvalidInputError(f"profile seed {seed} is negative", hint="use a seed >= 0")
+    rng, rng_key = _draws(name, seed)
+
+    def u(low: float, high: float) -> float:
+        return round(float(rng.uniform(low, high)), 3)
+
+    kinds: tuple[TextureKind, ...] = ("brushed", "cast", "matte")
+    parts: tuple[PartKind, ...] = ("disc", "plate", "bracket")
+    kind = kinds[int(rng.integers(len(kinds)))]
+    scale_range = {"brushed": (20.0, 60.0), "cast": (6.0, 16.0), "matte": (4.0, 10.0)}[kind]
+    texture = Texture(
+        kind=kind,
+        amplitude=u(3.0, 12.0),
+        scale=u(*scale_range),
+        streak_angle_deg=u(-90.0, 90.0) if kind == "brushed" else 0.0,
+    )
+    part_level = u(75.0, 185.0)
+    background_level = part_level
+    while abs(background_level - part_level) < 40.0:  # a silhouette the camera can see
+        background_level = u(30.0, 220.0)
+    lighting = Lighting(
+        part_level=part_level,
+        background_level=background_level,
+        gradient=u(0.03, 0.35),
+        gradient_angle_deg=u(-180.0, 180.0),
+        vignetting=u(0.05, 0.35),
+    )
+    pose = Pose(
+        dx=u(-0.05, 0.05),
+        dy=u(-0.05, 0.05),
+        rotation_deg=u(-30.0, 30.0),
+        scale=u(0.85, 1.0),
+        jitter_shift=u(0.005, 0.02),
+        jitter_rotation_deg=u(1.0, 6.0),
+        jitter_scale=u(0.01, 0.03),
+    )
+    polarity = (-1, 1)
+    defects = DefectStyle(
+        scratch_polarity=polarity[int(rng.integers(2))],
+        crack_polarity=polarity[int(rng.integers(2))],
+        spot_bright_share=u(0.2, 0.8),
+        contrast=u(0.95, 1.2),
+        class_weights=(u(0.6, 1.4), u(0.6, 1.4), u(0.6, 1.4)),
+    )
+    return SiteProfile(
+        name=name,
+        rng_key=rng_key,
+        part=parts[int(rng.integers(len(parts)))],
+        texture=texture,
+        lighting=lighting,
+        pose=pose,
+        noise_sigma=u(2.0, 6.5),
+        defects=defects,
+        no_defect_share=u(0.3, 0.5),
+    )
+
+
+def get_site(name: str, *, profile_seed: int = 0) -> SiteProfile:
+    """A built-in site (A, B, C) by name, or a procedural one (``S07``...) from its name and
+    ``profile_seed`` (which built-in sites ignore)."""
+    if name in SITES:
         return SITES[name]
-    except KeyError:
-        raise InvalidInputError(
-            f"unknown site {name!r}", hint=f"known sites: {', '.join(sorted(SITES))}"
-        ) from None
+    if PROCEDURAL_NAME.fullmatch(name):
+        return procedural_site(name, seed=profile_seed)
+    raise InvalidInputError(
+        f"unknown site {name!r}",
+        hint=f"built-in sites: {', '.join(sorted(SITES))}; procedural: S01, S02, ... (S + number)",
+    )

@@ -25,6 +25,7 @@ from defectloop.common.http_errors import ErrorBody, error_example
 from defectloop.common.logging import get_logger
 from defectloop.ingest import auth
 from defectloop.ingest.pipeline import Ingestor
+from defectloop.ingest.ratelimit import UploadLimiter
 
 log = get_logger(__name__)
 
@@ -143,6 +144,28 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
             }
         },
     },
+    429: {
+        "model": ErrorBody,
+        "description": "The gateway token or the site is over its upload limit (rate_limited); "
+        "nothing was read, stored or published: retry after Retry-After seconds.",
+        "headers": {
+            "Retry-After": {
+                "schema": {"type": "integer"},
+                "description": "Seconds until the limit admits one more upload.",
+            }
+        },
+        "content": {
+            "application/json": {
+                "examples": {
+                    "rate_limited": error_example(
+                        "rate_limited",
+                        "gateway token 3f2a is over its upload limit (200 per 1 second)",
+                        "retry after 1 s",
+                    ),
+                }
+            }
+        },
+    },
     503: {
         "model": ErrorBody,
         "description": "Kafka did not acknowledge in time (broker_unavailable); retry after "
@@ -242,6 +265,9 @@ async def post_image(
     except auth.AuthError as exc:
         log.warning("gateway_auth_failed", token_id=exc.token_id, reason=exc.reason)
         raise
+    # Before the body is read: a refused upload costs no decoding, storing or publishing.
+    limiter: UploadLimiter = request.app.state.upload_limiter
+    limiter.admit(identity.token_id, site)
 
     media_type = _media_type(content_type)
     if media_type != "image/png":

@@ -16,6 +16,7 @@ from defectloop.ingest.api import router
 from defectloop.ingest.outbox import ImageLocks, Republisher
 from defectloop.ingest.pipeline import Ingestor
 from defectloop.ingest.publisher import EventPublisher
+from defectloop.ingest.ratelimit import UploadLimiter
 from defectloop.ingest.records import ImageStore, open_database
 from defectloop.ingest.settings import IngestSettings
 
@@ -52,6 +53,12 @@ def build_app(settings: IngestSettings) -> FastAPI:
     app.state.engine = engine
     app.state.publisher = publisher
     app.state.outbox = outbox
+    app.state.upload_limiter = UploadLimiter(
+        per_token=settings.rate_limit_per_token,
+        per_site=settings.rate_limit_per_site,
+        sites={s: (lim.per_token, lim.per_site) for s, lim in settings.rate_limit_sites.items()},
+        storage_uri=settings.rate_limit_storage,
+    )
     app.state.ingestor = Ingestor(
         settings,
         store=store,

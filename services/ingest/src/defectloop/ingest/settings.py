@@ -18,6 +18,7 @@ from pydantic_settings import SettingsConfigDict
 from defectloop.common.errors import ConfigError
 from defectloop.common.settings import ServiceSettings
 from defectloop.ingest.png import DEFAULT_MODES
+from defectloop.ingest.ratelimit import parse_limits
 
 #: Pixel formats a PNG can declare, named ``<kind><bits per sample>``.
 KNOWN_MODES = frozenset(
@@ -52,6 +53,15 @@ class QualityFloor(BaseModel):
     max_brightness: float | None = Field(None, ge=0, le=255, description="Mean pixel value.")
 
 
+class SiteRateLimit(BaseModel):
+    """A site's own upload limits (``None``: the default of that kind)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    per_token: str | None = Field(None, description='Per gateway token, e.g. "20/second".')
+    per_site: str | None = Field(None, description='For the whole site, e.g. "100/second".')
+
+
 class IngestSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="DEFECTLOOP_INGEST_", extra="ignore", frozen=True)
 
@@ -81,6 +91,26 @@ class IngestSettings(ServiceSettings):
     kafka_connect_retry_s: float = Field(2.0, gt=0, description="Pause between connect tries.")
     retry_after_s: int = Field(5, ge=1, description="Retry-After sent with a 503.")
 
+    # Upload limits (ratelimit.py, docs/ingest.md). The defaults are ceilings far above what a
+    # camera, the simulator or the demo send (1-10 frames/s per camera) and bound a runaway
+    # gateway; a site with many or less trusted gateways sets its own (rate_limit_sites).
+    rate_limit_per_token: str | None = Field(
+        "200/second",
+        description='Uploads per gateway token, in the notation of the limits library ("N/'
+        'second;M/minute": all hold); empty = unlimited.',
+    )
+    rate_limit_per_site: str | None = Field(
+        "1000/second", description="Uploads per site (all its tokens); empty = unlimited."
+    )
+    rate_limit_sites: dict[str, SiteRateLimit] = Field(
+        default_factory=dict,
+        description='Per-site limits, JSON: {"B": {"per_token": "20/second"}}.',
+    )
+    rate_limit_storage: str = Field(
+        "memory://",
+        description="Where counts are kept (limits storage URI; redis://... for replicas).",
+    )
+
     # Quality.
     quality_floor: QualityFloor = Field(
         default_factory=QualityFloor, description="Floor of sites without their own."
@@ -104,6 +134,20 @@ class IngestSettings(ServiceSettings):
         "consecutive frames of a camera are near-duplicates.",
     )
     cpu_workers: int = Field(4, ge=1, description="Threads decoding and measuring images.")
+
+    @field_validator("rate_limit_per_token", "rate_limit_per_site")
+    @classmethod
+    def _valid_limit(cls, text: str | None) -> str | None:
+        _check_limit(text)
+        return text
+
+    @field_validator("rate_limit_sites")
+    @classmethod
+    def _valid_site_limits(cls, sites: dict[str, SiteRateLimit]) -> dict[str, SiteRateLimit]:
+        for limits in sites.values():
+            _check_limit(limits.per_token)
+            _check_limit(limits.per_site)
+        return sites
 
     @field_validator("accepted_modes")
     @classmethod
@@ -134,3 +178,10 @@ class IngestSettings(ServiceSettings):
         except ValidationError as exc:
             raise ConfigError(f"invalid quality floor in {path}: {exc}") from exc
         return floors
+
+
+def _check_limit(text: str | None) -> None:
+    try:
+        parse_limits(text)
+    except ConfigError as exc:  # a validation error names the setting
+        raise ValueError(f"{exc} ({exc.hint})") from exc

@@ -1,4 +1,5 @@
-"""`defectloop bench pipeline`: raw versus Kafka-pipeline throughput and latency, in one run."""
+"""`defectloop bench pipeline` (raw versus Kafka-pipeline throughput and latency) and `bench e2e`
+(the whole path, camera POST to decision, against the naive baseline)."""
 
 from __future__ import annotations
 
@@ -36,15 +37,7 @@ def register(app: typer.Typer) -> None:
         """Measure raw images/s, pipeline images/s, efficiency, p50/p99 at 50%/90% load."""
         from defectloop.cli import pipeline_bench
 
-        if bundle is None:
-            from defectloop.cli.bootstrap import bootstrap_bundle
-
-            bundle = bootstrap_bundle("A", say=console.print)
-        if not (bundle / "model.onnx").is_file():
-            raise InvalidInputError(
-                f"no model bundle at {bundle}",
-                hint="pass --bundle DIR (a directory with model.onnx)",
-            )
+        bundle = _bundle_or_bootstrap(bundle)
         cfg = pipeline_bench.BenchConfig(
             bundle=bundle,
             duration_s=duration,
@@ -62,4 +55,51 @@ def register(app: typer.Typer) -> None:
         console.print(pipeline_bench.markdown(result))
         console.print(f"report: {report}")
 
+    @bench.command("e2e")
+    def e2e(
+        report: Path = typer.Option(..., help="Write the JSON report here."),
+        bundle: Path | None = typer.Option(
+            None, help="Model bundle (default: the bootstrap model of site A, trained if missing)."
+        ),
+        rate: float = typer.Option(4.0, min=0.1, help="Frames per second offered (open loop)."),
+        seconds: float = typer.Option(20.0, min=2.0, help="Seconds of offered load."),
+        image_size: int = typer.Option(512, min=64, help="Side of the square gray8 frames."),
+        clients: int = typer.Option(8, min=1, help="Concurrent HTTP connections (gateways)."),
+        bootstrap: str | None = typer.Option(
+            None, help="Use this Kafka instead of an isolated broker started for the run."
+        ),
+        workdir: Path | None = typer.Option(None, help="Keep blobs, broker and logs here."),
+    ) -> None:
+        """Whole path: POST -> prediction.made latency, CPU and RSS per service; naive baseline."""
+        from defectloop.cli import e2e_bench, pipeline_bench
+
+        bundle = _bundle_or_bootstrap(bundle)
+        cfg = e2e_bench.E2EConfig(
+            bundle=bundle,
+            rate=rate,
+            seconds=seconds,
+            image_size=image_size,
+            clients=clients,
+            bootstrap=bootstrap,
+        )
+        with console.status("benchmarking...") as status:
+            result = e2e_bench.run(cfg, lambda msg: status.update(msg), workdir)
+        pipeline_bench.write_report(result, report)
+        console.print(e2e_bench.markdown(result))
+        console.print(f"report: {report}")
+
     app.add_typer(bench, name="bench")
+
+
+def _bundle_or_bootstrap(bundle: Path | None) -> Path:
+    """``bundle``, or site A's bootstrap model; refused with a hint if it holds no model."""
+    if bundle is None:
+        from defectloop.cli.bootstrap import bootstrap_bundle
+
+        bundle = bootstrap_bundle("A", say=console.print)
+    if not (bundle / "model.onnx").is_file():
+        raise InvalidInputError(
+            f"no model bundle at {bundle}",
+            hint="pass --bundle DIR (a directory with model.onnx)",
+        )
+    return bundle

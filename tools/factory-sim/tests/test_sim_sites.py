@@ -119,3 +119,17 @@ def test_bad_counts_and_seeds_are_refused() -> None:
         site_names(0)
     with pytest.raises(InvalidInputError):
         procedural_site("S01", seed=-1)
+
+
+def test_a_fleet_rendered_in_turn_reuses_its_texture_tiles() -> None:
+    """A gateway for 20 sites renders them round-robin: one tile per site, built once."""
+    from defectloop.factory_sim import textures
+
+    profiles = [get_site(name).with_size(128) for name in site_names(20)]
+    textures.surface_tile.cache_clear()
+    for index in range(2):
+        for profile in profiles:
+            render(profile, index, 1)
+    info = textures.surface_tile.cache_info()
+    assert info.misses == len({p.texture for p in profiles})
+    assert info.hits == 2 * len(profiles) - info.misses

@@ -23,7 +23,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from defectloop.cli import kafka_local
+from defectloop.cli import kafka_local, stack, supervisor
 from defectloop.cli.decisions_router import DecisionsRouterSettings
 from defectloop.cli.decisions_router import build_app as build_router
 from defectloop.common import topics
@@ -40,7 +40,7 @@ from defectloop.ingest.settings import IngestSettings
 from defectloop.testing.bundles import BundleBuilder
 from defectloop.testing.http import serve
 from defectloop.testing.kafka import collect, started_broker
-from defectloop.testing.net import wait_until
+from defectloop.testing.net import free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -191,7 +191,7 @@ async def test_ingest_with_a_wrong_password_stops_retrying_and_says_why(
     assert "not-its-password" not in posted.text
 
 
-async def test_the_router_process_copies_champion_decisions_to_each_sites_topic(
+async def test_the_router_app_copies_only_champion_decisions_to_each_sites_topic(
     secured_kafka: kafka_local.KafkaLayout, tmp_path: Path
 ) -> None:
     """The decision router as ``defectloop up`` runs it (its app, as principal
@@ -271,3 +271,36 @@ def decision(site: str, seed: str, version: str, role: ModelRole) -> PredictionM
         queue_latency_ms=1.0,
         inference_latency_ms=1.0,
     )
+
+
+async def test_up_starts_the_router_process_with_its_own_login_and_each_mes_reads_its_site(
+    secured_kafka: kafka_local.KafkaLayout, tmp_path: Path
+) -> None:
+    """What ``defectloop up`` does for the router, for real: the ``decisions.<site>`` topics, the
+    process (``python -m defectloop.cli.decisions_router``) with ``decisions-router``'s password
+    in its environment, healthy; a champion decision of site A then reaches site A's MES."""
+    bootstrap = secured_kafka.bootstrap
+    spec = supervisor.ServiceSpec(
+        "decisions-router", supervisor.DECISIONS_ROUTER.module, free_port()
+    )
+    champion = decision("A", uuid.uuid4().hex, "v1", ModelRole.CHAMPION)
+    await asyncio.to_thread(
+        stack.start_decisions_router, secured_kafka, ["A", "B"], home=tmp_path, spec=spec
+    )
+    try:
+        async with collect(
+            bootstrap,
+            topics.decisions_topic("A"),
+            model=PredictionMade,
+            where=lambda p: p.image_id == champion.image_id,
+            credentials=who(secured_kafka, "mes-A"),
+        ) as got:
+            async with started_broker(
+                bootstrap, "sasl-inference", credentials=who(secured_kafka, "inference")
+            ) as inference:
+                await publish_event(inference, champion)
+            await got.wait_for(lambda items: len(items) >= 1, timeout_s=TIMEOUT_S)
+    finally:
+        stopped = supervisor.stop_service(spec, home=tmp_path)
+    assert [p.prediction_id for p in got.items] == [champion.prediction_id]
+    assert stopped

@@ -53,15 +53,12 @@ class DecisionsRouterSettings(ServiceSettings):
 
 def build_app(settings: DecisionsRouterSettings, *, exit_on_failure: bool = False) -> FastAPI:
     """The router app; ``exit_on_failure``: a failed copy ends the process (``serve``)."""
-    fan_out = DecisionFanOut(
-        settings.kafka_bootstrap,
-        credentials=settings.kafka_credentials(),
-        group_id=settings.group_id,
-    )
     stop = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
+    # Made at start: aiokafka's clients must be created inside the running event loop.
+    running: list[DecisionFanOut] = []
 
-    async def copy() -> None:
+    async def copy(fan_out: DecisionFanOut) -> None:
         try:
             await fan_out.run(stop)
         except Exception:
@@ -71,8 +68,15 @@ def build_app(settings: DecisionsRouterSettings, *, exit_on_failure: bool = Fals
             raise
 
     async def start_copying() -> None:
+        fan_out = DecisionFanOut(
+            settings.kafka_bootstrap,
+            credentials=settings.kafka_credentials(),
+            group_id=settings.group_id,
+        )
+        running.append(fan_out)
         await fan_out.start()
-        tasks.append(asyncio.get_running_loop().create_task(copy(), name="decisions-router"))
+        loop = asyncio.get_running_loop()
+        tasks.append(loop.create_task(copy(fan_out), name="decisions-router"))
         log.info("decisions_router_started", group_id=settings.group_id)
 
     async def stop_copying() -> None:
@@ -80,7 +84,8 @@ def build_app(settings: DecisionsRouterSettings, *, exit_on_failure: bool = Fals
         for task in tasks:
             with contextlib.suppress(Exception):  # its failure was logged where it happened
                 await task
-        await fan_out.stop()
+        for fan_out in running:
+            await fan_out.stop()
 
     app = build_service_app(
         settings,
@@ -89,13 +94,17 @@ def build_app(settings: DecisionsRouterSettings, *, exit_on_failure: bool = Fals
         summary="Copies champion decisions of prediction.made to decisions.<site> (the MES).",
         version="1",
     )
-    app.state.fan_out = fan_out
 
     @app.get("/v1/stats", tags=["decisions"])
     async def stats() -> dict[str, object]:
         """Decisions copied and skipped (not champion, not a decision) since the start."""
-        running = bool(tasks) and not tasks[0].done()
-        return {"copied": fan_out.copied, "skipped": fan_out.skipped, "running": running}
+        copied = sum(f.copied for f in running)
+        skipped = sum(f.skipped for f in running)
+        return {
+            "copied": copied,
+            "skipped": skipped,
+            "running": bool(tasks) and not tasks[0].done(),
+        }
 
     return app
 

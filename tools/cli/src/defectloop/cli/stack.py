@@ -137,10 +137,11 @@ def start_decisions_router(
     *,
     zipkin_env: Mapping[str, str] | None = None,
     home: Path | None = None,
+    spec: supervisor.ServiceSpec = supervisor.DECISIONS_ROUTER,
 ) -> None:
-    """The decision router as a supervised process, after each site's ``decisions.<site>``."""
+    """The decision router as a supervised process, after each site's ``decisions.<site>``
+    (``home``, ``spec``: another state home and port, for a test beside a running stack)."""
     ensure_decision_topics(layout, sites)
-    spec = supervisor.DECISIONS_ROUTER
     env = {"DEFECTLOOP_KAFKA_BOOTSTRAP": layout.bootstrap, **(zipkin_env or {})}
     env.update(login_env(bus_logins(layout).get(kafka_acls.DECISIONS_ROUTER)))
     supervisor.start_service(spec, env=env, home=home)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -12,16 +13,26 @@ from defectloop.common.errors import InvalidInputError
 
 console = Console()
 
+# Options both benchmarks take.
+Report = Annotated[Path, typer.Option(help="Write the JSON report here.")]
+Bundle = Annotated[
+    Path | None,
+    typer.Option(help="Model bundle (default: the bootstrap model of site A, trained if missing)."),
+]
+Bootstrap = Annotated[
+    str | None,
+    typer.Option(help="Use this Kafka instead of an isolated broker started for the run."),
+]
+Workdir = Annotated[Path | None, typer.Option(help="Keep blobs, broker and logs here.")]
+
 
 def register(app: typer.Typer) -> None:
     bench = typer.Typer(help="Benchmarks (results as JSON; see docs/benchmarks.md).")
 
     @bench.command("pipeline")
     def pipeline(
-        report: Path = typer.Option(..., help="Write the JSON report here."),
-        bundle: Path | None = typer.Option(
-            None, help="Model bundle (default: the bootstrap model of site A, trained if missing)."
-        ),
+        report: Report,
+        bundle: Bundle = None,
         duration: float = typer.Option(60.0, min=10.0, help="Approximate total seconds."),
         max_batch: int = typer.Option(16, min=1, help="Micro-batch size (raw and service)."),
         max_wait_ms: int = typer.Option(10, min=0, help="Service: max wait for a batch."),
@@ -29,10 +40,8 @@ def register(app: typer.Typer) -> None:
         intra_op_threads: int = typer.Option(1, min=1, help="ONNX Runtime intra-op threads."),
         providers: str = typer.Option("cpu", help="auto|cpu|cuda|tensorrt"),
         image_size: int = typer.Option(512, min=64, help="Side of the square test images."),
-        bootstrap: str | None = typer.Option(
-            None, help="Use this Kafka instead of an isolated broker started for the run."
-        ),
-        workdir: Path | None = typer.Option(None, help="Keep blobs, broker and logs here."),
+        bootstrap: Bootstrap = None,
+        workdir: Workdir = None,
     ) -> None:
         """Measure raw images/s, pipeline images/s, efficiency, p50/p99 at 50%/90% load."""
         from defectloop.cli import pipeline_bench
@@ -57,18 +66,14 @@ def register(app: typer.Typer) -> None:
 
     @bench.command("e2e")
     def e2e(
-        report: Path = typer.Option(..., help="Write the JSON report here."),
-        bundle: Path | None = typer.Option(
-            None, help="Model bundle (default: the bootstrap model of site A, trained if missing)."
-        ),
+        report: Report,
+        bundle: Bundle = None,
         rate: float = typer.Option(4.0, min=0.1, help="Frames per second offered (open loop)."),
         seconds: float = typer.Option(20.0, min=2.0, help="Seconds of offered load."),
         image_size: int = typer.Option(512, min=64, help="Side of the square gray8 frames."),
         clients: int = typer.Option(8, min=1, help="Concurrent HTTP connections (gateways)."),
-        bootstrap: str | None = typer.Option(
-            None, help="Use this Kafka instead of an isolated broker started for the run."
-        ),
-        workdir: Path | None = typer.Option(None, help="Keep blobs, broker and logs here."),
+        bootstrap: Bootstrap = None,
+        workdir: Workdir = None,
     ) -> None:
         """Whole path: POST -> prediction.made latency, CPU and RSS per service; naive baseline."""
         from defectloop.cli import e2e_bench, pipeline_bench

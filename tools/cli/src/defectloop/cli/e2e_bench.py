@@ -41,13 +41,14 @@ from defectloop.cli.pipeline_bench import (
     _cpu_seconds,
     _percentile,
     _wait_count,
+    broker_for,
+    deployment,
 )
 from defectloop.cli.processes import free_port
 from defectloop.common import topics
 from defectloop.common.blobstore import LocalBlobStore
 from defectloop.common.events import (
     ImageCaptured,
-    ModelDeployed,
     ModelRole,
     PredictionMade,
     image_id_for,
@@ -201,15 +202,7 @@ async def run_e2e(cfg: E2EConfig, workdir: Path, say: Progress) -> dict[str, Any
     blobs = workdir / "blobs"
     store = LocalBlobStore(blobs)
     database_url = f"sqlite:///{workdir / 'ingest.db'}"
-    layout = None
-    bootstrap = cfg.bootstrap
-    if bootstrap is None:
-        layout = kafka_local.KafkaLayout(
-            workdir / "kafka", port=free_port(), controller_port=free_port()
-        )
-        say("starting an isolated Kafka broker")
-        await asyncio.to_thread(kafka_local.start, layout)
-        bootstrap = layout.bootstrap
+    layout, bootstrap = await broker_for(cfg.bootstrap, workdir, say)
     ingest = dataclasses.replace(supervisor.service("ingest"), port=free_port())
     inference = dataclasses.replace(supervisor.service("inference"), port=free_port())
     follower: TopicFollower | None = None
@@ -220,17 +213,7 @@ async def run_e2e(cfg: E2EConfig, workdir: Path, say: Progress) -> dict[str, Any
         frames = await asyncio.to_thread(_frames, cfg, n + 1)
         token = tokens.issue(cfg.site, database_url=database_url).token
         await producer.start()
-        await publish_event(
-            producer,
-            ModelDeployed(
-                site_id=cfg.site,
-                role=ModelRole.CHAMPION,
-                model_name=manifest.name,
-                model_version=manifest.version,
-                artifact_uri=str(cfg.bundle.resolve()),
-                sha256=manifest.sha256,
-            ),
-        )
+        await publish_event(producer, deployment(cfg.site, cfg.bundle, manifest))
         arrivals = _Arrivals()
         follower = TopicFollower(
             bootstrap, topics.PREDICTION_MADE, _receiver(cfg.site, arrivals), client_id="e2e-read"

@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx
 import numpy as np
@@ -52,6 +52,9 @@ from defectloop.common.events import (
 )
 from defectloop.common.kafka import build_broker, enqueue_event, publish_event, publish_events
 from defectloop.common.kafka_read import TopicFollower
+
+if TYPE_CHECKING:
+    from defectloop.vision.manifest import BundleManifest
 
 Progress = Callable[[str], None]
 
@@ -247,20 +250,39 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
+async def broker_for(
+    bootstrap: str | None, workdir: Path, say: Progress, *, partitions: int = 6
+) -> tuple[kafka_local.KafkaLayout | None, str]:
+    """``bootstrap`` if given, else an isolated broker started under ``workdir`` (its layout, to
+    stop it, and its address)."""
+    if bootstrap is not None:
+        return None, bootstrap
+    layout = kafka_local.KafkaLayout(
+        workdir / "kafka", port=free_port(), controller_port=free_port()
+    )
+    say("starting an isolated Kafka broker")
+    await asyncio.to_thread(kafka_local.start, layout, partitions=partitions)
+    return layout, layout.bootstrap
+
+
+def deployment(site: str, bundle: Path, manifest: BundleManifest) -> ModelDeployed:
+    """The ``model.deployed`` that makes ``bundle`` the champion of ``site``."""
+    return ModelDeployed(
+        site_id=site,
+        role=ModelRole.CHAMPION,
+        model_name=manifest.name,
+        model_version=manifest.version,
+        artifact_uri=str(bundle.resolve()),
+        sha256=manifest.sha256,
+    )
+
+
 async def run_bench(cfg: BenchConfig, workdir: Path, say: Progress) -> dict[str, Any]:
     from defectloop.vision.manifest import load_manifest
 
     manifest = load_manifest(cfg.bundle)
     store = LocalBlobStore(workdir / "blobs")
-    layout = None
-    bootstrap = cfg.bootstrap
-    if bootstrap is None:
-        layout = kafka_local.KafkaLayout(
-            workdir / "kafka", port=free_port(), controller_port=free_port()
-        )
-        say("starting an isolated Kafka broker")
-        await asyncio.to_thread(kafka_local.start, layout, partitions=cfg.partitions)
-        bootstrap = layout.bootstrap
+    layout, bootstrap = await broker_for(cfg.bootstrap, workdir, say, partitions=cfg.partitions)
     service = dataclasses.replace(supervisor.service("inference"), port=free_port())
     follower: TopicFollower | None = None
     producer = build_broker(bootstrap, client_id="bench-producer")
@@ -272,15 +294,7 @@ async def run_bench(cfg: BenchConfig, workdir: Path, say: Progress) -> dict[str,
         say(f"raw: {raw_rate:.1f} images/s")
 
         await producer.start()
-        deploy = ModelDeployed(
-            site_id=cfg.site,
-            role=ModelRole.CHAMPION,
-            model_name=manifest.name,
-            model_version=manifest.version,
-            artifact_uri=str(cfg.bundle.resolve()),
-            sha256=manifest.sha256,
-        )
-        await publish_event(producer, deploy)
+        await publish_event(producer, deployment(cfg.site, cfg.bundle, manifest))
         n_backlog = max(200, int(raw_rate * cfg.duration_s * 0.3))
         say(f"pipeline: pre-filling a backlog of {n_backlog} image.captured events")
         await publish_events(producer, [_event(cfg, images, i) for i in range(n_backlog)])

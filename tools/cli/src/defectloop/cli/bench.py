@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -12,6 +13,7 @@ from rich.console import Console
 from defectloop.common.errors import InvalidInputError
 
 console = Console()
+C = TypeVar("C")
 
 # Options both benchmarks take.
 Report = Annotated[Path, typer.Option(help="Write the JSON report here.")]
@@ -58,11 +60,7 @@ def register(app: typer.Typer) -> None:
             image_size=image_size,
             bootstrap=bootstrap,
         )
-        with console.status("benchmarking...") as status:
-            result = pipeline_bench.run(cfg, lambda msg: status.update(msg), workdir)
-        pipeline_bench.write_report(result, report)
-        console.print(pipeline_bench.markdown(result))
-        console.print(f"report: {report}")
+        _measure(pipeline_bench.run, pipeline_bench.markdown, cfg, workdir, report)
 
     @bench.command("e2e")
     def e2e(
@@ -76,7 +74,7 @@ def register(app: typer.Typer) -> None:
         workdir: Workdir = None,
     ) -> None:
         """Whole path: POST -> prediction.made latency, CPU and RSS per service; naive baseline."""
-        from defectloop.cli import e2e_bench, pipeline_bench
+        from defectloop.cli import e2e_bench
 
         bundle = _bundle_or_bootstrap(bundle)
         cfg = e2e_bench.E2EConfig(
@@ -87,13 +85,26 @@ def register(app: typer.Typer) -> None:
             clients=clients,
             bootstrap=bootstrap,
         )
-        with console.status("benchmarking...") as status:
-            result = e2e_bench.run(cfg, lambda msg: status.update(msg), workdir)
-        pipeline_bench.write_report(result, report)
-        console.print(e2e_bench.markdown(result))
-        console.print(f"report: {report}")
+        _measure(e2e_bench.run, e2e_bench.markdown, cfg, workdir, report)
 
     app.add_typer(bench, name="bench")
+
+
+def _measure(
+    run: Callable[[C, Callable[[str], None], Path | None], dict[str, Any]],
+    markdown: Callable[[dict[str, Any]], str],
+    cfg: C,
+    workdir: Path | None,
+    report: Path,
+) -> None:
+    """Run a benchmark with a status line, write its JSON report and print its table."""
+    from defectloop.cli.pipeline_bench import write_report
+
+    with console.status("benchmarking...") as status:
+        result = run(cfg, lambda msg: status.update(msg), workdir)
+    write_report(result, report)
+    console.print(markdown(result))
+    console.print(f"report: {report}")
 
 
 def _bundle_or_bootstrap(bundle: Path | None) -> Path:

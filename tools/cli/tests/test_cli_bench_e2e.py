@@ -1,5 +1,6 @@
 """`defectloop bench e2e` end to end on a real broker: real ingest and inference processes, a tiny
-model, a handful of frames; the report has the whole path and the naive baseline."""
+model deployed at three procedural sites, a handful of frames; the report has the whole path, the
+fleet and the naive baseline."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ def test_bench_e2e_measures_the_whole_path_and_the_naive_baseline(
         seconds=3.0,
         image_size=256,
         site="e2e" + uuid.uuid4().hex[:10],
+        sites=3,  # procedural factories S01-S03, the tiny model deployed at each
         bootstrap=kafka_bootstrap,
     )
     messages: list[str] = []
@@ -35,7 +37,9 @@ def test_bench_e2e_measures_the_whole_path_and_the_naive_baseline(
     assert 0 < whole["p50_ms"] <= whole["p99_ms"]
     assert set(whole["cpu_seconds_per_image"]) == {"ingest", "inference"}
     assert all(mb > 0 for mb in whole["peak_rss_mb"].values())
-    assert naive["images"] == 13  # the warm-up frame and the twelve
+    assert report["fleet"]["sites"] == 3
+    assert report["fleet"]["inference_peak_rss_mb_after_warmup"] > 0
+    assert naive["images"] == 15  # a warm-up frame per site and the twelve
     assert naive["images_per_s"] > 0
     table = e2e_bench.markdown(report)
     assert "naive baseline" in table

@@ -70,6 +70,9 @@ def register(app: typer.Typer) -> None:
         seconds: float = typer.Option(20.0, min=2.0, help="Seconds of offered load."),
         image_size: int = typer.Option(512, min=64, help="Side of the square gray8 frames."),
         clients: int = typer.Option(8, min=1, help="Concurrent HTTP connections (gateways)."),
+        sites: int = typer.Option(
+            1, min=1, max=999, help="Sites, a model each (>1: procedural factories S01...)."
+        ),
         bootstrap: Bootstrap = None,
         workdir: Workdir = None,
     ) -> None:
@@ -83,6 +86,7 @@ def register(app: typer.Typer) -> None:
             seconds=seconds,
             image_size=image_size,
             clients=clients,
+            sites=sites,
             bootstrap=bootstrap,
         )
         _measure(e2e_bench.run, e2e_bench.markdown, cfg, workdir, report)

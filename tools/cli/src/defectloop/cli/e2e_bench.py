@@ -4,7 +4,8 @@ A skeleton of issue 14 §1 (one offered rate, one frame size). In one run, on on
 isolated Kafka broker and the real ingest and inference services (separate processes started by
 the stack's supervisor under the run's work directory, on ports of their own, span export off):
 
-1. **whole path** — simulated gateways POST unique gray8 PNGs (site A, ``image_size``) to ingest
+1. **whole path** — simulated gateways POST unique gray8 PNGs (site A's scene, ``image_size``; with
+   ``sites`` > 1, procedural factories ``S01``... each with the model deployed, in turn) to ingest
    over HTTP at ``rate`` per second, open loop (each POST is sent at its scheduled time, whatever
    earlier ones are doing; at most ``clients`` connections). An independent consumer reads
    ``prediction.made``; latency is from the *scheduled* send time to its receipt (so a slow
@@ -15,7 +16,11 @@ the stack's supervisor under the run's work directory, on ports of their own, sp
    decode, the same model at batch 1, publish ``prediction.made`` and wait for its ack, commit),
    in this process: images/s and CPU seconds per image.
 
-Not yet (issue 14): sustained capacity search, 50 %/90 % loads, three frame sizes, 20 sites.
+With ``sites`` > 1 the bundle is deployed once per site, so inference holds one model per site
+(its peak RSS is the memory of ``sites`` resident models), and the time from the deployments to
+the first prediction of every site is reported.
+
+Not yet (issue 14): sustained capacity search, 50 %/90 % loads, three frame sizes in one run.
 """
 
 from __future__ import annotations
@@ -67,27 +72,42 @@ class E2EConfig:
     clients: int = 8
     cameras: int = 8
     site: str = "bench"
+    sites: int = 1
     max_batch: int = 16
     bootstrap: str | None = None
 
 
 @dataclass(frozen=True)
 class _Frame:
+    site: str
     camera: str
     png: bytes
     image_id: str
 
 
+def _sites(cfg: E2EConfig) -> dict[str, str]:
+    """Site id -> simulator profile: ``cfg.site`` filming site A, or one procedural factory
+    per site (``<cfg.site>S01`` films ``S01``...)."""
+    from defectloop.factory_sim import site_names
+
+    if cfg.sites == 1:
+        return {cfg.site: "A"}
+    return {f"{cfg.site}{name}": name for name in site_names(cfg.sites)}
+
+
 def _frames(cfg: E2EConfig, n: int) -> list[_Frame]:
-    """``n`` unique frames (every one a new image id, as cameras send)."""
+    """``n`` unique frames (every one a new image id, as cameras send), the sites in turn."""
     from defectloop.factory_sim import encode_png, get_site, render
 
-    site = get_site("A").with_size(cfg.image_size)
+    sites = [
+        (site_id, get_site(name).with_size(cfg.image_size)) for site_id, name in _sites(cfg).items()
+    ]
     out = []
     for i in range(n):
-        camera = f"cam-{i % cfg.cameras + 1}"
-        png = encode_png(render(site, i, seed=11).pixels)
-        out.append(_Frame(camera, png, image_id_for(cfg.site, camera, sha256_hex(png))))
+        site_id, profile = sites[i % len(sites)]
+        camera = f"cam-{i // len(sites) % cfg.cameras + 1}"
+        png = encode_png(render(profile, i, seed=11).pixels)
+        out.append(_Frame(site_id, camera, png, image_id_for(site_id, camera, sha256_hex(png))))
     return out
 
 
@@ -98,13 +118,13 @@ def _peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def _receiver(site: str, arrivals: _Arrivals) -> Any:
-    """prediction.made of ``site``: image id -> receipt time (the champion's, first seen)."""
+def _receiver(sites: set[str], arrivals: _Arrivals) -> Any:
+    """prediction.made of ``sites``: image id -> receipt time (the champion's, first seen)."""
 
     def receive(record: ConsumerRecord[Any, Any]) -> None:
         now = time.time()
         p = PredictionMade.model_validate_json(record.value)
-        if p.site_id != site or p.role != ModelRole.CHAMPION or p.image_id in arrivals.times:
+        if p.site_id not in sites or p.role != ModelRole.CHAMPION or p.image_id in arrivals.times:
             return
         arrivals.times[p.image_id] = now
         arrivals.changed.set()
@@ -113,20 +133,22 @@ def _receiver(site: str, arrivals: _Arrivals) -> Any:
 
 
 async def _post_open_loop(
-    cfg: E2EConfig, url: str, token: str, frames: list[_Frame]
+    cfg: E2EConfig, url: str, tokens: dict[str, str], frames: list[_Frame]
 ) -> tuple[dict[str, float], dict[int, int]]:
     """POST every frame at its scheduled time; (image id -> scheduled epoch s, status counts)."""
     scheduled: dict[str, float] = {}
     statuses: dict[int, int] = {}
     limits = httpx.Limits(max_connections=cfg.clients, max_keepalive_connections=cfg.clients)
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "image/png"}
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
 
         async def post(frame: _Frame) -> None:
             resp = await client.post(
-                f"/v1/sites/{cfg.site}/cameras/{frame.camera}/images",
+                f"/v1/sites/{frame.site}/cameras/{frame.camera}/images",
                 content=frame.png,
-                headers=headers,
+                headers={
+                    "Authorization": f"Bearer {tokens[frame.site]}",
+                    "Content-Type": "image/png",
+                },
             )
             statuses[resp.status_code] = statuses.get(resp.status_code, 0) + 1
 
@@ -143,7 +165,7 @@ async def _post_open_loop(
 
 
 async def _naive(
-    cfg: E2EConfig, bootstrap: str, store: LocalBlobStore, n: int, say: Progress
+    cfg: E2EConfig, bootstrap: str, store: LocalBlobStore, sites: set[str], n: int, say: Progress
 ) -> dict[str, Any]:
     """One message at a time: read, fetch, decode, model at batch 1, publish + ack, commit."""
     from defectloop.inference.pipeline import Executors, predict_events, single_model
@@ -167,7 +189,7 @@ async def _naive(
         while done < n:
             record = await consumer.getone()
             event = ImageCaptured.model_validate_json(record.value)
-            if event.site_id != cfg.site:
+            if event.site_id not in sites:
                 continue
             if done == 0:  # the clock starts at the first image (not the group join)
                 began, cpu0 = time.perf_counter(), time.process_time()
@@ -209,14 +231,16 @@ async def run_e2e(cfg: E2EConfig, workdir: Path, say: Progress) -> dict[str, Any
     producer = build_broker(bootstrap, client_id="bench-e2e")
     try:
         n = max(10, int(cfg.rate * cfg.seconds))
-        say(f"rendering {n + 1} unique frames")
-        frames = await asyncio.to_thread(_frames, cfg, n + 1)
-        token = tokens.issue(cfg.site, database_url=database_url).token
+        sites = _sites(cfg)
+        say(f"rendering {n + len(sites)} unique frames")
+        frames = await asyncio.to_thread(_frames, cfg, n + len(sites))
+        issued = {site: tokens.issue(site, database_url=database_url).token for site in sites}
         await producer.start()
-        await publish_event(producer, deployment(cfg.site, cfg.bundle, manifest))
+        for site in sites:
+            await publish_event(producer, deployment(site, cfg.bundle, manifest))
         arrivals = _Arrivals()
         follower = TopicFollower(
-            bootstrap, topics.PREDICTION_MADE, _receiver(cfg.site, arrivals), client_id="e2e-read"
+            bootstrap, topics.PREDICTION_MADE, _receiver(set(sites), arrivals), client_id="e2e-read"
         )
         await follower.start()
         say("starting ingest and inference")
@@ -246,16 +270,19 @@ async def run_e2e(cfg: E2EConfig, workdir: Path, say: Progress) -> dict[str, Any
         for spec in (ingest, inference):
             await asyncio.to_thread(supervisor.wait_healthy, spec, 120.0, workdir)
         url = f"http://127.0.0.1:{ingest.port}"
-        say("warm-up: one frame through the whole path")
-        await _post_open_loop(cfg, url, token, frames[:1])
-        await _wait_count(arrivals, 1, 180, follower)
+        say(f"warm-up: one frame of each of {len(sites)} sites through the whole path")
+        warm_began = time.monotonic()
+        await _post_open_loop(cfg, url, issued, frames[: len(sites)])
+        await _wait_count(arrivals, len(sites), 180 + 10 * len(sites), follower)
+        warmup_s = time.monotonic() - warm_began
+        rss_after_warmup = _peak_rss_mb(pids["inference"])
 
         cpu0 = {name: _cpu_seconds(pid) for name, pid in pids.items()}
         say(f"whole path: {n} frames at {cfg.rate} images/s, open loop")
         began = time.time()
-        scheduled, statuses = await _post_open_loop(cfg, url, token, frames[1:])
+        scheduled, statuses = await _post_open_loop(cfg, url, issued, frames[len(sites) :])
         accepted = statuses.get(202, 0)
-        await _wait_count(arrivals, 1 + accepted, 60 + n / cfg.rate, follower)
+        await _wait_count(arrivals, len(sites) + accepted, 60 + n / cfg.rate, follower)
         cpu1 = {name: _cpu_seconds(pid) for name, pid in pids.items()}
         last = max(arrivals.times[i] for i in scheduled if i in arrivals.times)
         latency = [
@@ -276,8 +303,13 @@ async def run_e2e(cfg: E2EConfig, workdir: Path, say: Progress) -> dict[str, Any
             },
             "peak_rss_mb": {name: _peak_rss_mb(pid) for name, pid in pids.items()},
         }
+        fleet = {
+            "sites": len(sites),
+            "warmup_s_first_prediction_of_every_site": round(warmup_s, 2),
+            "inference_peak_rss_mb_after_warmup": rss_after_warmup,
+        }
         say(f"whole path: p50 {p50:.0f} ms, p99 {p99:.0f} ms")
-        naive = await _naive(cfg, bootstrap, store, 1 + accepted, say)
+        naive = await _naive(cfg, bootstrap, store, set(sites), len(sites) + accepted, say)
         return {
             "command": "defectloop bench e2e",
             "config": {k: str(v) if isinstance(v, Path) else v for k, v in cfg.__dict__.items()},
@@ -292,6 +324,7 @@ async def run_e2e(cfg: E2EConfig, workdir: Path, say: Progress) -> dict[str, Any
                 "input_size": list(manifest.preprocessing.input_size),
             },
             "whole_path": whole,
+            "fleet": fleet,
             "naive_baseline": naive,
         }
     finally:
@@ -305,7 +338,7 @@ async def run_e2e(cfg: E2EConfig, workdir: Path, say: Progress) -> dict[str, Any
 
 
 def markdown(report: dict[str, Any]) -> str:
-    whole, naive = report["whole_path"], report["naive_baseline"]
+    whole, naive, fleet = report["whole_path"], report["naive_baseline"], report["fleet"]
     cpu = cast(dict[str, float], whole["cpu_seconds_per_image"])
     rss = cast(dict[str, float], whole["peak_rss_mb"])
     rows = [
@@ -318,6 +351,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"{whole['p99_ms']} ms / {whole['p99_over_p50']} |",
         f"| CPU s per image: ingest / inference | {cpu['ingest']} / {cpu['inference']} |",
         f"| peak RSS MB: ingest / inference | {rss['ingest']} / {rss['inference']} |",
+        f"| sites (a model each): first prediction of every site / inference RSS after | "
+        f"{fleet['sites']}: {fleet['warmup_s_first_prediction_of_every_site']} s / "
+        f"{fleet['inference_peak_rss_mb_after_warmup']} MB |",
         f"| naive baseline (one message at a time, batch 1) | {naive['images_per_s']} images/s, "
         f"{naive['cpu_seconds_per_image']} CPU s per image |",
     ]

@@ -176,3 +176,28 @@ def test_the_trainers_hold_out_metrics_are_the_baseline(
         "recall": (0.91, "deployment"),
         "precision": (0.97, "deployment"),
     }
+
+
+def test_a_site_wide_change_seen_first_on_one_camera_is_not_that_cameras_fault(
+    store: MonitorStore, evaluator: Evaluator, site: EventFactory
+) -> None:
+    """The lamp fails for both cameras at once, but cam-1's frames reach the monitor 60 frames
+    late: the quality checkpoints wait for cam-1 to catch up instead of comparing cam-2's darkened
+    window with cam-1's older, normal one (which would blame cam-2 alone)."""
+    rng = np.random.default_rng(13)
+    store.record(site.deployed("v1"))
+    cams = [SimulatedCamera("cam-1"), SimulatedCamera("cam-2")]
+    dark = [SimulatedCamera("cam-1", brightness=90.0), SimulatedCamera("cam-2", brightness=90.0)]
+    calm = feed(store, evaluator, simulate(site, rng, 0, 250, cameras=cams))
+    frames = simulate(site, rng, 250, 200, cameras=dark)
+    cam_1 = [g for g in frames if g[0].camera_id == "cam-1"]  # type: ignore[attr-defined]
+    cam_2 = [g for g in frames if g[0].camera_id == "cam-2"]  # type: ignore[attr-defined]
+    lag = 60
+    arrivals = [*cam_2[:lag]]
+    for i in range(lag, len(cam_2)):
+        arrivals += [cam_2[i], cam_1[i - lag]]
+    arrivals += cam_1[len(cam_2) - lag :]
+    changed = feed(store, evaluator, arrivals)
+
+    assert of_kind(calm + changed, DegradationKind.DATA_QUALITY) == []
+    assert store.count_captured(site.site_id) == 2 * 450  # every frame was seen

@@ -244,6 +244,26 @@ class Evaluator:
             )
         if not recent:
             return
+        # Isolation compares the cameras over the same time: a checkpoint waits until every
+        # camera's frames up to it have arrived (ingest and the bus do not deliver the cameras in
+        # lock-step), or a site-wide change seen first on one camera looks like that camera's own.
+        # A camera the others have sent a whole window each past is stalled: not waited for.
+        last_seen = {c: _time_of(items[-1]) for c, items in recent.items() if items}
+        if last_seen:
+            everything = sorted(_time_of(x) for items in recent.values() for x in items)
+            stalled_after = s.quality_window_frames * (len(last_seen) - 1)
+            live = [
+                t
+                for t in last_seen.values()
+                if len(everything) - bisect.bisect_right(everything, t) < max(1, stalled_after)
+            ]
+            reached = min(live, default=max(last_seen.values()))
+            ready = [p for p, t in zip(points, times, strict=False) if t <= reached]
+            if not ready:
+                run.cursors.pop(name, None)  # evaluated once the cameras have caught up
+                return
+            run.cursors[name] = ready[-1]
+            times = [t for t in times if t <= reached]
         for at in sorted(set(times)):
             current = {
                 camera: _camera_window(

@@ -350,7 +350,11 @@ class Retrainer:
 
         labelled = self.store.labelled_images()
         eval_ids = self.store.eval_assignment(labelled, policy.eval_fraction)
-        labels = resolve_config(self.settings.train_preset, site=job.site_id).labels
+        labels = resolve_config(
+            self.settings.train_preset,
+            site=job.site_id,
+            overrides=self.settings.train_overrides or None,
+        ).labels
         manifest = build_manifest(
             site_id=job.site_id,
             job_id=job.job_id,
@@ -378,6 +382,7 @@ class Retrainer:
             snapshot_sha256=digest,
             preset=self.settings.train_preset,
             seed=self.settings.train_seed,
+            overrides=self.settings.train_overrides,
             out_dir=str(work / "bundle"),
             parent_bundle=self._parent_bundle(job),
             database_url=self.settings.resolved_database_url(),

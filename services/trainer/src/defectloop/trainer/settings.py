@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from defectloop.common.paths import state_home
@@ -47,6 +47,12 @@ class TrainerSettings(ServiceSettings):
     )
     train_preset: str = Field("quick", description="Training preset of retraining runs.")
     train_seed: int = Field(0, description="Seed of retraining runs.")
+    # JSON env, e.g. DEFECTLOOP_TRAINER_TRAIN_OVERRIDES='{"train":{"epochs":16}}': merged over the
+    # preset like `defectloop train --config`, validated when a run resolves it, and recorded in
+    # the run's lineage with the rest of its config.
+    train_overrides: dict[str, Any] = Field(
+        default_factory=dict, description="Config overrides of retraining runs, over the preset."
+    )
     work_dir: Path | None = Field(
         None, description="Snapshots and runs of retraining jobs; default <state>/trainer-jobs."
     )
@@ -67,6 +73,18 @@ class TrainerSettings(ServiceSettings):
         10.0, gt=0, description="Shortest pause between two scorecard requests for one shadow."
     )
     actor: str = Field("trainer", description="Who the trainer's governed transitions name.")
+
+    @model_validator(mode="after")
+    def _training_config_resolves(self) -> TrainerSettings:
+        """A bad preset or override fails the trainer at start, not the first job hours later."""
+        from defectloop.common.errors import DefectloopError
+        from defectloop.trainer.config import resolve_config
+
+        try:
+            resolve_config(self.train_preset, overrides=self.train_overrides or None)
+        except DefectloopError as exc:
+            raise ValueError(f"train_preset/train_overrides: {exc}") from exc
+        return self
 
     def retrain_policy_for(self, site_id: str) -> RetrainPolicy:
         overrides = self.site_retrain_policy.get(site_id)

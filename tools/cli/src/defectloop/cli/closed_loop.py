@@ -179,12 +179,16 @@ class DemoConfig:
                 "DEFECTLOOP_MONITOR_DRIFT_WINDOW_IMAGES": str(drift_win),
                 "DEFECTLOOP_MONITOR_DRIFT__MIN_REFERENCE": str(drift_ref),
                 "DEFECTLOOP_MONITOR_DRIFT__MIN_WINDOW": str(drift_win),
-                "DEFECTLOOP_MONITOR_DRIFT_EVERY_IMAGES": "10",
+                # Consecutive evaluations on fresh (not overlapping) windows: the incidents'
+                # 2-of-3 entry rule then needs independent evidence. With windows of a dozen
+                # frames re-tested every few frames, a camera of an undrifted site crossed the
+                # quality test by chance within minutes (demo run, 7 Dec 2026).
+                "DEFECTLOOP_MONITOR_DRIFT_EVERY_IMAGES": str(drift_win),
                 "DEFECTLOOP_MONITOR_QUALITY_REFERENCE_FRAMES": str(quality_ref),
                 "DEFECTLOOP_MONITOR_QUALITY_WINDOW_FRAMES": str(quality_win),
                 "DEFECTLOOP_MONITOR_QUALITY__MIN_REFERENCE": str(quality_ref),
                 "DEFECTLOOP_MONITOR_QUALITY__MIN_WINDOW": str(quality_win),
-                "DEFECTLOOP_MONITOR_QUALITY_EVERY_FRAMES": "5",
+                "DEFECTLOOP_MONITOR_QUALITY_EVERY_FRAMES": str(quality_win * self.cameras),
             },
             "annotation-sync": {
                 "DEFECTLOOP_ANNOTATION_SYNC_RANDOM_SHARE": str(self.random_share),

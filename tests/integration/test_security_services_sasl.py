@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -304,3 +305,54 @@ async def test_up_starts_the_router_process_with_its_own_login_and_each_mes_read
         stopped = supervisor.stop_service(spec, home=tmp_path)
     assert [p.prediction_id for p in got.items] == [champion.prediction_id]
     assert stopped
+
+
+SERVICE_SETTINGS = {
+    "ingest": "IngestSettings",
+    "inference": "InferenceSettings",
+    "annotation_sync": "AnnotationSyncSettings",
+    "monitor": "MonitorSettings",
+    "trainer": "TrainerSettings",
+}
+
+
+@pytest.mark.parametrize("service", sorted(SERVICE_SETTINGS))
+async def test_each_service_logs_in_as_its_principal_and_joins_its_groups(
+    service: str, secured_kafka: kafka_local.KafkaLayout, tmp_path: Path
+) -> None:
+    """Every service's app on the secured broker, with its principal's password only: healthy,
+    and each of its consumers got partitions (its group and topics passed the ACLs)."""
+    main = importlib.import_module(f"defectloop.{service}.main")
+    settings_cls = getattr(
+        importlib.import_module(f"defectloop.{service}.settings"), SERVICE_SETTINGS[service]
+    )
+    settings = settings_cls(
+        kafka_bootstrap=secured_kafka.bootstrap,
+        database_url=f"sqlite:///{tmp_path}/db.sqlite",
+        blob_url=(tmp_path / "blobs").as_uri(),
+        **login(who(secured_kafka, service.replace("_", "-"))),
+    )
+    app = main.build_app(settings)
+    async with lifespan(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
+
+            async def healthy() -> bool:
+                return (await client.get("/health")).status_code == 200
+
+            await wait_until(healthy, timeout_s=TIMEOUT_S, what=f"{service} healthy")
+        consumers = [
+            consumer
+            for subscriber in app.state.broker.subscribers
+            for consumer in (
+                getattr(subscriber, "consumer_subgroup", None)
+                or [getattr(subscriber, "consumer", None)]
+            )
+            if consumer is not None
+        ]
+
+        async def assigned() -> bool:
+            return all(consumer.assignment() for consumer in consumers)
+
+        await wait_until(assigned, timeout_s=TIMEOUT_S, what=f"{service}'s consumers assigned")
+    assert len(consumers) == len(app.state.broker.subscribers)

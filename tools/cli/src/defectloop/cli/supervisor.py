@@ -7,6 +7,7 @@ directory as ``home`` and its own port, so it never meets the running stack).
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from defectloop.cli.processes import pid_from_file, stop_by_pid_file
+from defectloop.cli.processes import alive, pid_from_file, stop_by_pid_file
 from defectloop.common.errors import ComponentError
 from defectloop.common.paths import state_home
 
@@ -60,6 +61,11 @@ def service(name: str) -> ServiceSpec:
         if spec.name == name:
             return spec
     raise KeyError(name)
+
+
+# The children this process started, by pid: holding the Popen keeps it from being reaped behind
+# our back (subprocess reaps dropped Popens at the next start), so its exit code can be read.
+_children: dict[int, subprocess.Popen[bytes]] = {}
 
 
 def run_dir(home: Path | None = None) -> Path:
@@ -125,24 +131,61 @@ def start_service(
             start_new_session=True,
         )
     pid_file(spec, home).write_text(str(proc.pid))
+    _children[proc.pid] = proc
     return proc.pid
 
 
 def wait_healthy(spec: ServiceSpec, timeout_s: float = 60.0, home: Path | None = None) -> None:
+    """Return once ``spec`` answers its health check; a one-line :class:`ComponentError` pointing
+    at its log if it exits first (noticed at once, not at the deadline) or is not healthy in time.
+    """
+    log = log_dir(home) / f"{spec.name}.log"
     deadline = time.monotonic() + timeout_s
     while health(spec) is None:
-        if service_pid(spec, home) is None:
-            raise ComponentError(
-                f"{spec.name} exited during start-up",
-                hint=f"see {log_dir(home) / (spec.name + '.log')}",
-            )
+        exited, code = _exited(spec, home)
+        if exited:
+            pid_file(spec, home).unlink(missing_ok=True)
+            how = "exited" if code is None else _exit_status(code)
+            raise ComponentError(f"{spec.name} {how} at start", hint=f"see {log}")
         if time.monotonic() > deadline:
             raise ComponentError(
-                f"{spec.name} not healthy after {timeout_s:.0f} s",
-                hint=f"see {log_dir(home) / (spec.name + '.log')}",
+                f"{spec.name} not healthy after {timeout_s:.0f} s", hint=f"see {log}"
             )
         time.sleep(0.3)  # readiness polling of a child process
 
 
+def _exited(spec: ServiceSpec, home: Path | None) -> tuple[bool, int | None]:
+    """Whether the service's process is gone, and its exit code when we can know it.
+
+    A child that died is a zombie until reaped, and a zombie still answers signal 0: the pid file
+    alone says "alive" for the whole timeout. Our own child is polled (which reaps it); one started
+    by an earlier CLI call is not our child, and its parent (init) reaps it.
+    """
+    try:
+        pid = int(pid_file(spec, home).read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return True, None
+    proc = _children.get(pid)
+    if proc is not None:
+        code = proc.poll()
+        if code is not None:
+            del _children[pid]
+        return code is not None, code
+    return not alive(pid), None
+
+
+def _exit_status(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
 def stop_service(spec: ServiceSpec, timeout_s: float = 30.0, home: Path | None = None) -> bool:
-    return stop_by_pid_file(pid_file(spec, home), timeout_s=timeout_s)
+    pid = service_pid(spec, home)
+    stopped = stop_by_pid_file(pid_file(spec, home), timeout_s=timeout_s)
+    if pid is not None:
+        _children.pop(pid, None)  # reaped by stop_by_pid_file's wait
+    return stopped

@@ -133,9 +133,10 @@ def _receiver(sites: set[str], arrivals: _Arrivals) -> Any:
 
 
 async def _post_open_loop(
-    cfg: E2EConfig, url: str, tokens: dict[str, str], frames: list[_Frame]
+    cfg: E2EConfig, url: str, tokens: dict[str, str], frames: list[_Frame], *, paced: bool = True
 ) -> tuple[dict[str, float], dict[int, int]]:
-    """POST every frame at its scheduled time; (image id -> scheduled epoch s, status counts)."""
+    """POST every frame at its scheduled time (``cfg.rate``; all at once unless ``paced``);
+    (image id -> scheduled epoch s, status counts)."""
     scheduled: dict[str, float] = {}
     statuses: dict[int, int] = {}
     limits = httpx.Limits(max_connections=cfg.clients, max_keepalive_connections=cfg.clients)
@@ -156,7 +157,7 @@ async def _post_open_loop(
         tasks = []
         for i, frame in enumerate(frames):
             delay = began + i / cfg.rate - time.monotonic()
-            if delay > 0:
+            if paced and delay > 0:
                 await asyncio.sleep(delay)  # the load schedule itself, not synchronisation
             scheduled[frame.image_id] = time.time()
             tasks.append(asyncio.create_task(post(frame)))
@@ -272,7 +273,7 @@ async def run_e2e(cfg: E2EConfig, workdir: Path, say: Progress) -> dict[str, Any
         url = f"http://127.0.0.1:{ingest.port}"
         say(f"warm-up: one frame of each of {len(sites)} sites through the whole path")
         warm_began = time.monotonic()
-        await _post_open_loop(cfg, url, issued, frames[: len(sites)])
+        await _post_open_loop(cfg, url, issued, frames[: len(sites)], paced=False)
         await _wait_count(arrivals, len(sites), 180 + 10 * len(sites), follower)
         warmup_s = time.monotonic() - warm_began
         rss_after_warmup = _peak_rss_mb(pids["inference"])

@@ -91,6 +91,9 @@ def register(app: typer.Typer) -> None:
         )
         _measure(e2e_bench.run, e2e_bench.markdown, cfg, workdir, report)
 
+    from defectloop.cli import faults
+
+    faults.register(bench)  # `bench faults`: the stack under a fault schedule (issue 12)
     app.add_typer(bench, name="bench")
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -84,12 +85,12 @@ async def _read(bootstrap: str, site: str) -> tuple[list[PredictionMade], list[D
 
 
 def judge(
-    offers: list[OfferLike],
+    offers: Sequence[OfferLike],
     predictions: list[PredictionMade],
     letters: list[DeadLetter],
     *,
     poison_key: str,
-    faults: list[FaultLike],
+    faults: Sequence[FaultLike],
     lag: int,
 ) -> dict[str, Any]:
     """The verdict from what the gateways were told and what the topics hold."""

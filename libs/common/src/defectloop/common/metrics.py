@@ -92,6 +92,12 @@ ANNOTATION_TASKS = Counter(
     [SITE, REASON],
     registry=REGISTRY,
 )
+ANNOTATION_UNPUSHED = Gauge(
+    "defectloop_annotation_sync_unpushed",
+    "Sampled images waiting for their Label Studio task (the pusher's backlog), per site.",
+    [SITE],
+    registry=REGISTRY,
+)
 ANNOTATIONS = Counter(
     "defectloop_annotations",
     "annotation.completed events published, by status (completed / skipped).",

@@ -61,8 +61,11 @@ class LabelStudioClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        for attempt in range(1, self._attempts + 1):
+    async def request(
+        self, method: str, path: str, *, attempts: int | None = None, **kwargs: Any
+    ) -> Any:
+        attempts = attempts or self._attempts
+        for attempt in range(1, attempts + 1):
             try:
                 resp = await self._http.request(method, path, **kwargs)
             except httpx.TransportError as exc:
@@ -75,7 +78,7 @@ class LabelStudioClient:
                         f"Label Studio {method} {path} -> {resp.status_code}: {resp.text[:300]}"
                     )
                 error = f"HTTP {resp.status_code}"
-            if attempt < self._attempts:
+            if attempt < attempts:
                 delay = self._backoff_s * 2 ** (attempt - 1)
                 log.warning(
                     "labelstudio_retry",
@@ -148,39 +151,63 @@ class LabelStudioClient:
     # --- tasks ------------------------------------------------------------------------------
 
     async def import_tasks(self, project_id: int, tasks: list[dict[str, Any]]) -> list[int]:
+        """Import ``tasks`` in one request; their ids, in the order of ``tasks``.
+
+        Label Studio creates the batch in one database transaction (all or none) and
+        ``return_task_ids`` lists the ids in the order of the payload (checked against the
+        real Label Studio by the batch tests). Tried once: an import whose answer was lost may
+        have created the tasks, and only the caller can look them up before sending it again.
+        """
         body = await self.request(
             "POST",
             f"/api/projects/{project_id}/import",
+            attempts=1,
             params={"return_task_ids": "true"},
             json=tasks,
         )
         return [int(t) for t in body.get("task_ids", [])]
 
-    async def find_task(self, project_id: int, key: str) -> int | None:
-        """The task whose ``data.defectloop_key`` is ``key`` (a push that crashed before we
-        recorded its id), found by a Data Manager filter."""
+    async def find_tasks(self, project_id: int, field: str, value: str) -> dict[str, int]:
+        """``data.defectloop_key`` -> task id of every task whose ``data.<field>`` is ``value``
+        (a Data Manager filter, paged): after a crash, what an import did create."""
         query = {
             "filters": {
                 "conjunction": "and",
                 "items": [
                     {
-                        "filter": "filter:tasks:data.defectloop_key",
+                        "filter": f"filter:tasks:data.{field}",
                         "operator": "equal",
                         "type": "String",
-                        "value": key,
+                        "value": value,
                     }
                 ],
             }
         }
-        body = await self.request(
-            "GET",
-            "/api/tasks/",
-            params={"project": project_id, "page_size": 10, "query": json.dumps(query)},
-        )
-        for t in body.get("tasks", []):
-            if t.get("data", {}).get("defectloop_key") == key:
-                return int(t["id"])
-        return None
+        found: dict[str, int] = {}
+        page = 1
+        while True:
+            body = await self.request(
+                "GET",
+                "/api/tasks/",
+                params={
+                    "project": project_id,
+                    "page": page,
+                    "page_size": 100,
+                    "query": json.dumps(query),
+                },
+            )
+            tasks = body.get("tasks", [])
+            for t in tasks:
+                data = t.get("data", {})
+                if data.get(field) == value and data.get("defectloop_key"):
+                    found[str(data["defectloop_key"])] = int(t["id"])
+            if len(tasks) < 100 or page * 100 >= int(body.get("total", 0)):
+                return found
+            page += 1
+
+    async def find_task(self, project_id: int, key: str) -> int | None:
+        """The task whose ``data.defectloop_key`` is ``key``, if any."""
+        return (await self.find_tasks(project_id, "defectloop_key", key)).get(key)
 
     async def iter_tasks(
         self, project_id: int, *, page_size: int = 100

@@ -5,10 +5,19 @@ returns, so its offset is committed whatever Label Studio is doing. The pusher p
 samples in capture order, woken by each new sample and by the poll; when Label Studio is down it
 keeps them and tries again, so an outage delays tasks but never stalls ``prediction.made``.
 
-Push idempotence: before importing, a task carrying the sample's key is looked up in Label
-Studio, so a crash (or a lost response) between the import and recording the task id does not
-create a second task. Overlap samples get a per-task overlap of 2, so Label Studio's own queue
-serves them to two different annotators.
+Batches: the pending samples of a project go in batches of up to ``push_batch_size``, each ONE
+import request (Label Studio returns the new ids in payload order) and ONE database transaction
+recording every task id. Oldest batch first (by its oldest sample).
+
+Push idempotence without a lookup per sample: before importing, the batch's samples are marked in
+flight (``annsync_push_attempt``, with a batch id the tasks also carry as ``data.defectloop_batch``)
+in one transaction. A sample still marked when the next push starts was imported by a push that
+crashed (or lost the answer) before recording, or not at all: one Data Manager filter per such
+batch id finds what exists, and only the rest is imported again. Nothing is pushed twice, nothing
+lost. Overlap samples get a per-task overlap of 2 (a PATCH: the import ignores a task's
+``overlap`` and uses the project's ``maximum_annotations``), so Label Studio's own queue serves
+them to two different annotators; the PATCH comes before the record, so a crash in between
+repeats it.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import Any
@@ -30,6 +40,7 @@ from defectloop.common import tracing
 from defectloop.common.errors import DefectloopError, InvalidInputError, PermanentError
 from defectloop.common.events import PredictionMade, ScoredBox
 from defectloop.common.logging import get_logger
+from defectloop.common.metrics import ANNOTATION_UNPUSHED
 
 log = get_logger(__name__)
 
@@ -136,7 +147,7 @@ class Sampler:
 
 
 class TaskPusher:
-    """Creates the Label Studio task of each pending sample (once) and records its id."""
+    """Creates the Label Studio task of each pending sample (once), in batches, and records ids."""
 
     def __init__(
         self,
@@ -152,6 +163,7 @@ class TaskPusher:
         self._clock = clock or (lambda: datetime.now(UTC))
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
+        self._backlog_sites: set[str] = set()
 
     def wake(self) -> None:
         """Ask the pusher loop to push now (a sample was recorded)."""
@@ -163,30 +175,12 @@ class TaskPusher:
             self.settings.base_url(), self.settings.signing_secret, site, image_id, exp
         )
 
-    async def push(self, sample: store.Sample) -> int:
-        """Create the sample's Label Studio task (once) and record its id."""
-        attributes = {tracing.ATTR_SITE: sample.site_id, tracing.ATTR_IMAGE: sample.image_id}
-        with tracing.tracer_for(self.settings, __name__).start_as_current_span(
-            "annotation.push", attributes=attributes
-        ):
-            return await self._push_once(sample)
-
-    async def _push_once(self, sample: store.Sample) -> int:
-        project = await self.registry.site(sample.site_id)
-        async with self._lock:
-            current = await store.call(
-                store.get_sample, self.engine, sample.site_id, sample.image_id
-            )
-            if current is not None and current.task_id is not None:
-                sample.task_id, sample.project_id = current.task_id, current.project_id
-                return current.task_id
-            return await self._push(project, sample)
-
-    def _task(self, sample: store.Sample, boxes_json: str | None) -> dict[str, Any]:
+    def _task(self, sample: store.Sample, boxes_json: str | None, batch_id: str) -> dict[str, Any]:
         task: dict[str, Any] = {
             "data": {
                 "image": self.image_link(sample.site_id, sample.image_id),
                 "defectloop_key": sample.key,
+                "defectloop_batch": batch_id,
                 "site": sample.site_id,
                 "camera": sample.camera_id,
                 "image_id": sample.image_id,
@@ -206,42 +200,103 @@ class TaskPusher:
             ]
         return task
 
-    async def _push(self, project: SiteProject, sample: store.Sample) -> int:
-        client = project.client
-        task_id = await client.find_task(project.project_id, sample.key)
-        if task_id is None:
-            boxes = await store.call(store.sample_boxes, self.engine, sample.key)
-            ids = await client.import_tasks(project.project_id, [self._task(sample, boxes)])
-            if len(ids) != 1:
-                raise InvalidInputError(f"Label Studio returned {len(ids)} task ids for one task")
-            task_id = ids[0]
-        if sample.annotators > 1:  # also after a crash between the import and this call
-            await client.set_overlap(task_id, sample.annotators)
-        row = await store.call(
-            store.mark_pushed, self.engine, sample.key, task_id, project.project_id, self._clock()
-        )
-        sample.task_id, sample.project_id, sample.pushed_at = (
-            row.task_id,
-            row.project_id,
-            row.pushed_at,
-        )
-        log.info(
-            "task_pushed",
-            site_id=sample.site_id,
-            image_id=sample.image_id,
-            task_id=task_id,
-            project_id=project.project_id,
-            overlap=sample.annotators,
-        )
-        return task_id
+    async def push_batch(self, samples: list[store.Sample]) -> int:
+        """Create the tasks of ``samples`` (one site's, each once) and record their ids; how many
+        were recorded. Raises what Label Studio raised (the samples stay pending)."""
+        if not samples:
+            return 0
+        site = samples[0].site_id
+        attributes: dict[str, str | int] = {
+            tracing.ATTR_SITE: site,
+            tracing.ATTR_BATCH_SIZE: len(samples),
+        }
+        with tracing.tracer_for(self.settings, __name__).start_as_current_span(
+            "annotation.push", attributes=attributes
+        ):
+            project = await self.registry.site(site)
+            async with self._lock:
+                return await self._push_batch(project, samples)
 
-    async def push_pending(self) -> int:
-        """Push every pending sample, oldest first; raises when Label Studio stays down."""
-        pushed = 0
-        for sample in await store.call(store.unpushed, self.engine):
-            try:
-                await self.push(sample)
-            except PermanentError as exc:  # this sample only; the others still go
+    async def _push_batch(self, project: SiteProject, samples: list[store.Sample]) -> int:
+        client, site = project.client, samples[0].site_id
+        # Already pushed (another push got there first): skip; in flight before: look up.
+        current = await store.call(store.task_ids_of, self.engine, [s.key for s in samples])
+        todo = [s for s in samples if current.get(s.key) is None]
+        attempts = await store.call(store.push_attempts, self.engine, [s.key for s in todo])
+        task_ids: dict[str, int] = {}
+        for batch_id in sorted({a.batch_id for a in attempts.values()}):
+            found = await client.find_tasks(project.project_id, "defectloop_batch", batch_id)
+            recovered = {
+                k: found[k] for k, a in attempts.items() if a.batch_id == batch_id and k in found
+            }
+            task_ids.update(recovered)
+            if recovered:
+                log.warning(
+                    "task_push_recovered",
+                    site_id=site,
+                    project_id=project.project_id,
+                    batch_id=batch_id,
+                    tasks=len(recovered),
+                )
+        fresh = [s for s in todo if s.key not in task_ids]
+        if fresh:
+            batch_id = uuid.uuid4().hex
+            boxes = await store.call(store.sample_boxes_of, self.engine, [s.key for s in fresh])
+            payload = [self._task(s, boxes.get(s.key), batch_id) for s in fresh]
+            await store.call(
+                store.mark_in_flight,
+                self.engine,
+                [s.key for s in fresh],
+                batch_id,
+                project.project_id,
+                self._clock(),
+            )
+            ids = await client.import_tasks(project.project_id, payload)
+            if len(ids) != len(fresh):
+                raise InvalidInputError(
+                    f"Label Studio returned {len(ids)} task ids for {len(fresh)} tasks"
+                )
+            task_ids.update({s.key: i for s, i in zip(fresh, ids, strict=True)})
+        by_key = {s.key: s for s in todo}
+        # Overlap before the record: a crash in between repeats the (idempotent) PATCH.
+        await asyncio.gather(
+            *(
+                client.set_overlap(task_id, by_key[key].annotators)
+                for key, task_id in task_ids.items()
+                if by_key[key].annotators > 1
+            )
+        )
+        if not task_ids:
+            return 0
+        rows = await store.call(
+            store.mark_pushed_many, self.engine, task_ids, project.project_id, self._clock()
+        )
+        for row in rows:
+            sample = by_key[row.key]
+            sample.task_id, sample.project_id, sample.pushed_at = (
+                row.task_id,
+                row.project_id,
+                row.pushed_at,
+            )
+        log.info(
+            "tasks_pushed",
+            site_id=site,
+            project_id=project.project_id,
+            tasks=len(rows),
+            recovered=len(task_ids) - len(fresh),
+            overlap=sum(1 for s in todo if s.annotators > 1),
+            first_task_id=min(task_ids.values()),
+        )
+        return len(rows)
+
+    async def _push_or_split(self, batch: list[store.Sample]) -> int:
+        """Push a batch; when Label Studio refuses it (4xx), push its samples one by one so only
+        the bad ones are left out (each logged), as a lone push would do."""
+        try:
+            return await self.push_batch(batch)
+        except PermanentError as exc:
+            if len(batch) == 1:
+                sample = batch[0]
                 log.error(
                     "task_push_failed",
                     site_id=sample.site_id,
@@ -249,9 +304,41 @@ class TaskPusher:
                     reason=exc.reason,
                     error=str(exc)[:300],
                 )
-                continue
-            pushed += 1
+                return 0
+            log.warning(
+                "task_batch_refused",
+                site_id=batch[0].site_id,
+                tasks=len(batch),
+                reason=exc.reason,
+                error=str(exc)[:300],
+            )
+        pushed = 0
+        for sample in batch:
+            pushed += await self._push_or_split([sample])
         return pushed
+
+    async def push_pending(self) -> int:
+        """Push every pending sample in per-site batches, oldest batch first; raises when Label
+        Studio stays down (what is left stays pending)."""
+        pending = await store.call(store.unpushed, self.engine)
+        try:
+            pushed = 0
+            for batch in batches(pending, self.settings.push_batch_size):
+                pushed += await self._push_or_split(batch)
+            return pushed
+        finally:
+            await self.report_backlog()
+
+    async def report_backlog(self) -> dict[str, int]:
+        """Set the ``annotation_sync_unpushed`` gauge (per site) from the store; log it when
+        samples are waiting."""
+        counts = await store.call(store.unpushed_counts, self.engine)
+        self._backlog_sites |= set(counts)
+        for site in self._backlog_sites:  # a site that caught up reads 0, not a stale value
+            ANNOTATION_UNPUSHED.labels(site).set(counts.get(site, 0))
+        if counts:
+            log.info("task_push_backlog", unpushed=sum(counts.values()), per_site=counts)
+        return counts
 
     async def run(self) -> None:
         """Push pending samples whenever woken (or every poll period); retry after failures."""
@@ -275,3 +362,13 @@ class TaskPusher:
                 log.exception("task_push_crashed")
                 await asyncio.sleep(self.settings.push_retry_s)
                 self._wake.set()
+
+
+def batches(pending: list[store.Sample], size: int) -> list[list[store.Sample]]:
+    """``pending`` (oldest first) cut into per-site batches of at most ``size``, ordered by each
+    batch's oldest sample: a site's backlog never starves another's newer samples for long."""
+    per_site: dict[str, list[store.Sample]] = {}
+    for sample in pending:
+        per_site.setdefault(sample.site_id, []).append(sample)
+    cut = [rows[i : i + size] for rows in per_site.values() for i in range(0, len(rows), size)]
+    return sorted(cut, key=lambda b: (store.as_utc(b[0].created_at), b[0].key))

@@ -93,6 +93,13 @@ class AnnotationSyncSettings(ServiceSettings):
         None, description="Base URL Label Studio posts webhooks to (default public_base_url)."
     )
     poll_interval_s: float = Field(30.0, gt=0, description="Reconciliation poll period.")
+    push_batch_size: int = Field(
+        50,
+        ge=1,
+        le=1000,
+        description="Most tasks imported into Label Studio in one request (and recorded in one "
+        "transaction).",
+    )
     push_retry_s: float = Field(
         5.0, gt=0, description="Wait before pushing pending tasks again after Label Studio failed."
     )

@@ -9,6 +9,9 @@
   pre-annotation), so the Kafka handler only records and the pusher pushes later.
 - ``annsync_label_request``: ``labels.requested`` from the monitor (once per ``request_id``), and
   ``annsync_request_sample`` the random-stratum samples drawn while each request was active.
+- ``annsync_push_attempt``: samples whose task import is (or was, when we crashed) in flight, with
+  the batch they went in; the pusher looks only these up in Label Studio before importing again.
+  A table of its own rather than a column: ``create_all`` adds it to an existing database.
 
 Every function here is blocking (a database round trip): async code calls them through
 ``asyncio.to_thread`` (:func:`call`), so no write ever runs on the event loop.
@@ -128,6 +131,15 @@ class RequestSample(SQLModel, table=True):
     image_id: str
 
 
+class PushAttempt(SQLModel, table=True):
+    __tablename__ = "annsync_push_attempt"
+
+    key: str = Field(primary_key=True, description="<site>/<image_id> of the sample.")
+    batch_id: str = Field(index=True, description="`defectloop_batch` of the imported tasks.")
+    project_id: int
+    attempted_at: datetime = Field(default_factory=_now)
+
+
 def as_utc(value: datetime) -> datetime:
     """SQLite returns naive datetimes: they are UTC."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
@@ -175,6 +187,27 @@ def unpushed(engine: Engine, limit: int | None = None) -> list[Sample]:
         if limit is not None:
             q = q.limit(limit)
         return list(s.exec(q))
+
+
+def unpushed_counts(engine: Engine) -> dict[str, int]:
+    """Samples without a task yet, per site (the backlog ops watches)."""
+    with Session(engine) as s:
+        rows = s.exec(
+            select(Sample.site_id, func.count())
+            .where(col(Sample.task_id).is_(None))
+            .group_by(col(Sample.site_id))
+        )
+        return {site: int(n) for site, n in rows}
+
+
+def push_attempts(engine: Engine, keys: Iterable[str]) -> dict[str, PushAttempt]:
+    """The in-flight imports among ``keys`` (a crash or a lost answer left them unrecorded)."""
+    wanted = list(keys)
+    if not wanted:
+        return {}
+    with Session(engine) as s:
+        rows = s.exec(select(PushAttempt).where(col(PushAttempt.key).in_(wanted)))
+        return {r.key: r for r in rows}
 
 
 def latest_version(engine: Engine, ls_annotation_id: int, site: str) -> AnnotationRecord | None:
@@ -278,26 +311,55 @@ def record_sample(
         return found
 
 
-def sample_boxes(engine: Engine, key: str) -> str | None:
+def sample_boxes_of(engine: Engine, keys: list[str]) -> dict[str, str]:
+    """The kept pre-annotation boxes (JSON) of each sample key that has them."""
     with Session(engine) as s:
-        row = s.get(SampleBoxes, key)
-        return row.boxes_json if row is not None else None
+        rows = s.exec(select(SampleBoxes).where(col(SampleBoxes.key).in_(keys)))
+        return {r.key: r.boxes_json for r in rows}
 
 
-def mark_pushed(engine: Engine, key: str, task_id: int, project_id: int, at: datetime) -> Sample:
-    """Record the sample's Label Studio task; its kept boxes are no longer needed."""
+def task_ids_of(engine: Engine, keys: list[str]) -> dict[str, int | None]:
+    """The recorded task id (None while pending) of each sample key."""
     with Session(engine) as s:
-        row = s.get(Sample, key)
-        if row is None:
-            raise LookupError(f"no sample {key}")
-        row.task_id, row.project_id, row.pushed_at = task_id, project_id, at
-        s.add(row)
-        boxes = s.get(SampleBoxes, key)
-        if boxes is not None:
-            s.delete(boxes)
+        rows = s.exec(select(Sample).where(col(Sample.key).in_(keys)))
+        return {r.key: r.task_id for r in rows}
+
+
+def mark_in_flight(
+    engine: Engine, keys: Iterable[str], batch_id: str, project_id: int, at: datetime
+) -> None:
+    """Record (one transaction) that ``keys`` are about to be imported as batch ``batch_id``."""
+    with Session(engine) as s:
+        for key in keys:
+            row = s.get(PushAttempt, key) or PushAttempt(
+                key=key, batch_id=batch_id, project_id=project_id
+            )
+            row.batch_id, row.project_id, row.attempted_at = batch_id, project_id, at
+            s.add(row)
         s.commit()
-        s.refresh(row)
-        return row
+
+
+def mark_pushed_many(
+    engine: Engine, task_ids: dict[str, int], project_id: int, at: datetime
+) -> list[Sample]:
+    """Record the Label Studio task of each sample key in one transaction (its kept boxes and
+    in-flight mark go with it); the updated rows, in ``task_ids`` order."""
+    with Session(engine) as s:
+        rows: list[Sample] = []
+        for key, task_id in task_ids.items():
+            row = s.get(Sample, key)
+            if row is None:
+                raise LookupError(f"no sample {key}")
+            row.task_id, row.project_id, row.pushed_at = task_id, project_id, at
+            s.add(row)
+            rows.append(row)
+            for extra in (s.get(SampleBoxes, key), s.get(PushAttempt, key)):
+                if extra is not None:
+                    s.delete(extra)
+        s.commit()
+        for row in rows:
+            s.refresh(row)
+        return rows
 
 
 def record_annotation(engine: Engine, record: AnnotationRecord, supersedes: str | None) -> None:

@@ -9,6 +9,7 @@ Every error answer is ``{"error": <reason>, "detail": <for people>, "hint": <wha
   status phrase in snake_case (``not_found``, ``method_not_allowed``) unless ``detail`` is a
   ``{"error", "detail", "hint"}`` mapping;
 - a request that fails FastAPI's validation -> 422 ``invalid_request`` naming each field;
+- a client that hung up before its body ended -> 400 ``client_disconnected`` (one log line);
 - anything else -> 500 ``internal_error`` (logged with its traceback; nothing internal leaks).
 """
 
@@ -22,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from defectloop.common.errors import (
     DefectloopError,
@@ -133,6 +135,13 @@ def install_error_handlers(app: FastAPI, *, retry_after_s: int = DEFAULT_RETRY_A
             _validation_detail(exc),
             "check the path, query, headers and body against /docs",
         )
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, _: ClientDisconnect) -> JSONResponse:
+        # A client that hung up before its body ended (a slow-loris giving up, a gateway timing
+        # out) is not a server error: it was a 500 with a traceback per connection.
+        log.info("request_client_disconnected", path=request.url.path)
+        return error_response(400, "client_disconnected", "the client closed before its body ended")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -7,14 +7,10 @@ started without waiting for the broker: the app serves while Kafka is down, uplo
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
-from starlette.requests import ClientDisconnect
+from fastapi import FastAPI
 
 from defectloop.common.blobstore import open_blob_store
-from defectloop.common.http_errors import error_response
 from defectloop.common.kafka_connection import BackgroundConnection
-from defectloop.common.logging import get_logger
 from defectloop.common.service import build_service_app, serve
 from defectloop.ingest.api import router
 from defectloop.ingest.outbox import ImageLocks, Republisher
@@ -23,15 +19,6 @@ from defectloop.ingest.publisher import EventPublisher
 from defectloop.ingest.ratelimit import UploadLimiter
 from defectloop.ingest.records import ImageStore, open_database
 from defectloop.ingest.settings import IngestSettings
-
-log = get_logger(__name__)
-
-
-async def client_disconnected(request: Request, exc: Exception) -> JSONResponse:
-    """A client that hung up before its body ended (a slow-loris giving up, a gateway timing
-    out) is not a server error: without this it was a 500 with a traceback per connection."""
-    log.info("upload_client_disconnected", path=request.url.path)
-    return error_response(400, "client_disconnected", "the client closed before its body ended")
 
 
 def build_app(settings: IngestSettings) -> FastAPI:
@@ -79,7 +66,6 @@ def build_app(settings: IngestSettings) -> FastAPI:
         outbox=outbox,
     )
     app.include_router(router)
-    app.add_exception_handler(ClientDisconnect, client_disconnected)
     return app
 
 

@@ -107,6 +107,12 @@ class Evaluator:
         # site's frame count then (held labels are judged again when frames arrive).
         self._held: dict[str, bool] = {}
         self._frames_at: dict[str, int] = {}
+        # Frames left out because their camera went quiet (image id -> camera, its frame count
+        # then): not final, a lagging partition is not a dead camera; judged again only once that
+        # camera sends frames, so a dead camera costs no re-judging. Per performance cursor: the
+        # quiet cameras and their counts at its last judgement (new frames there trigger one).
+        self._quiet: dict[str, tuple[str, int]] = {}
+        self._quiet_at: dict[str, dict[str, int]] = {}
 
     def run_once(self, now: datetime) -> list[Event]:
         """Evaluate every site once; the events to publish (also saved in the store's outbox)."""
@@ -292,8 +298,19 @@ class Evaluator:
         departed on its own around them) or held (not judged yet), and how many are held. See
         :class:`_FrameJudge`."""
         s = self.settings
-        todo = [r for r in rows if r.image_id not in self._left_out]
-        skipped = {r.image_id for r in rows if self._left_out.get(r.image_id, False)}
+        # Counted before the frames are read: a frame recorded in between is judged again later.
+        seen = {
+            camera: self._camera_frames(site_id, camera) for camera in self.store.cameras(site_id)
+        }
+        still_quiet = {
+            r.image_id
+            for r in rows
+            if (q := self._quiet.get(r.image_id)) is not None and seen.get(q[0]) == q[1]
+        }
+        todo = [
+            r for r in rows if r.image_id not in self._left_out and r.image_id not in still_quiet
+        ]
+        skipped = {r.image_id for r in rows if self._left_out.get(r.image_id, False)} | still_quiet
         if not todo:
             return frozenset(skipped), 0
         since = min(r.captured_at for r in todo)
@@ -318,6 +335,10 @@ class Evaluator:
             counts[verdict] += 1
             if verdict is not _Verdict.COUNTED:
                 skipped.add(r.image_id)
+            if verdict is _Verdict.QUIET:
+                self._quiet[r.image_id] = (r.camera_id, seen.get(r.camera_id, 0))
+            else:
+                self._quiet.pop(r.image_id, None)
             if final:
                 self._left_out[r.image_id] = verdict is _Verdict.LEFT_OUT
         log.info(
@@ -325,8 +346,15 @@ class Evaluator:
             site_id=site_id,
             **{str(v): n for v, n in counts.items()},
             left_out_total=sum(self._left_out.get(r.image_id, False) for r in rows),
+            quiet_total=len(still_quiet) + counts[_Verdict.QUIET],
         )
         return frozenset(skipped), counts[_Verdict.HELD]
+
+    def _camera_frames(self, site_id: str, camera_id: str) -> int:
+        """How many frames (accepted and rejected) the camera sent so far."""
+        return self.store.count_captured(site_id, camera_id=camera_id) + self.store.count_rejected(
+            site_id, camera_id=camera_id
+        )
 
     def _camera_span(
         self, site_id: str, camera_id: str, since: datetime
@@ -439,13 +467,23 @@ class Evaluator:
         # Held labels are judged again once as many new frames came as a label cadence, not at
         # every frame (each judgement reads the labels' frames back).
         waiting = self._held.get(name, True) and frames - self._frames_at.get(name, -every) >= every
-        if not baseline or not (arrived or waiting):
+        woken = any(
+            self._camera_frames(site, camera) != count
+            for camera, count in self._quiet_at.get(name, {}).items()
+        )
+        if not baseline or not (arrived or waiting or woken):
             return
         if arrived:
             run.cursors[name] = arrived[-1]
         rows = history.rows()
         skipped, held = self._frames_not_counted(site, rows)
         self._held[name], self._frames_at[name] = held > 0, frames
+        row_ids = {r.image_id for r in rows}
+        self._quiet_at[name] = {
+            camera: count
+            for image_id, (camera, count) in self._quiet.items()
+            if image_id in row_ids
+        }
         # Replayed in the order the labels came: a batch of 200 labels is 20 evaluations, as if
         # they had trickled in, so the M-of-N rule does not depend on how Kafka batched them.
         counted = sorted(
@@ -564,6 +602,7 @@ class _Verdict(StrEnum):
     COUNTED = "counted"
     LEFT_OUT = "left_out"
     HELD = "held"
+    QUIET = "quiet"  # left out until its camera sends frames again
 
 
 class _Timeline:
@@ -601,8 +640,11 @@ class _FrameJudge:
     * ``LEFT_OUT``: either window departs on its own (isolated), e.g. a blurred camera's frame;
     * ``HELD``: neither departs yet, but fewer than ``min(window, policy.min_window)`` frames of
       the camera follow it (or the frame itself is not recorded yet): it cannot be told from the
-      first frame of a fault, so it is not counted until they arrive (left out for good if every
-      peer sends a whole window more meanwhile: its camera went quiet);
+      first frame of a fault, so it is not counted until they arrive;
+    * ``QUIET``: held, but every peer sent a whole window more meanwhile: its camera went quiet,
+      or its frames lag (a partition read later, a read between two recorded batches). Left out,
+      never counted unjudged, but not for good: judged again once its camera sends frames (a
+      final leave-out lost a lagging camera's labels for good: the service test, CI);
     * ``COUNTED`` otherwise; frames of a camera's own reference (its first frames) always count.
 
     A verdict is *final* (cached by the evaluator) once the forward window is full and every
@@ -658,13 +700,14 @@ class _FrameJudge:
         if any(self._departs(camera_id, *span) for span in windows):
             return _Verdict.LEFT_OUT, final
         if i + short > n:
-            # Its camera went quiet while every peer sent a whole window more: the frame will not
-            # be judged in any useful time, so it is left out for good (never counted unjudged).
+            # Its camera went quiet (or lags) while every peer sent a whole window more: left out
+            # (never counted unjudged) until its camera sends frames again, not held: a dead
+            # camera must not keep the evaluator re-judging at every label cadence.
             peers = [t for c, t in self.timelines.items() if c != camera_id]
             if peers and all(
                 len(t.times) - bisect.bisect_right(t.times, captured_at) >= w for t in peers
             ):
-                return _Verdict.LEFT_OUT, True
+                return _Verdict.QUIET, False
             return _Verdict.HELD, False
         return _Verdict.COUNTED, final
 

@@ -420,6 +420,11 @@ async def test_blurred_cameras_labels_published_before_its_frames_open_no_perfor
             timeout_s=180,
         )
 
+        # 640: the 600 calm labels (less cam-3's last calm frames, whose windows reach into the
+        # blur) and the older half of cam-1's and cam-2's fault labels; their newest 50 each stay
+        # held (no frames of their camera after them), cam-3's blurred ones are left out. Every
+        # camera's frames may arrive after its peers' (one partition read later): see
+        # test_monitor_lagging_camera.py.
         async def counted() -> bool:
             state = await monitor.get(f"/v1/sites/{site_id}/evaluation")
             seen = state["observations_evaluated"].get(f"performance-counted/{site_id}/v1", 0)

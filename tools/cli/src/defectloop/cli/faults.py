@@ -163,8 +163,10 @@ class Stack:
     def start(self) -> None:
         self.say(f"starting an isolated Kafka broker on {self.layout.bootstrap}")
         kafka_local.start(self.layout, partitions=3)
-        for name in self.specs:
-            self.start_service(name)
+        for spec in self.specs.values():  # both start at once, then both are waited for
+            supervisor.start_service(spec, env=self.env, home=self.home, traces=False)
+        for spec in self.specs.values():
+            supervisor.wait_healthy(spec, timeout_s=120, home=self.home)
 
     def start_service(self, name: str) -> None:
         spec = self.specs[name]

@@ -7,7 +7,7 @@ import asyncio
 import os
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +52,12 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = old
+
+
+def _gone_is_fine(function: Callable[..., object], path: str, exc_info: tuple[Any, ...]) -> None:
+    error = exc_info[1]
+    if not isinstance(error, FileNotFoundError):
+        raise error
 
 
 def _refuse_taken_ports(ports: DemoPorts, specs: Sequence[supervisor.ServiceSpec]) -> None:
@@ -120,7 +126,9 @@ def run_demo(
     with _environment(env):
         if home.exists():  # a previous demo kept running (--keep): stop it, start afresh
             stack_down(specs)
-            shutil.rmtree(home)
+            # A process of the old stack may still be closing a file (a SQLite -shm): what
+            # vanishes while we delete it is gone anyway.
+            shutil.rmtree(home, onerror=_gone_is_fine)
         _refuse_taken_ports(ports, specs)
         home.mkdir(parents=True)
         _seed_label_studio(home)

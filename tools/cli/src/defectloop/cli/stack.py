@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -157,12 +158,32 @@ def stack_down(services: tuple[supervisor.ServiceSpec, ...] | None = None) -> No
     for spec in reversed(services or supervisor.SERVICES):
         if supervisor.stop_service(spec):
             console.print(f"stopped {spec.name}")
+    for pid in stop_training_runs(state_home() / "trainer-jobs" / "runs"):
+        console.print(f"stopped training run {pid}")
     if labelstudio_local.stop(labelstudio_local.default_layout()):
         console.print("stopped label-studio")
     if zipkin_local.stop(zipkin_local.default_layout()):
         console.print("stopped zipkin")
     if kafka_local.stop(kafka_local.default_layout()):
         console.print("stopped kafka")
+
+
+def stop_training_runs(root: Path) -> list[int]:
+    """SIGTERM the trainer's training runs still alive under ``root`` (``<run>/pid``).
+
+    A run lives in its own session so that it outlives a killed trainer (the restarted trainer
+    resumes it); stopping the stack must stop it too, or it keeps writing into a state directory
+    that the next ``defectloop demo`` wipes.
+    """
+    stopped = []
+    for pid_file in sorted(root.glob("*/*/pid")):
+        try:
+            pid = int(json.loads(pid_file.read_text())["pid"])
+            os.killpg(pid, signal.SIGTERM)
+        except (OSError, ValueError, KeyError):
+            continue  # already gone, or not a run's pid file
+        stopped.append(pid)
+    return stopped
 
 
 def status_table() -> tuple[Table, bool]:

@@ -416,19 +416,11 @@ async def test_inference_dead_letters_poison_and_predicts_the_image_after_it(
         await check(kafka_bootstrap, unique_group, case, sent, already_running)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,  # the wait for the commit past the huge record times out
-    reason="a record over ~780 KB cannot be dead-lettered: DeadLetterPublisher base64-encodes the "
-    "whole value into a DLQ envelope over the 1 MiB request limit, the send raises "
-    "MessageSizeTooLargeError, the record is re-read and its partition is blocked for good "
-    "(fix in common.kafka.DeadLetterPublisher: cap original_value_b64, keep size + sha256)",
-)
 async def test_a_huge_poison_is_dead_lettered_and_the_partition_keeps_flowing(
     tmp_path: Path, unique_group: str
 ) -> None:
-    # On a broker of its own: while the bug stands, the huge record blocks its partition for
-    # every consumer group that reads the topic from the beginning (every later test's).
+    # On a broker of its own: were the letter too large to send again, the huge record would
+    # block its partition for every consumer group reading the topic from the beginning.
     from defectloop.cli import kafka_local
     from defectloop.testing.net import free_port
 

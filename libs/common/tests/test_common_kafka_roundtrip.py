@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import uuid
 from collections.abc import AsyncIterator
 
@@ -151,6 +152,8 @@ async def test_poison_messages_go_to_the_dlq_and_the_partition_keeps_flowing(
     assert reasons == ["schema_violation", "test_refusal"]
     poison = next(letter for letter in letters if letter.reason == "schema_violation")
     assert base64.b64decode(poison.original_value_b64) == b"{not json"
+    assert (poison.original_size, poison.original_value_kept) == (9, 9)
+    assert poison.original_sha256 == hashlib.sha256(b"{not json").hexdigest()
     assert poison.source_topic == topics.IMAGE_REJECTED
     assert poison.service == "dlq-consumer"
 

@@ -414,8 +414,19 @@ class DeadLetter(BaseModel):
     original_headers: dict[str, str] = Field(
         default_factory=dict, description="The original Kafka headers."
     )
-    original_value_b64: str = Field(..., description="The original message bytes, base64.")
+    original_value_b64: str = Field(
+        ...,
+        description="The original message bytes, base64; only their first "
+        "original_value_kept bytes when the message was too large to copy whole.",
+    )
     site_id: str | None = Field(None, description="Site from the message key, when known.")
+    original_size: int | None = Field(None, ge=0, description="Size of the original value.")
+    original_sha256: str | None = Field(
+        None, description="sha256 (hex) of the whole original value."
+    )
+    original_value_kept: int | None = Field(
+        None, ge=0, description="Bytes of the value in original_value_b64 (< size: truncated)."
+    )
 
 
 EVENT_MODELS: tuple[type[Event], ...] = (

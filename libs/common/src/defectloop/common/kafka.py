@@ -19,6 +19,7 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import time
 import weakref
@@ -166,6 +167,10 @@ async def publish_events(
     await asyncio.gather(*acks)
 
 
+DLQ_VALUE_BYTES = 256 * 1024
+"""The most of a dead-lettered value copied into its letter (base64: 4/3 of it)."""
+
+
 class DeadLetterPublisher:
     """Sends what a consumer cannot process to ``<topic>.dlq`` with one reason."""
 
@@ -183,6 +188,9 @@ class DeadLetterPublisher:
         }
         value: bytes = record.value or b""
         key: bytes | None = record.key
+        # A copy must fit one produce request (1 MiB): a letter that cannot be sent leaves the
+        # record uncommitted, re-read for ever, and its partition blocked for every group.
+        kept = value[:DLQ_VALUE_BYTES]
         letter = DeadLetter(
             source_topic=record.topic,
             partition=record.partition,
@@ -192,8 +200,11 @@ class DeadLetterPublisher:
             error=error[:8192],
             service=self._service,
             original_headers=headers,
-            original_value_b64=base64.b64encode(value).decode(),
+            original_value_b64=base64.b64encode(kept).decode(),
             site_id=_site_from_key(key),
+            original_size=len(value),
+            original_sha256=hashlib.sha256(value).hexdigest(),
+            original_value_kept=len(kept),
         )
         await self._broker.publish(
             letter.model_dump_json().encode(),

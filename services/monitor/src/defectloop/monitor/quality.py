@@ -198,27 +198,11 @@ def departure(
     )
 
 
-def _moving(peer: CameraDeparture, feature: str, policy: QualityPolicy) -> bool:
-    """The peer departs on ``feature`` too, or has not settled on it (the exit rule's level).
-
-    A departure is isolated only when the peers clearly stay put: with the small windows of a
-    few cameras a site-wide change often passes the entry test on one camera (p = 0.0002) and
-    falls just short on the next (p = 0.004), and calling that one camera's fault would hide a
-    site-wide drift from the site's drift and performance checks.
-    """
-    if feature in peer.departed:
-        return True
-    return any(
-        t.feature == feature and t.p_value < policy.exit_alpha and t.effect > policy.exit_effect
-        for t in peer.tests
-    )
-
-
 def isolated_features(
     found: CameraDeparture, peers: Sequence[CameraDeparture], policy: QualityPolicy
 ) -> tuple[str, ...]:
     """The features ``found`` departs on that fewer than ``max_peer_share`` of ``peers`` (the
-    site's other cameras with enough frames, over the same time) move on too (:func:`_moving`)."""
+    site's other cameras with enough frames, over the same time) depart on too."""
     isolated = []
     for feature in found.departed:
         if not peers:
@@ -226,7 +210,7 @@ def isolated_features(
             if feature == REJECTION_RATE:
                 isolated.append(feature)
             continue
-        moving = sum(_moving(p, feature, policy) for p in peers) / len(peers)
+        moving = sum(feature in p.departed for p in peers) / len(peers)
         if moving < policy.max_peer_share:
             isolated.append(feature)
     return tuple(isolated)

@@ -33,7 +33,9 @@ def record_fields(raw: Any) -> dict[str, Any]:
         return {}
     first = records[0]
     fields = {
-        name: getattr(first, name) for name in ("topic", "partition", "offset") if hasattr(first, name)
+        name: getattr(first, name)
+        for name in ("topic", "partition", "offset")
+        if hasattr(first, name)
     }
     if isinstance(raw, tuple):
         fields["batch_size"] = len(records)

@@ -35,13 +35,14 @@ from defectloop.testing.net import free_port
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.slow,
-    # Not in CI yet, on purpose and visibly: the loop has not completed once on the 2-core machine
-    # (B's fine-tune alone ran 30-60 s an epoch under load), and two of its checks are known to
-    # fail today (B's lighting drift raises recall and drops precision; C's unblurred camera got a
-    # data_quality incident). See docs/demo.md. Run it with DEFECTLOOP_RUN_CLOSED_LOOP=1.
+    # Not in CI yet, on purpose and visibly: in this session's runs the loop detects and retrains
+    # B (performance incident under 3 min after the drift), but the quick scenario's fine-tune
+    # (54 images) forgets the other sites and its gates refuse it, so nothing is promoted; the
+    # next steps are in docs/demo.md. Run it with DEFECTLOOP_RUN_CLOSED_LOOP=1.
     pytest.mark.skipif(
         os.environ.get("DEFECTLOOP_RUN_CLOSED_LOOP") != "1",
-        reason="closed-loop e2e not yet green (docs/demo.md): DEFECTLOOP_RUN_CLOSED_LOOP=1 runs it",
+        reason="closed-loop e2e not yet green: the quick fine-tune fails its gates (docs/demo.md); "
+        "DEFECTLOOP_RUN_CLOSED_LOOP=1 runs it",
     ),
 ]
 
@@ -53,7 +54,7 @@ def _config() -> DemoConfig:
     return replace(
         quick,
         name="e2e",
-        deadline_s=600.0,
+        deadline_s=1800.0,
         heldout_images=120,
     ).with_drifts(["B:lighting::1.0", "C/cam-2:blur::0.8"])
 

@@ -6,6 +6,7 @@ from retrying a recovering dependency in lock-step.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -89,3 +90,19 @@ async def call_with_backoff(
 
     result: T = await retryer(attempt)
     return result
+
+
+async def woken(event: asyncio.Event, timeout_s: float) -> bool:
+    """Wait until ``event`` is set or ``timeout_s`` passes; True when it was set.
+
+    The periodic loops of the services (pusher, outbox, job ticks) wait like this. Python 3.11's
+    ``asyncio.wait_for(event.wait(), t)`` drops a cancellation that arrives as the event is set
+    (cpython gh-86296, fixed in 3.12): the loop then runs on and the service's shutdown, which
+    cancels and awaits it, hangs for ever. ``asyncio.timeout`` does not lose it.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True

@@ -23,7 +23,6 @@ repeats it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import uuid
 from collections.abc import Callable
@@ -41,6 +40,7 @@ from defectloop.common.errors import DefectloopError, InvalidInputError, Permane
 from defectloop.common.events import PredictionMade, ScoredBox
 from defectloop.common.logging import get_logger
 from defectloop.common.metrics import ANNOTATION_UNPUSHED
+from defectloop.common.retry import woken
 
 log = get_logger(__name__)
 
@@ -343,8 +343,7 @@ class TaskPusher:
     async def run(self) -> None:
         """Push pending samples whenever woken (or every poll period); retry after failures."""
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.settings.poll_interval_s)
+            await woken(self._wake, self.settings.poll_interval_s)
             self._wake.clear()
             try:
                 await self.push_pending()

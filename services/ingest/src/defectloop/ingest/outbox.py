@@ -26,6 +26,7 @@ from anyio import to_thread
 from defectloop.common.errors import BrokerUnavailableError, DefectloopError
 from defectloop.common.events import ImageCaptured, ImageRejected
 from defectloop.common.logging import get_logger
+from defectloop.common.retry import woken
 from defectloop.ingest.publisher import EventPublisher
 from defectloop.ingest.records import ImageRecord, ImageStore
 
@@ -110,8 +111,7 @@ class Republisher:
             if outcome is _Round.FAILED:
                 await asyncio.sleep(self.interval_s)  # Kafka down: kicks would only hammer it
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval_s)
+            await woken(self._wake, self.interval_s)
 
     async def publish_pending(self) -> _Round:
         """One pass over the outbox: images first (gateways wait for them), then rejections."""

@@ -24,7 +24,6 @@ event loop that consumes Kafka is never held by it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -35,6 +34,7 @@ from defectloop.common.blobstore import BlobStore
 from defectloop.common.errors import DefectloopError, NotFoundError
 from defectloop.common.events import LabelsRequested, MetricDegraded
 from defectloop.common.logging import get_logger
+from defectloop.common.retry import woken
 from defectloop.trainer.jobs import (
     Decision,
     Job,
@@ -139,8 +139,7 @@ class Retrainer:
             except Exception:
                 log.exception("retrain_tick_crashed")
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):  # the period elapsed: tick anyway
-                await asyncio.wait_for(self._wake.wait(), self.settings.job_tick_s)
+            await woken(self._wake, self.settings.job_tick_s)  # or the period elapsed: tick
 
     async def tick(self) -> None:
         """Advance every open job by as many steps as it can take now."""

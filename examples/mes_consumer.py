@@ -90,8 +90,18 @@ def main() -> int:
                 if msg.error().code() != KafkaError._PARTITION_EOF:
                     print(f"kafka error: {msg.error()}", file=sys.stderr)
                 continue
-            prediction = json.loads(msg.value())
-            if prediction.get("schema_version") not in KNOWN_SCHEMA_VERSIONS:
+            try:
+                prediction = json.loads(msg.value())
+                if not isinstance(prediction, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as exc:  # a record no producer of defectloop writes: skip it
+                print(
+                    f"undecodable record skipped at offset {msg.offset()}: {exc}", file=sys.stderr
+                )
+                prediction = None
+            if prediction is None:
+                pass
+            elif prediction.get("schema_version") not in KNOWN_SCHEMA_VERSIONS:
                 print(
                     f"unknown schema_version, skipped: {prediction.get('schema_version')}",
                     file=sys.stderr,

@@ -79,82 +79,39 @@ def test_counts_interval_and_mcnemar_come_from_the_paired_table() -> None:
     assert (card.champion_version, card.candidate_version) == ("v1", "v2")
 
 
+def groups(spec: str) -> list[tuple[int, bool, bool, bool]]:
+    """``"40:TTT 15:TFT"`` -> ``[(40, True, True, True), (15, True, False, True)]``: count, then
+    truth, champion and candidate (T = defective, F = good), one letter each."""
+    out = []
+    for group in spec.split():
+        count, flags = group.split(":")
+        truth, champ, cand = (flag == "T" for flag in flags)
+        out.append((int(count), truth, champ, cand))
+    return out
+
+
 SCENARIOS = {
-    # name: ((count, truth, champion says defective, candidate says defective), ...), verdict
-    "finds_more_defects": (
-        (
-            (40, True, True, True),
-            (15, True, False, True),
-            (5, True, False, False),
-            (40, False, False, False),
-        ),
-        Verdict.BETTER,
-    ),
-    "misses_more_defects": (
-        (
-            (40, True, True, True),
-            (15, True, True, False),
-            (5, True, False, False),
-            (40, False, False, False),
-        ),
-        Verdict.WORSE,
-    ),
-    "identical_on_many_labels": (
-        (
-            (270, True, True, True),
-            (30, True, False, False),
-            (180, False, False, False),
-            (20, False, True, True),
-        ),
-        Verdict.NON_INFERIOR,
-    ),
-    "fewer_false_alarms": (
-        (
-            (270, True, True, True),
-            (30, True, False, False),
-            (170, False, False, False),
-            (30, False, True, False),
-        ),
-        Verdict.BETTER,
-    ),
+    # name: (groups as ``count:<truth><champion><candidate>``, T = defective), verdict
+    "finds_more_defects": ("40:TTT 15:TFT 5:TFF 40:FFF", Verdict.BETTER),
+    "misses_more_defects": ("40:TTT 15:TTF 5:TFF 40:FFF", Verdict.WORSE),
+    "identical_on_many_labels": ("270:TTT 30:TFF 180:FFF 20:FTT", Verdict.NON_INFERIOR),
+    "fewer_false_alarms": ("270:TTT 30:TFF 170:FFF 30:FTF", Verdict.BETTER),
     # A precision incident repaired: the champion flags every part (recall 1.00 that no model can
     # beat), the candidate misses one defect in 40 and stops diverting 25 of 30 good parts.
-    "stops_diverting_good_parts": (
-        (
-            (39, True, True, True),
-            (1, True, True, False),
-            (25, False, True, False),
-            (5, False, True, True),
-        ),
-        Verdict.BETTER,
-    ),
+    "stops_diverting_good_parts": ("39:TTT 1:TTF 25:FTF 5:FTT", Verdict.BETTER),
     # The same false alarms removed, paid for with 4 defects in 40 (recall drops 0.10, margin 0.05).
-    "fewer_false_alarms_for_missed_defects": (
-        (
-            (36, True, True, True),
-            (4, True, True, False),
-            (25, False, True, False),
-            (5, False, True, True),
-        ),
-        Verdict.NOT_ENOUGH_DATA,
-    ),
-    "too_few_defective_pairs": (
-        ((10, True, False, True), (50, False, False, False)),
-        Verdict.NOT_ENOUGH_DATA,
-    ),
+    "fewer_false_alarms_for_missed_defects": ("36:TTT 4:TTF 25:FTF 5:FTT", Verdict.NOT_ENOUGH_DATA),
+    "too_few_defective_pairs": ("10:TFT 50:FFF", Verdict.NOT_ENOUGH_DATA),
     # 60 defective images, identical decisions: the paired interval (about ±0.04) still includes
     # a loss larger than the 0.02 margin
-    "straddles_the_margin": (
-        ((54, True, True, True), (6, True, False, False), (40, False, False, False)),
-        Verdict.NOT_ENOUGH_DATA,
-    ),
+    "straddles_the_margin": ("54:TTT 6:TFF 40:FFF", Verdict.NOT_ENOUGH_DATA),
 }
 
 
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_verdict(name: str) -> None:
-    groups, verdict = SCENARIOS[name]
-    card = scorecard(pairs(*groups))
+    spec, verdict = SCENARIOS[name]
+    card = scorecard(pairs(*groups(spec)))
     assert card.verdict is verdict
     assert card.recall.ci_low is not None
     assert card.recall.ci_high is not None

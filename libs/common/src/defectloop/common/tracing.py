@@ -62,6 +62,8 @@ ATTR_DEFECTIVE = "defectloop.defective"
 ATTR_ANNOTATOR = "defectloop.annotator"
 ATTR_JOB_ID = "defectloop.job_id"
 ATTR_EVENT_ID = "defectloop.event_id"
+ATTR_REPUBLISH = "defectloop.republish"
+"""True on a publish by an outbox's republisher (not by the request that recorded the event)."""
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from defectloop.common import tracing
 from defectloop.common.blobstore import open_blob_store
 from defectloop.common.kafka_connection import BackgroundConnection
 from defectloop.common.service import build_service_app, serve
@@ -49,7 +50,13 @@ def build_app(settings: IngestSettings) -> FastAPI:
     connection: BackgroundConnection = app.state.connection
     publisher = EventPublisher(connection, publish_timeout_s=settings.publish_timeout_s)
     store = ImageStore(engine)
-    outbox = Republisher(store, publisher, ImageLocks(), interval_s=settings.republish_interval_s)
+    outbox = Republisher(
+        store,
+        publisher,
+        ImageLocks(),
+        interval_s=settings.republish_interval_s,
+        tracer=tracing.tracer_for(settings, "defectloop.ingest.outbox"),
+    )
     app.state.engine = engine
     app.state.publisher = publisher
     app.state.outbox = outbox

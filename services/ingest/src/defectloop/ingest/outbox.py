@@ -9,7 +9,12 @@ were recorded), marks each published after the ack, and while Kafka is down retr
 ``republish_interval_s``. So nothing recorded stays unpublished after Kafka returns.
 
 A record is published under a per-image lock shared with the upload path, so a request and the
-republisher do not both publish the same image from this process. Across a crash or a lost
+republisher do not both publish the same image from this process. Either may win that race (the
+republisher's round can find an image between its insert and the request's publish), so an image
+record keeps its request's W3C trace context (``traceparent``/``tracestate``): the republisher
+publishes inside an ``ingest.republish`` span, child of that context and tagged
+``defectloop.republish``, and the image's trace goes on unbroken whoever published it. A record
+without one (recorded by an older ingest) starts a trace of its own, tagged with the image id. Across a crash or a lost
 acknowledgement an event can still be published twice, always with the same ``event_id`` (and
 ``image_id``): consumers dedupe on them.
 """
@@ -18,14 +23,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from enum import Enum
 
 from anyio import to_thread
 
+from defectloop.common import tracing
 from defectloop.common.errors import BrokerUnavailableError, DefectloopError
 from defectloop.common.events import ImageCaptured, ImageRejected
 from defectloop.common.logging import get_logger
+from defectloop.common.metrics import IMAGES_ACCEPTED
 from defectloop.common.retry import woken
 from defectloop.ingest.publisher import EventPublisher
 from defectloop.ingest.records import ImageRecord, ImageStore
@@ -71,7 +78,9 @@ class Republisher:
         *,
         interval_s: float,
         page: int = 100,
+        tracer: tracing.Tracer | None = None,
     ) -> None:
+        self.tracer = tracer
         self.store = store
         self.publisher = publisher
         self.locks = locks
@@ -118,7 +127,7 @@ class Republisher:
         try:
             images = await to_thread.run_sync(self.store.unpublished, self.page)
             for record in images:
-                await self.publish_image(record)
+                await self.publish_image(record, republish=True)
             rejections = await to_thread.run_sync(self.store.unpublished_rejections, self.page)
             for rejection in rejections:
                 await self.publisher.publish(
@@ -133,17 +142,49 @@ class Republisher:
         full = len(images) == self.page or len(rejections) == self.page
         return _Round.MORE if full else _Round.IDLE
 
-    async def publish_image(self, record: ImageRecord) -> bool:
+    async def publish_image(self, record: ImageRecord, *, republish: bool = False) -> bool:
         """Publish ``record``'s event unless already acknowledged (by anyone); True if this call
-        published it. Raises :class:`BrokerUnavailableError` when Kafka does not acknowledge."""
+        published it. Raises :class:`BrokerUnavailableError` when Kafka does not acknowledge.
+
+        The request publishes in its own span; the republisher (``republish``) in a span under
+        the trace context recorded with the image, so the event carries the request's trace."""
         async with self.locks.hold(record.image_id):
             current = await to_thread.run_sync(self.store.get, record.image_id)
             if current is None or current.published:
                 return False
-            try:
-                await self.publisher.publish(ImageCaptured.model_validate_json(current.event_json))
-            except BrokerUnavailableError:
-                self.kick()
-                raise
+            with self._span(current) if republish else contextlib.nullcontext():
+                try:
+                    await self.publisher.publish(
+                        ImageCaptured.model_validate_json(current.event_json)
+                    )
+                except BrokerUnavailableError:
+                    self.kick()
+                    raise
             await to_thread.run_sync(self.store.mark_published, record.image_id)
+            IMAGES_ACCEPTED.labels(current.site_id).inc()
             return True
+
+    @contextlib.contextmanager
+    def _span(self, record: ImageRecord) -> Iterator[None]:
+        """An ``ingest.republish`` span in the image's recorded trace, current while it runs (the
+        telemetry middleware injects the current span's context into the record's headers)."""
+        if self.tracer is None:
+            yield
+            return
+        carrier = {"traceparent": record.traceparent or "", "tracestate": record.tracestate or ""}
+        span = self.tracer.start_span(
+            "ingest.republish",
+            context=tracing.headers_context({k: v for k, v in carrier.items() if v}),
+            attributes={
+                tracing.ATTR_REPUBLISH: True,
+                tracing.ATTR_SITE: record.site_id,
+                tracing.ATTR_CAMERA: record.camera_id,
+                tracing.ATTR_IMAGE: record.image_id,
+            },
+        )
+        with tracing.in_span(span, end=True):
+            try:
+                yield
+            except DefectloopError as exc:
+                tracing.mark_failed(span, exc.reason, str(exc))
+                raise

@@ -37,7 +37,7 @@ from defectloop.common.events import (
     utc_now,
 )
 from defectloop.common.logging import get_logger
-from defectloop.common.metrics import IMAGES_ACCEPTED, IMAGES_REJECTED
+from defectloop.common.metrics import IMAGES_REJECTED
 from defectloop.ingest import png, quality
 from defectloop.ingest.outbox import Republisher
 from defectloop.ingest.records import ImageRecord, ImageStore, RejectionRecord
@@ -266,6 +266,10 @@ class Ingestor:
             height=analysis.header.height,
             quality=analysis.metrics.model_dump(),
             event_json=event.model_dump_json(),
+            # The request's span: whoever publishes (this request or the republisher), the
+            # image.captured record carries this trace.
+            traceparent=tracing.traceparent(),
+            tracestate=tracing.current_span().get_span_context().trace_state.to_header() or None,
         )
         with tracing.in_span(store_span, end=True):
             stored = await to_thread.run_sync(self.store.insert, record)
@@ -275,14 +279,16 @@ class Ingestor:
         return await self._deliver(stored, fresh=stored is record)
 
     async def _deliver(self, record: ImageRecord, *, fresh: bool) -> Outcome:
-        """Publish the record's event unless Kafka already acknowledged it (this request, an
-        earlier one or the republisher: a duplicate then)."""
+        """Publish the record's event unless Kafka already acknowledged it; an image recorded by
+        an earlier request (published or not by now) is a duplicate."""
         # BrokerUnavailableError -> 503; the record is kept and the republisher publishes it.
-        if record.published or not await self.outbox.publish_image(record):
+        # A record this request inserted is accepted even when the republisher's round published
+        # it first (the race the stored trace context covers): only a repeat is a duplicate.
+        published_here = not record.published and await self.outbox.publish_image(record)
+        if not (published_here or fresh):
             tracing.current_span().set_attribute(tracing.ATTR_OUTCOME, "duplicate")
             log.info("image_duplicate", image_id=record.image_id, site_id=record.site_id)
             return Outcome(record.image_id, "duplicate")
-        IMAGES_ACCEPTED.labels(record.site_id).inc()
         tracing.current_span().set_attribute(tracing.ATTR_OUTCOME, "accepted")
         log.info(
             "image_accepted",

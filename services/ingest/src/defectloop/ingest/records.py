@@ -18,13 +18,14 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, LargeBinary
+from sqlalchemy import JSON, Column, LargeBinary, inspect, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, func, select
 
 from defectloop.common.db import make_engine
+from defectloop.common.errors import ConfigError
 from defectloop.common.events import utc_now
 from defectloop.common.translate import sqlalchemy_errors
 
@@ -59,6 +60,10 @@ class ImageRecord(SQLModel, table=True):
     quality: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     status: str = "accepted"
     event_json: str = Field(description="The image.captured event, replayed verbatim on retry.")
+    traceparent: str | None = Field(
+        None, description="The upload request's W3C trace context: a republish continues it."
+    )
+    tracestate: str | None = None
     published: bool = False
     created_at: datetime = Field(default_factory=utc_now)
     published_at: datetime | None = None
@@ -103,7 +108,30 @@ def open_database(url: str) -> Engine:
             engine,
             tables=[model.__table__ for model in INGEST_TABLES],  # type: ignore[union-attr]
         )
+        _add_missing_columns(engine)
     return engine
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Add the nullable columns a database made by an older ingest lacks (``create_all`` makes
+    missing tables only): e.g. ``ingest_image.traceparent``. Only nullable columns are ever added
+    this way, so existing rows stay valid (NULL: no trace context recorded)."""
+    inspector = inspect(engine)
+    for model in INGEST_TABLES:
+        table = model.__table__  # type: ignore[union-attr]
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        missing = [c for c in table.columns if c.name not in present]
+        if not missing:
+            continue
+        with engine.begin() as conn:
+            for column in missing:
+                if not column.nullable:
+                    raise ConfigError(
+                        f"{table.name}.{column.name} is missing and cannot be added (not null)",
+                        hint="migrate the ingest database by hand, or start from a fresh one",
+                    )
+                kind = column.type.compile(dialect=engine.dialect)
+                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
 
 
 class ImageStore:

@@ -9,8 +9,10 @@ naming what was wrong), the valid event is not, and the group's committed offset
 record published (so a restarted instance re-reads none of them: nothing is re-delivered, the
 partition kept flowing). Inference also shows the valid image predicted after its poison.
 
-``model.deployed`` as inference and the trainer read it (a compacted table, no consumer group) is
-covered by ``libs/common/tests`` (``CompactedTableFollower``), not here.
+``model.deployed`` as inference reads it (a compacted table, no consumer group): poison rows on a
+site's champion key are dead-lettered by inference, a deployment of a bundle that does not exist
+is refused, and the champion that served before keeps predicting (the follower itself is covered
+by ``libs/common/tests``; the monitor reads the topic in a group, in the cases above).
 """
 
 from __future__ import annotations
@@ -449,3 +451,69 @@ async def huge_poison_then_valid(
     ]
     app = service_app(case.service, bootstrap, tmp_path, group)
     await check(bootstrap, group, case, sent, lambda: running(app), timeout_s=30)
+
+
+async def test_inference_keeps_its_champion_through_poison_deployments(
+    pipeline: Callable[..., AbstractAsyncContextManager[Pipeline]],
+    kafka_bootstrap: str,
+    producer: AIOKafkaProducer,
+) -> None:
+    topic = topics.MODEL_DEPLOYED
+    async with pipeline() as p, httpx.AsyncClient() as client:
+        key = f"{p.site}/{ModelRole.CHAMPION.value}".encode()  # the row of the serving champion
+        sent = [
+            await publish_raw(producer, topic, key, kind, value)
+            for kind, value in poisons(topic, p.site).items()
+        ]
+        # Schema-valid, but its bundle does not exist: refused by the router, not dead-lettered.
+        missing = valid_event(topic, p.site).model_copy(update={"model_version": "v-missing"})
+        sent.append(
+            await publish_raw(
+                producer, topic, key, "missing_bundle", missing.model_dump_json().encode()
+            )
+        )
+        coords = {(s.topic, s.partition, s.offset): s for s in sent}
+
+        def ours(letter: DeadLetter) -> bool:
+            return (letter.source_topic, letter.partition, letter.offset) in coords
+
+        async def refused() -> bool:
+            body = (await client.get(f"{p.inference_url}/v1/models")).json()
+            for row in body["models"]:
+                if row["site_id"] == p.site and row["role"] == ModelRole.CHAMPION.value:
+                    rejected = row["last_rejected"] or {}
+                    serving = row["serving"] or {}
+                    return bool(
+                        rejected.get("model_version") == "v-missing"
+                        and serving.get("model_version") == p.model_version
+                    )
+            return False
+
+        async with (
+            collect(kafka_bootstrap, topics.dlq_topic(topic), where=ours, model=DeadLetter) as dlq,
+            collect(
+                kafka_bootstrap, topics.PREDICTION_MADE, where=lambda e: e.site_id == p.site
+            ) as predictions,
+        ):
+            await wait_until(refused, timeout_s=60, what="inference refusing the missing bundle")
+            response = await p.post(client, frame(2))
+            assert response.status_code == 202, response.text
+            image_id = response.json()["image_id"]
+            found = await predictions.wait_for(
+                lambda got: any(e.image_id == image_id for e in got), timeout_s=90
+            )
+            await dlq.wait_for(lambda got: len(got) >= 3, timeout_s=30)
+            letters: list[DeadLetter] = list(dlq.items)
+
+    served = {e.model_version for e in found if e.image_id == image_id}
+    assert served == {p.model_version}, served
+    for s in sent:
+        got = [d for d in letters if (d.partition, d.offset) == (s.partition, s.offset)]
+        if s.kind == "missing_bundle":
+            assert got == [], f"the missing bundle's deployment was dead-lettered: {got}"
+            continue
+        assert len(got) == 1, f"{s.kind}: {len(got)} dead letters"
+        reason, fragment = EXPECTED[s.kind]
+        assert got[0].reason == reason, got[0]
+        assert fragment in got[0].error.lower(), got[0]
+        assert got[0].service == "inference"

@@ -27,6 +27,8 @@ from defectloop.common.events import (
     image_id_for,
     prediction_id_for,
 )
+from defectloop.monitor.evaluate import Evaluator
+from defectloop.monitor.settings import MonitorSettings
 from defectloop.monitor.store import MonitorStore
 
 T0 = datetime(2026, 6, 1, 8, 0, tzinfo=UTC)
@@ -37,6 +39,21 @@ DEFECT = Box(label="scratch", x=10, y=10, w=20, h=20)
 @pytest.fixture
 def store(tmp_path: Path) -> MonitorStore:
     return MonitorStore(make_engine(f"sqlite:///{tmp_path / 'monitor.db'}"))
+
+
+@pytest.fixture
+def quality_evaluator(store: MonitorStore) -> Evaluator:
+    """An evaluator of ``store`` with short camera-quality windows (reference 100 frames, window
+    60, every 30), so that a few hundred simulated frames per camera exercise the quality check."""
+    return Evaluator(
+        store,
+        MonitorSettings(
+            database_url="sqlite://",
+            quality_reference_frames=100,
+            quality_window_frames=60,
+            quality_every_frames=30,
+        ),
+    )
 
 
 @dataclass

@@ -23,7 +23,6 @@ from defectloop.common.events import (
     MetricDegraded,
 )
 from defectloop.monitor.evaluate import Evaluator
-from defectloop.monitor.settings import MonitorSettings
 from defectloop.monitor.store import MonitorStore
 
 from .conftest import EventFactory, SimulatedCamera, simulate
@@ -97,19 +96,6 @@ def opened(events: Sequence[Event], kind: DegradationKind) -> list[MetricDegrade
     return [e for e in events if isinstance(e, MetricDegraded) and e.kind == kind]
 
 
-@pytest.fixture
-def evaluator(store: MonitorStore) -> Evaluator:
-    return Evaluator(
-        store,
-        MonitorSettings(
-            database_url="sqlite://",
-            quality_reference_frames=100,
-            quality_window_frames=60,
-            quality_every_frames=30,
-        ),
-    )
-
-
 def calm_site(store: MonitorStore, evaluator: Evaluator, site: EventFactory) -> list[Event]:
     store.record(site.deployed("v1", baseline={"recall": 0.92, "precision": 0.95}))
     groups = simulate(site, np.random.default_rng(1), 0, 200, cameras=GOOD)
@@ -118,13 +104,13 @@ def calm_site(store: MonitorStore, evaluator: Evaluator, site: EventFactory) -> 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
 def test_mildly_blurred_camera_never_opens_a_performance_incident(
-    store: MonitorStore, evaluator: Evaluator, site: EventFactory, schedule: str
+    store: MonitorStore, quality_evaluator: Evaluator, site: EventFactory, schedule: str
 ) -> None:
-    calm = calm_site(store, evaluator, site)
+    calm = calm_site(store, quality_evaluator, site)
     fault = simulate(
         site, np.random.default_rng(6), 200, 120, cameras=[GOOD[0], GOOD[1], MILD_BLUR]
     )
-    events = run(store, evaluator, SCHEDULES[schedule](fault))
+    events = run(store, quality_evaluator, SCHEDULES[schedule](fault))
 
     assert calm == []
     quality = opened(events, DegradationKind.DATA_QUALITY)
@@ -134,12 +120,12 @@ def test_mildly_blurred_camera_never_opens_a_performance_incident(
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
 def test_site_wide_lighting_change_still_opens_a_performance_incident(
-    store: MonitorStore, evaluator: Evaluator, site: EventFactory, schedule: str
+    store: MonitorStore, quality_evaluator: Evaluator, site: EventFactory, schedule: str
 ) -> None:
-    calm = calm_site(store, evaluator, site)
+    calm = calm_site(store, quality_evaluator, site)
     darker = [SimulatedCamera(c.camera_id, brightness=DARKER, miss_rate=0.5) for c in GOOD]
     fault = simulate(site, np.random.default_rng(6), 200, 120, cameras=darker)
-    events = run(store, evaluator, SCHEDULES[schedule](fault))
+    events = run(store, quality_evaluator, SCHEDULES[schedule](fault))
 
     assert calm == []
     assert "recall" in [e.metric for e in opened(events, DegradationKind.PERFORMANCE)]

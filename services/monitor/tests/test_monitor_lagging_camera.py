@@ -15,7 +15,6 @@ import pytest
 
 from defectloop.common.events import Event, ImageCaptured
 from defectloop.monitor.evaluate import Evaluator
-from defectloop.monitor.settings import MonitorSettings
 from defectloop.monitor.store import MonitorStore
 
 from .conftest import EventFactory, SimulatedCamera, simulate
@@ -41,21 +40,8 @@ def _run(store: MonitorStore, evaluator: Evaluator, batches: list[list[Event]]) 
     return out
 
 
-@pytest.fixture
-def evaluator(store: MonitorStore) -> Evaluator:
-    return Evaluator(
-        store,
-        MonitorSettings(
-            database_url="sqlite://",
-            quality_reference_frames=100,
-            quality_window_frames=60,
-            quality_every_frames=30,
-        ),
-    )
-
-
 def test_labels_of_a_camera_whose_frames_lag_are_counted_once_its_frames_arrive(
-    store: MonitorStore, evaluator: Evaluator, site: EventFactory
+    store: MonitorStore, quality_evaluator: Evaluator, site: EventFactory
 ) -> None:
     store.record(site.deployed("v1", baseline={"recall": 0.92, "precision": 0.95}))
     calm = simulate(site, np.random.default_rng(1), 0, CALM, cameras=CAMERAS)
@@ -66,7 +52,7 @@ def test_labels_of_a_camera_whose_frames_lag_are_counted_once_its_frames_arrive(
     # Every label and the peers' frames first; cam-1's frames ten at a time after them.
     lagging_batches = [first, *(late[i : i + 10] for i in range(0, len(late), 10))]
 
-    events = _run(store, evaluator, [*calm_batches, *lagging_batches])
+    events = _run(store, quality_evaluator, [*calm_batches, *lagging_batches])
 
     assert events == []  # nothing is wrong with the site
     # Every label is counted except, per camera, the newest SHORT frames' (no SHORT frames of

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,16 +54,19 @@ def host_port(url: str) -> tuple[str, int]:
     return host, int(port)
 
 
-async def trickle_head(url: str, path: str, opened: asyncio.Event, stop: asyncio.Event) -> int:
-    """Send a request line, then one header line per period, never the blank line."""
+async def trickle(
+    url: str, head: bytes, piece: Callable[[int], bytes], opened: asyncio.Event, stop: asyncio.Event
+) -> int:
+    """Send ``head``, then ``piece(n)`` once per period until ``stop`` or the server closes;
+    how many pieces were sent."""
     reader, writer = await asyncio.open_connection(*host_port(url))
     sent = 0
     try:
-        writer.write(f"POST {path} HTTP/1.1\r\nHost: ingest\r\n".encode())
+        writer.write(head)
         await writer.drain()
         opened.set()
         while not stop.is_set() and not reader.at_eof():
-            writer.write(f"X-Slow-{sent}: {'a' * 8}\r\n".encode())
+            writer.write(piece(sent))
             await writer.drain()
             sent += 1
             with contextlib.suppress(TimeoutError):
@@ -72,34 +76,23 @@ async def trickle_head(url: str, path: str, opened: asyncio.Event, stop: asyncio
     finally:
         writer.close()
     return sent
+
+
+async def trickle_head(url: str, path: str, opened: asyncio.Event, stop: asyncio.Event) -> int:
+    """Send a request line, then one header line per period, never the blank line."""
+    head = f"POST {path} HTTP/1.1\r\nHost: ingest\r\n".encode()
+    return await trickle(url, head, lambda n: f"X-Slow-{n}: {'a' * 8}\r\n".encode(), opened, stop)
 
 
 async def trickle_body(
     url: str, path: str, token: str, opened: asyncio.Event, stop: asyncio.Event
 ) -> int:
     """Send a whole head announcing 100 kB of PNG, then one byte of body per period."""
-    reader, writer = await asyncio.open_connection(*host_port(url))
-    sent = 0
-    try:
-        writer.write(
-            (
-                f"POST {path} HTTP/1.1\r\nHost: ingest\r\nAuthorization: Bearer {token}\r\n"
-                "Content-Type: image/png\r\nContent-Length: 100000\r\n\r\n"
-            ).encode()
-        )
-        await writer.drain()
-        opened.set()
-        while not stop.is_set() and not reader.at_eof():
-            writer.write(b"\x89")
-            await writer.drain()
-            sent += 1
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), TRICKLE_S)
-    except ConnectionError:
-        pass
-    finally:
-        writer.close()
-    return sent
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: ingest\r\nAuthorization: Bearer {token}\r\n"
+        "Content-Type: image/png\r\nContent-Length: 100000\r\n\r\n"
+    ).encode()
+    return await trickle(url, head, lambda _: b"\x89", opened, stop)
 
 
 async def read_until_closed(reader: asyncio.StreamReader, timeout_s: float = 30.0) -> bytes:
@@ -109,6 +102,19 @@ async def read_until_closed(reader: asyncio.StreamReader, timeout_s: float = 30.
         return await asyncio.wait_for(reader.read(), timeout_s)  # read() returns at EOF
     except ConnectionResetError:
         return b""
+
+
+async def exchange(url: str, request: bytes) -> bytes:
+    """Send ``request`` on a new connection; what the server sent before it closed."""
+    reader, writer = await asyncio.open_connection(*host_port(url))
+    try:
+        writer.write(request)
+        await writer.drain()
+    except ConnectionError:
+        pass  # the server may close before every byte is written
+    answer = await read_until_closed(reader)
+    writer.close()
+    return answer
 
 
 def answered(metrics: str, status: str) -> float:
@@ -184,18 +190,11 @@ async def test_a_request_head_past_the_h11_cap_is_refused_and_closed(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
     app = ingest_app(kafka_bootstrap, tmp_path)
+    head = b"POST /v1/sites/a/cameras/b/images HTTP/1.1\r\nHost: ingest\r\n"
+    # 64 KiB of headers without the blank line: past h11's 16 KiB incomplete-event cap.
+    pad = b"".join(f"X-Pad-{i}: {'b' * 56}\r\n".encode() for i in range(1024))
     async with serve(app) as url:
-        reader, writer = await asyncio.open_connection(*host_port(url))
-        writer.write(b"POST /v1/sites/a/cameras/b/images HTTP/1.1\r\nHost: ingest\r\n")
-        try:
-            # 64 KiB of headers without the blank line: past h11's 16 KiB incomplete-event cap.
-            for i in range(1024):
-                writer.write(f"X-Pad-{i}: {'b' * 56}\r\n".encode())
-            await writer.drain()
-        except ConnectionError:
-            pass  # the server may close before every byte is written
-        answer = await read_until_closed(reader)
-        writer.close()
+        answer = await exchange(url, head + pad)
     # Refused with a 400 (or reset before the answer could be read) and closed, not held.
     assert answer == b"" or answer.startswith(b"HTTP/1.1 400"), answer[:200]
 
@@ -205,11 +204,7 @@ async def test_an_idle_kept_alive_connection_is_closed_by_the_server(
 ) -> None:
     app = ingest_app(kafka_bootstrap, tmp_path)
     async with serve(app) as url:
-        reader, writer = await asyncio.open_connection(*host_port(url))
-        writer.write(b"GET /health HTTP/1.1\r\nHost: ingest\r\n\r\n")
-        await writer.drain()
         # No second request: uvicorn closes the connection after timeout_keep_alive (5 s).
-        answer = await read_until_closed(reader)
-        writer.close()
+        answer = await exchange(url, b"GET /health HTTP/1.1\r\nHost: ingest\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 "), answer[:200]
     assert b"\r\n\r\n" in answer

@@ -1,19 +1,20 @@
 """Per-site gateway tokens: ``dlg_<token id>_<secret>``, stored as SHA-256, scoped to a site.
 
 The token id is public (it is logged and used for lookup); the secret is 256 random bits
-(``secrets.token_urlsafe(32)``) and never stored or logged. Comparison is constant-time.
+(``secrets.token_urlsafe(32)``) and never stored or logged. Comparison is constant-time. The
+format, hashing and comparison are the services' one scheme, :mod:`defectloop.common.tokens`
+(the monitor's viewer tokens are the same with ``dlv_``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import secrets
 from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from defectloop.common import tokens
 from defectloop.common.errors import (
     DefectloopError,
     ForbiddenError,
@@ -25,7 +26,6 @@ from defectloop.common.translate import sqlalchemy_errors
 from defectloop.ingest.records import GatewayToken
 
 TOKEN_PREFIX = "dlg"
-_TOKEN_ID_HEX = 12  # 48 bits: unique enough for lookup, not a secret
 
 
 _HINT = "create a token with: defectloop gateway-token --site <site>"
@@ -68,25 +68,17 @@ class GatewayIdentity:
     camera_id: str | None
 
 
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+hash_token = tokens.hash_token
 
 
 def new_token() -> tuple[str, str]:
     """A fresh ``(token_id, token)``."""
-    token_id = secrets.token_hex(_TOKEN_ID_HEX // 2)
-    return token_id, f"{TOKEN_PREFIX}_{token_id}_{secrets.token_urlsafe(32)}"
+    return tokens.new_token(TOKEN_PREFIX)
 
 
 def token_id_of(token: str) -> str | None:
     """The id part of a well-formed token, else ``None``."""
-    parts = token.split("_", 2)
-    if len(parts) != 3 or parts[0] != TOKEN_PREFIX or not parts[2]:
-        return None
-    token_id = parts[1]
-    if len(token_id) != _TOKEN_ID_HEX or any(c not in "0123456789abcdef" for c in token_id):
-        return None
-    return token_id
+    return tokens.token_id_of(token, TOKEN_PREFIX)
 
 
 def issue_token(engine: Engine, site_id: str, camera_id: str | None = None) -> IssuedToken:
@@ -127,16 +119,10 @@ def list_tokens(engine: Engine, site_id: str | None = None) -> list[GatewayToken
 
 def bearer_token(authorization: str | None) -> str:
     """The token of an ``Authorization: Bearer <token>`` header; 401 if absent or malformed."""
-    if not authorization:
-        raise TokenRejectedError(
-            "missing_token", "an Authorization: Bearer <token> header is required"
-        )
-    scheme, _, value = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
-        raise TokenRejectedError(
-            "missing_token", "the Authorization header must be 'Bearer <token>'"
-        )
-    return value.strip()
+    token, problem = tokens.bearer_value(authorization)
+    if token is None:
+        raise TokenRejectedError("missing_token", problem or "no token")
+    return token
 
 
 def authenticate(engine: Engine, token: str) -> GatewayIdentity:
@@ -146,9 +132,7 @@ def authenticate(engine: Engine, token: str) -> GatewayIdentity:
         raise TokenRejectedError("invalid_token", "the token is malformed")
     with sqlalchemy_errors(_WHAT), Session(engine) as session:
         row = session.get(GatewayToken, token_id)
-    presented = hash_token(token)
-    stored = row.token_sha256 if row is not None else hash_token(secrets.token_hex(16))
-    if not hmac.compare_digest(presented, stored) or row is None:
+    if not tokens.matches(token, row.token_sha256 if row is not None else None) or row is None:
         raise TokenRejectedError("invalid_token", "unknown token", token_id=token_id)
     if row.revoked_at is not None:
         raise TokenRejectedError("invalid_token", "the token was revoked", token_id=token_id)

@@ -23,6 +23,9 @@
 
 ``GET /dashboard`` is the ops dashboard (``dashboard/``), drawn in the browser from these routes.
 
+Site-scoped (``viewers.py``): a viewer token (``Authorization: Bearer dlv_...``) sees only its
+sites: ``/v1/sites`` lists those, any other ``/v1/sites/{site}...`` answers 403 ``forbidden_site``.
+
 Handlers are plain functions: FastAPI runs them in its thread pool, so database reads and the
 statistics never block the event loop that consumes Kafka.
 """
@@ -35,12 +38,12 @@ from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, Path, Query
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 
 from defectloop.common.errors import NotFoundError
 from defectloop.common.events import ID_MAX_LENGTH, SITE_ID_PATTERN, DegradationKind, ModelRole
 from defectloop.common.http_errors import ErrorBody
-from defectloop.monitor import dashboard, incidents, performance, scorecard
+from defectloop.monitor import dashboard, incidents, performance, scorecard, viewers
 from defectloop.monitor.records import Incident, StoredSignal
 from defectloop.monitor.settings import MonitorSettings
 from defectloop.monitor.store import MonitorStore
@@ -328,17 +331,37 @@ class MonitorApi:
 
 
 def build_router(store: MonitorStore, settings: MonitorSettings) -> APIRouter:
+    viewers.create_table(store.engine)
+    current_viewer = viewers.viewer_dependency(
+        store.engine, required=settings.viewer_tokens_required
+    )
+    # A default, not Annotated[...]: annotations are strings here and a local does not resolve.
+    seen_by = Depends(current_viewer)  # resolved once per request, however many ask
+
+    def in_scope(request: Request, viewer: viewers.Viewer = seen_by) -> None:
+        # Before the route looks the site up: a token of A learns nothing of B, not even
+        # whether the monitor knows it (403 either way, never 404).
+        site_id = request.path_params.get("site_id")
+        if site_id is not None:
+            viewers.check_site(viewer, site_id)
+
     router = APIRouter(
         prefix="/v1",
         tags=["monitor"],
-        responses={404: {"model": ErrorBody, "description": "No data for this site (not_found)."}},
+        dependencies=[Depends(in_scope)],
+        responses={
+            401: {"model": ErrorBody, "description": "Bad viewer token (invalid_token)."},
+            403: {"model": ErrorBody, "description": "Site outside the token (forbidden_site)."},
+            404: {"model": ErrorBody, "description": "No data for this site (not_found)."},
+        },
     )
     api = MonitorApi(store, settings)
 
     @router.get("/sites")
-    def sites() -> dict[str, Any]:
-        """Every site the monitor has data for, with its state, models and open incidents."""
-        return {"sites": [api.summary(s) for s in store.sites()]}
+    def sites(viewer: viewers.Viewer = seen_by) -> dict[str, Any]:
+        """Every site the monitor has data for (those the viewer token may see), with its state,
+        models and open incidents."""
+        return {"sites": [api.summary(s) for s in viewer.visible(store.sites())]}
 
     @router.get("/sites/{site_id}")
     def site(site_id: SiteParam) -> dict[str, Any]:

@@ -37,6 +37,14 @@ class MonitorSettings(ServiceSettings):
     evaluation_interval_s: float = Field(
         30.0, gt=0, description="Period of the evaluation loop (it only looks, it never waits)."
     )
+    viewer_tokens_required: bool = Field(
+        False,
+        description=(
+            "Every /v1 request needs a viewer token (defectloop viewer-token). Off: a request "
+            "without one sees every site (the monitor binds to 127.0.0.1); a token presented is "
+            "checked and scopes either way."
+        ),
+    )
     max_batch: int = Field(500, ge=1, description="Most events recorded in one transaction.")
     batch_wait_ms: int = Field(200, ge=1, description="Longest wait for a first event to read.")
 

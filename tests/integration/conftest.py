@@ -7,14 +7,26 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
 
+from defectloop.common.events import (
+    ModelRole,
+    PredictionMade,
+    ScoredBox,
+    image_id_for,
+    prediction_id_for,
+)
 from defectloop.testing.net import free_port, wait_until
+
+if TYPE_CHECKING:
+    from defectloop.cli.kafka_local import KafkaLayout
+    from defectloop.common.kafka_auth import ScramCredentials
 
 SERVICE_SETTINGS = {
     "ingest": "IngestSettings",
@@ -34,6 +46,52 @@ def build_service(service: str, **settings: Any) -> FastAPI:
     module = importlib.import_module(f"defectloop.{service}.settings")
     app: FastAPI = main.build_app(getattr(module, SERVICE_SETTINGS[service])(**settings))
     return app
+
+
+def decision(
+    site: str,
+    sha: str,
+    *,
+    version: str = "v1",
+    role: ModelRole = ModelRole.CHAMPION,
+    defective: bool = False,
+    model_name: str = "m",
+    blob_uri: str = "file:///x.png",
+    captured_at: datetime | None = None,
+) -> PredictionMade:
+    """The decision of model ``version`` in ``role`` on the 64x64 image ``sha`` of camera
+    ``cam-1`` of ``site`` (captured now unless ``captured_at``): a defective one has one box
+    scored 0.9, a good one none (score 0.1)."""
+    image_id = image_id_for(site, "cam-1", sha)
+    return PredictionMade(
+        site_id=site,
+        camera_id="cam-1",
+        prediction_id=prediction_id_for(image_id, version, role.value),
+        image_id=image_id,
+        sha256=sha,
+        blob_uri=blob_uri,
+        width=64,
+        height=64,
+        boxes=(ScoredBox(label="scratch", x=1, y=2, w=3, h=4, score=0.9),) if defective else (),
+        defective=defective,
+        decision_score=0.9 if defective else 0.1,
+        decision_threshold=0.5,
+        model_name=model_name,
+        model_version=version,
+        role=role,
+        outlier_score=0.0,
+        outlier=False,
+        captured_at=captured_at or datetime.now(UTC),
+        queue_latency_ms=1.0,
+        inference_latency_ms=1.0,
+    )
+
+
+def who(layout: KafkaLayout, name: str) -> ScramCredentials:
+    """The login (``ScramCredentials``) of principal ``name`` on the secured broker ``layout``."""
+    from defectloop.cli import kafka_local
+
+    return kafka_local.credentials(layout)[name]
 
 
 SECURED_SITES = ("A", "B")

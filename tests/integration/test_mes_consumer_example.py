@@ -6,7 +6,6 @@ import asyncio
 import subprocess
 import sys
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -14,35 +13,16 @@ import pytest
 from defectloop.common import events
 from defectloop.common.kafka import build_broker, publish_event
 
+from .conftest import decision
+
 pytestmark = pytest.mark.integration
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "mes_consumer.py"
 
 
 def _prediction(site: str, n: int, role: events.ModelRole) -> events.PredictionMade:
-    image_id = events.image_id_for(site, "cam-1", f"{n:064x}")
-    return events.PredictionMade(
-        site_id=site,
-        camera_id="cam-1",
-        prediction_id=events.prediction_id_for(image_id, "v1", role.value),
-        image_id=image_id,
-        sha256=f"{n:064x}",
-        blob_uri="file:///x.png",
-        width=64,
-        height=64,
-        boxes=(events.ScoredBox(label="scratch", x=1, y=2, w=3, h=4, score=0.9),) if n % 2 else (),
-        defective=bool(n % 2),
-        decision_score=0.9 if n % 2 else 0.1,
-        decision_threshold=0.5,
-        model_name="m",
-        model_version="v1",
-        role=role,
-        outlier_score=0.0,
-        outlier=False,
-        captured_at=datetime.now(UTC),
-        queue_latency_ms=1.0,
-        inference_latency_ms=1.0,
-    )
+    """Image ``n`` of ``site``; odd images are defective."""
+    return decision(site, f"{n:064x}", role=role, defective=bool(n % 2))
 
 
 async def _publish(kafka_bootstrap: str, site: str) -> None:

@@ -9,7 +9,6 @@ exercised too, so a refusal cannot come from a broken client.
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -24,13 +23,11 @@ from defectloop.common import events, topics
 from defectloop.common.decisions import DecisionFanOut
 from defectloop.common.kafka_auth import ScramCredentials, client_kwargs
 
+from .conftest import decision, who
+
 pytestmark = pytest.mark.integration
 
 TIMEOUT_S = 60.0
-
-
-def who(layout: kafka_local.KafkaLayout, name: str) -> ScramCredentials:
-    return kafka_local.credentials(layout)[name]
 
 
 async def produce(bootstrap: str, creds: ScramCredentials | None, topic: str, value: bytes) -> None:
@@ -69,32 +66,6 @@ async def consume(
         await consumer.stop()
 
 
-def decision(site: str, n: int, role: events.ModelRole) -> events.PredictionMade:
-    image_id = events.image_id_for(site, "cam-1", f"{n:064x}")
-    return events.PredictionMade(
-        site_id=site,
-        camera_id="cam-1",
-        prediction_id=events.prediction_id_for(image_id, "v1", role.value),
-        image_id=image_id,
-        sha256=f"{n:064x}",
-        blob_uri="file:///x.png",
-        width=64,
-        height=64,
-        boxes=(),
-        defective=False,
-        decision_score=0.1,
-        decision_threshold=0.5,
-        model_name="m",
-        model_version="v1",
-        role=role,
-        outlier_score=0.0,
-        outlier=False,
-        captured_at=datetime.now(UTC),
-        queue_latency_ms=1.0,
-        inference_latency_ms=1.0,
-    )
-
-
 async def test_a_client_without_valid_credentials_cannot_connect(
     secured_kafka: kafka_local.KafkaLayout,
 ) -> None:
@@ -127,9 +98,9 @@ async def test_each_mes_reads_its_own_sites_decisions_and_no_other(
 ) -> None:
     bootstrap = secured_kafka.bootstrap
     sent = [
-        decision("A", 1, events.ModelRole.CHAMPION),
-        decision("A", 2, events.ModelRole.SHADOW),  # not for the MES
-        decision("B", 3, events.ModelRole.CHAMPION),
+        decision("A", f"{1:064x}", role=events.ModelRole.CHAMPION),
+        decision("A", f"{2:064x}", role=events.ModelRole.SHADOW),  # not for the MES
+        decision("B", f"{3:064x}", role=events.ModelRole.CHAMPION),
     ]
     for event in sent:
         await produce(

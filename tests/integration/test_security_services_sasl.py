@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import importlib
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +27,7 @@ from defectloop.cli.decisions_router import DecisionsRouterSettings
 from defectloop.cli.decisions_router import build_app as build_router
 from defectloop.common import topics
 from defectloop.common.errors import ConfigError
-from defectloop.common.events import ModelRole, PredictionMade, image_id_for, prediction_id_for
+from defectloop.common.events import ModelRole, PredictionMade
 from defectloop.common.kafka import publish_event
 from defectloop.common.kafka_auth import ScramCredentials
 from defectloop.inference.main import build_app as build_inference
@@ -43,13 +41,11 @@ from defectloop.testing.http import serve
 from defectloop.testing.kafka import collect, started_broker
 from defectloop.testing.net import free_port, wait_until
 
+from .conftest import SERVICE_SETTINGS, build_service, decision, frame, who
+
 pytestmark = pytest.mark.integration
 
 TIMEOUT_S = 90.0
-
-
-def who(layout: kafka_local.KafkaLayout, name: str) -> ScramCredentials:
-    return kafka_local.credentials(layout)[name]
 
 
 def login(creds: ScramCredentials) -> dict[str, Any]:
@@ -57,11 +53,8 @@ def login(creds: ScramCredentials) -> dict[str, Any]:
     return {"kafka_username": creds.username, "kafka_password": creds.password}
 
 
-def frame(index: int) -> bytes:
-    """A simulated camera frame that passes ingest's quality floors."""
-    from defectloop.factory_sim import encode_png, get_site, render
-
-    return bytes(encode_png(render(get_site("A"), index, seed=7).pixels))
+def sha_of(seed: str) -> str:
+    return hashlib.sha256(seed.encode()).hexdigest()
 
 
 @asynccontextmanager
@@ -203,7 +196,13 @@ async def test_the_router_app_copies_only_champion_decisions_to_each_sites_topic
     bundle = BundleBuilder(tmp_path)("v1")
     deployed = bundle.deployed("B")
     champion, shadow = (
-        decision("B", f"{tag}-{role.value}", deployed.model_version, role)
+        decision(
+            "B",
+            sha_of(f"{tag}-{role.value}"),
+            version=deployed.model_version,
+            role=role,
+            model_name="tiny",
+        )
         for role in (ModelRole.CHAMPION, ModelRole.SHADOW)
     )
     router = build_router(
@@ -247,33 +246,6 @@ async def test_the_router_app_copies_only_champion_decisions_to_each_sites_topic
     assert [p.image_id for p in got.items] == [champion.image_id]
 
 
-def decision(site: str, seed: str, version: str, role: ModelRole) -> PredictionMade:
-    digest = hashlib.sha256(seed.encode()).hexdigest()
-    image_id = image_id_for(site, "cam-1", digest)
-    return PredictionMade(
-        site_id=site,
-        camera_id="cam-1",
-        prediction_id=prediction_id_for(image_id, version, role.value),
-        image_id=image_id,
-        sha256=digest,
-        blob_uri="file:///x.png",
-        width=64,
-        height=64,
-        boxes=(),
-        defective=False,
-        decision_score=0.1,
-        decision_threshold=0.5,
-        model_name="tiny",
-        model_version=version,
-        role=role,
-        outlier_score=0.0,
-        outlier=False,
-        captured_at=datetime.now(UTC),
-        queue_latency_ms=1.0,
-        inference_latency_ms=1.0,
-    )
-
-
 async def test_up_starts_the_router_process_with_its_own_login_and_each_mes_reads_its_site(
     secured_kafka: kafka_local.KafkaLayout, tmp_path: Path
 ) -> None:
@@ -284,7 +256,7 @@ async def test_up_starts_the_router_process_with_its_own_login_and_each_mes_read
     spec = supervisor.ServiceSpec(
         "decisions-router", supervisor.DECISIONS_ROUTER.module, free_port()
     )
-    champion = decision("A", uuid.uuid4().hex, "v1", ModelRole.CHAMPION)
+    champion = decision("A", sha_of(uuid.uuid4().hex), role=ModelRole.CHAMPION, model_name="tiny")
     await asyncio.to_thread(
         stack.start_decisions_router, secured_kafka, ["A", "B"], home=tmp_path, spec=spec
     )
@@ -307,32 +279,19 @@ async def test_up_starts_the_router_process_with_its_own_login_and_each_mes_read
     assert stopped
 
 
-SERVICE_SETTINGS = {
-    "ingest": "IngestSettings",
-    "inference": "InferenceSettings",
-    "annotation_sync": "AnnotationSyncSettings",
-    "monitor": "MonitorSettings",
-    "trainer": "TrainerSettings",
-}
-
-
 @pytest.mark.parametrize("service", sorted(SERVICE_SETTINGS))
 async def test_each_service_logs_in_as_its_principal_and_joins_its_groups(
     service: str, secured_kafka: kafka_local.KafkaLayout, tmp_path: Path
 ) -> None:
     """Every service's app on the secured broker, with its principal's password only: healthy,
     and each of its consumers got partitions (its group and topics passed the ACLs)."""
-    main = importlib.import_module(f"defectloop.{service}.main")
-    settings_cls = getattr(
-        importlib.import_module(f"defectloop.{service}.settings"), SERVICE_SETTINGS[service]
-    )
-    settings = settings_cls(
+    app = build_service(
+        service,
         kafka_bootstrap=secured_kafka.bootstrap,
         database_url=f"sqlite:///{tmp_path}/db.sqlite",
         blob_url=(tmp_path / "blobs").as_uri(),
         **login(who(secured_kafka, service.replace("_", "-"))),
     )
-    app = main.build_app(settings)
     async with lifespan(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:

@@ -87,16 +87,38 @@ def _image(site: str, i: int, at: datetime, blobs: object) -> ImageCaptured:
     )
 
 
-def _label(image: ImageCaptured, annotator: str, defective: bool) -> AnnotationCompleted:
+def _annotation(
+    site: str,
+    image_id: str,
+    annotation_id: str,
+    annotator: str,
+    defective: bool,
+    *,
+    lead_time_s: float,
+    occurred_at: datetime,
+) -> AnnotationCompleted:
+    """A completed random-stratum label of camera ``cam-1`` (one scratch if ``defective``)."""
     return AnnotationCompleted(
-        site_id=image.site_id,
+        site_id=site,
         camera_id="cam-1",
-        image_id=image.image_id,
-        annotation_id=f"ls-{image.image_id}",
+        image_id=image_id,
+        annotation_id=annotation_id,
         annotator=annotator,
         status=AnnotationStatus.COMPLETED,
         boxes=(Box(label="scratch", x=1, y=1, w=5, h=5),) if defective else (),
         sampling_reason="random",
+        lead_time_s=lead_time_s,
+        occurred_at=occurred_at,
+    )
+
+
+def _label(image: ImageCaptured, annotator: str, defective: bool) -> AnnotationCompleted:
+    return _annotation(
+        image.site_id,
+        image.image_id,
+        f"ls-{image.image_id}",
+        annotator,
+        defective,
         lead_time_s=3.0,
         occurred_at=image.captured_at + timedelta(minutes=1),
     )
@@ -118,6 +140,17 @@ def _model(version: str, bundle: Path, **kw: object) -> ModelVersion:
     return ModelVersion.model_validate({**values, **kw})
 
 
+def _dataset(version: str, *, images: int, train: int, val: int) -> DatasetVersion:
+    return DatasetVersion(
+        version=version,
+        site=SITE,
+        num_images=images,
+        num_train=train,
+        num_val=val,
+        manifest_json="{}",
+    )
+
+
 def build_chain(home: Path) -> Chain:
     """Every link of a retrained version, as the trainer records them (the training itself left
     out: its rows are inserted)."""
@@ -131,16 +164,7 @@ def build_chain(home: Path) -> Chain:
         boot_bundle = home / "bundles" / PARENT
         boot_bundle.mkdir(parents=True)
         (boot_bundle / "checkpoint.pt").write_bytes(b"parent weights")
-        registry.upsert_dataset(
-            DatasetVersion(
-                version="d" * 64,
-                site=SITE,
-                num_images=10,
-                num_train=8,
-                num_val=2,
-                manifest_json="{}",
-            )
-        )
+        registry.upsert_dataset(_dataset("d" * 64, images=10, train=8, val=2))
         parent = registry.add_model(_model(PARENT, boot_bundle, dataset_version="d" * 64))
         gov.activate(
             parent,
@@ -199,16 +223,7 @@ def build_chain(home: Path) -> Chain:
             candidate_version=version,
             detail_json=json.dumps({**job.detail, "dataset": manifest.counts()}),
         )
-        registry.upsert_dataset(
-            DatasetVersion(
-                version="e" * 64,
-                site=SITE,
-                num_images=40,
-                num_train=32,
-                num_val=8,
-                manifest_json="{}",
-            )
-        )
+        registry.upsert_dataset(_dataset("e" * 64, images=40, train=32, val=8))
         run = registry.add_run(
             TrainingRun(
                 dataset_version="e" * 64,
@@ -324,15 +339,12 @@ def _monitor_events(version: str) -> list[object]:
         )
         for who in ("ann1", "ann2") if i < 10 else ("ann1",):
             out.append(
-                AnnotationCompleted(
-                    site_id=SITE,
-                    camera_id="cam-1",
-                    image_id=image_id,
-                    annotation_id=f"m-{who}-{i}",
-                    annotator=who,
-                    status=AnnotationStatus.COMPLETED,
-                    boxes=(Box(label="scratch", x=1, y=1, w=5, h=5),) if defective else (),
-                    sampling_reason="random",
+                _annotation(
+                    SITE,
+                    image_id,
+                    f"m-{who}-{i}",
+                    who,
+                    defective,
                     lead_time_s=1,
                     occurred_at=at + timedelta(seconds=30),
                 )

@@ -3,8 +3,11 @@
 The e2e test runs the CLI as a user would (its own broker, ingest and inference processes, a
 tiny model) under the quick schedule: inference ``kill -9``, the broker ``kill -9`` and started
 again, ingest restarted, while gateways post 100 images; the checker's verdict must be a pass.
-The unit tests show the checker can fail: a lost image, a second champion decision, a stray
-dead letter and a lag are each reported.
+A second e2e test runs the faults that need more parts (annotation-sync and a Label Studio):
+a frozen inference, a second inference instance joining, annotation-sync ``kill -9``, Label
+Studio down. The unit tests show the checker can fail: a lost image, a second champion decision,
+a stray dead letter, a lag, and an annotation sample unpushed, missing or pushed twice are each
+reported.
 """
 
 from __future__ import annotations
@@ -13,23 +16,24 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from defectloop.cli.faults import Fault, FaultOutcome
-from defectloop.cli.faults_check import judge
+from defectloop.cli.faults_check import judge, judge_annotation
 from defectloop.common.errors import InvalidInputError
 from defectloop.common.events import DeadLetter, PredictionMade, prediction_id_for
 
 POISON = "faultbench/poison"
 
 
-@pytest.mark.e2e
-@pytest.mark.slow
-def test_quick_fault_schedule_loses_nothing_and_doubles_no_decision(tmp_path: Path) -> None:
+def run_bench(tmp_path: Path, *args: str) -> dict[str, Any]:
+    """``defectloop bench faults`` as a user runs it (a tiny model); its JSON report."""
     from defectloop.testing.bundles import BundleBuilder
 
     bundle = BundleBuilder(tmp_path)("v1").path
@@ -41,7 +45,7 @@ def test_quick_fault_schedule_loses_nothing_and_doubles_no_decision(tmp_path: Pa
             "defectloop.cli",
             "bench",
             "faults",
-            "--quick",
+            *args,
             "--bundle",
             str(bundle),
             "--workdir",
@@ -56,20 +60,56 @@ def test_quick_fault_schedule_loses_nothing_and_doubles_no_decision(tmp_path: Pa
         check=False,
     )
     assert report.is_file(), done.stdout[-3000:] + done.stderr[-3000:]
-    result = json.loads(report.read_text())
+    result: dict[str, Any] = json.loads(report.read_text())
     print(report.with_suffix(".md").read_text())
     assert result["passed"], result["failures"]
     assert done.returncode == 0
+    assert result["summary"]["lost"] == 0
+    assert result["summary"]["duplicates_after_dedupe"] == 0
+    assert all(f["recovery_s"] is not None for f in result["faults"])
+    return result
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_quick_fault_schedule_loses_nothing_and_doubles_no_decision(tmp_path: Path) -> None:
+    result = run_bench(tmp_path, "--quick")
     summary = result["summary"]
     assert summary["acknowledged"] == summary["offered"] == 100
-    assert summary["lost"] == 0
-    assert summary["duplicates_after_dedupe"] == 0
     assert [f["fault"] for f in result["faults"]] == [
         "inference:kill:4",
         "kafka:restart:9",
         "ingest:restart:15",
     ]
-    assert all(f["recovery_s"] is not None for f in result["faults"])
+
+
+FREEZE_SCALE_ANNOTATION = (
+    "annotation-sync:kill:5",
+    "inference:stop:20:12",
+    "inference:scale:32",
+    "labelstudio:down:40:10",
+)
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_freeze_scale_out_and_annotation_faults_lose_nothing_and_push_each_sample_once(
+    tmp_path: Path,
+) -> None:
+    """annotation-sync ``kill -9``, inference frozen (SIGSTOP 12 s, past its group's session
+    timeout, then SIGCONT), a second inference instance joining, Label Studio down 10 s; while
+    gateways post 120 images over 60 s. Besides the quick run's checks: every image
+    annotation-sync sampled is exactly one Label Studio task."""
+    args = ["--images", "120", "--duration", "60"]
+    for fault in FREEZE_SCALE_ANNOTATION:
+        args += ["--fault", fault]
+    result = run_bench(tmp_path, *args)
+    assert [f["fault"] for f in result["faults"]] == list(FREEZE_SCALE_ANNOTATION)
+    annotation = result["summary"]["annotation"]
+    assert annotation["samples"] > 0
+    assert annotation["tasks"] == annotation["samples"]
+    assert (annotation["duplicated"], annotation["missing"], annotation["unpushed"]) == (0, 0, 0)
+    assert set(result["peak_rss_mib"]) == {"ingest", "inference", "inference-2", "annotation-sync"}
 
 
 @dataclass
@@ -159,7 +199,44 @@ def test_the_checker_passes_redeliveries_and_fails_loss_doubles_stray_letters_an
 def test_a_fault_is_parsed_or_refused_with_a_hint() -> None:
     assert str(Fault.parse("inference:kill:20")) == "inference:kill:20"
     assert Fault.parse("kafka:restart:2.5").at_s == 2.5
-    for bad in ("inference:kill", "monitor:kill:3", "inference:pause:3", "ingest:kill:soon"):
+    assert Fault.parse("inference:stop:20:15") == Fault("inference", "stop", 20.0, 15.0)
+    assert str(Fault.parse("labelstudio:down:30:20")) == "labelstudio:down:30:20"
+    assert Fault.parse("inference:scale:40").for_s is None
+    assert Fault.parse("annotation-sync:kill:5").target == "annotation-sync"
+    for bad in (
+        "inference:kill",
+        "monitor:kill:3",
+        "inference:pause:3",
+        "ingest:kill:soon",
+        "inference:stop:20",  # a freeze needs its duration
+        "inference:kill:20:5",  # a kill has none
+        "labelstudio:kill:3",
+        "ingest:scale:3",
+        "kafka:stop:3:-1",
+    ):
         with pytest.raises(InvalidInputError) as caught:
             Fault.parse(bad)
         assert caught.value.hint
+
+
+@pytest.mark.unit
+def test_the_annotation_check_fails_an_unpushed_missing_doubled_or_unknown_task() -> None:
+    acked = {"i1", "i2", "i3"}
+    fine, failures = judge_annotation(
+        {"s/i1": 1, "s/i2": 2}, Counter({"s/i1": 1, "s/i2": 1}), acked, site="s", lag=0
+    )
+    assert failures == []
+    assert (fine["samples"], fine["tasks"]) == (2, 2)
+
+    # i1 never pushed (and no task), i2 pushed twice, a task of i9 nobody sampled, a lag.
+    bad, failures = judge_annotation(
+        {"s/i1": None, "s/i2": 2, "s/i3": 3},
+        Counter({"s/i2": 2, "s/i3": 1, "s/i9": 1}),
+        acked,
+        site="s",
+        lag=4,
+    )
+    assert (bad["unpushed"], bad["missing"], bad["duplicated"], bad["unknown"]) == (1, 1, 1, 1)
+    assert bad["lag_after"] == 4
+    assert len(failures) == 5
+    assert judge_annotation({}, Counter(), acked, site="s", lag=0)[1]  # nothing sampled: a fail

@@ -8,17 +8,26 @@ Judged (Jepsen-style: lost / duplicated / unexpected), for the run's site:
   one per image (at-least-once delivery: expected after a ``kill -9``, harmless after dedupe);
 - **unexpected**: a champion prediction of an image ingest never acknowledged;
 - **DLQ**: ``image.captured.dlq`` and ``prediction.made.dlq`` hold only the injected poison;
-- **lag**: inference's consumer group committed up to the end of ``image.captured``.
+- **lag**: inference's consumer group committed up to the end of ``image.captured``;
+- **annotation-sync** (when the run has it): every image it sampled is pushed, and is **exactly
+  one** task in Label Studio (read through Label Studio's own API, keyed by
+  ``data.defectloop_key``); no task of an image it did not sample; its group's lag on
+  ``prediction.made`` is 0.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
+import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -27,6 +36,16 @@ from defectloop.common.events import DeadLetter, ModelRole, PredictionMade
 from defectloop.common.kafka_read import read_events
 
 INFERENCE_GROUP = "inference"
+ANNOTATION_GROUP = "annotation-sync"
+
+
+@dataclass(frozen=True)
+class AnnotationSide:
+    """Where to look for what annotation-sync did: its SQLite database and its Label Studio."""
+
+    database: Path
+    label_studio_url: str
+    token: str
 
 
 class OfferLike(Protocol):
@@ -58,14 +77,112 @@ async def _lag(bootstrap: str, topic: str, group: str) -> int:
     return sum(max(0, end - max(committed.get(tp, 0), 0)) for tp, end in ends.items())
 
 
-async def _settled_lag(bootstrap: str, settle_s: float) -> int:
-    """Inference's lag on ``image.captured``, once 0 or after ``settle_s`` (the watchdog)."""
-    deadline = time.monotonic() + settle_s
+async def _settled_lag(
+    bootstrap: str, stall_s: float, topic: str = topics.IMAGE_CAPTURED, group: str = INFERENCE_GROUP
+) -> int:
+    """The group's lag on ``topic`` once 0, or once it made no committed progress for
+    ``stall_s`` (the watchdog: a backlog still shrinking is waited for, a stuck one is not)."""
+    best: int | None = None
+    since = time.monotonic()
     while True:
-        lag = await _lag(bootstrap, topics.IMAGE_CAPTURED, INFERENCE_GROUP)
-        if lag == 0 or time.monotonic() > deadline:
+        lag = await _lag(bootstrap, topic, group)
+        if lag == 0:
+            return 0
+        if best is None or lag < best:
+            best, since = lag, time.monotonic()
+        elif time.monotonic() - since > stall_s:
             return lag
         await asyncio.sleep(1.0)  # polling the committed offsets
+
+
+def _samples(database: Path, site: str) -> dict[str, int | None]:
+    """annotation-sync's samples of ``site``: ``<site>/<image_id>`` -> its task id (None while
+    not pushed)."""
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        rows = db.execute(
+            "SELECT key, task_id FROM annsync_sample WHERE site_id = ?", (site,)
+        ).fetchall()
+    return {str(key): task for key, task in rows}
+
+
+def _label_studio_keys(side: AnnotationSide) -> Counter[str]:
+    """``data.defectloop_key`` of every task of every project of the instance, counted."""
+    headers = {"Authorization": f"Token {side.token}"}
+    keys: Counter[str] = Counter()
+    with httpx.Client(base_url=side.label_studio_url, headers=headers, timeout=60) as client:
+        projects = client.get("/api/projects/", params={"page_size": 100})
+        projects.raise_for_status()
+        body = projects.json()
+        for project in body.get("results", []) if isinstance(body, dict) else body:
+            page = 1
+            while True:
+                resp = client.get(
+                    "/api/tasks/",
+                    params={"project": project["id"], "page": page, "page_size": 100},
+                )
+                if resp.status_code == 404:  # past the last page
+                    break
+                resp.raise_for_status()
+                tasks = resp.json().get("tasks", [])
+                for task in tasks:
+                    key = (task.get("data") or {}).get("defectloop_key")
+                    if key:
+                        keys[str(key)] += 1
+                if len(tasks) < 100:
+                    break
+                page += 1
+    return keys
+
+
+async def _settled_annotation(
+    bootstrap: str, side: AnnotationSide, site: str, stall_s: float
+) -> tuple[int, dict[str, int | None]]:
+    """annotation-sync's lag and samples, once it caught up and pushed everything (or made no
+    progress for ``stall_s``: a push still pending then is reported as unpushed)."""
+    lag = await _settled_lag(bootstrap, stall_s, topics.PREDICTION_MADE, ANNOTATION_GROUP)
+    best: int | None = None
+    since = time.monotonic()
+    while True:
+        samples = _samples(side.database, site)
+        unpushed = sum(1 for task in samples.values() if task is None)
+        if unpushed == 0:
+            return lag, samples
+        if best is None or unpushed < best:
+            best, since = unpushed, time.monotonic()
+        elif time.monotonic() - since > stall_s:
+            return lag, samples
+        await asyncio.sleep(1.0)  # polling the pusher's progress
+
+
+def judge_annotation(
+    samples: dict[str, int | None], tasks: Counter[str], acked: set[str], *, site: str, lag: int
+) -> tuple[dict[str, Any], list[str]]:
+    """Every sampled image pushed exactly once; nothing pushed that was not sampled."""
+    summary = {
+        "samples": len(samples),
+        "unpushed": sum(1 for task in samples.values() if task is None),
+        "tasks": sum(tasks.values()),
+        "missing": sum(1 for key in samples if tasks[key] == 0),
+        "duplicated": sum(1 for key in samples if tasks[key] > 1),
+        "unknown": sum(1 for key in tasks if key not in samples),
+        "not_acknowledged": sum(1 for key in samples if key.split("/", 1)[1] not in acked),
+        "lag_after": lag,
+    }
+    failures = [
+        f"annotation-sync: {summary[name]} {what}"
+        for name, what in (
+            ("unpushed", "sampled images never pushed"),
+            ("missing", "sampled images without a Label Studio task"),
+            ("duplicated", "images pushed to Label Studio more than once"),
+            ("unknown", "Label Studio tasks of images it did not sample"),
+            ("not_acknowledged", "sampled images ingest never acknowledged"),
+            ("lag_after", "records of prediction.made not committed"),
+        )
+        if summary[name]
+    ]
+    if not samples:
+        failures.append(f"annotation-sync sampled nothing of site {site}")
+    return summary, failures
 
 
 async def _read(bootstrap: str, site: str) -> tuple[list[PredictionMade], list[DeadLetter]]:
@@ -153,18 +270,29 @@ def check(
     offers: list[Any],
     faults: list[Any],
     poison_key: str,
-    settle_s: float,
+    stall_s: float,
+    annotation: AnnotationSide | None = None,
 ) -> dict[str, Any]:
-    """Wait for inference to catch up (at most ``settle_s``), read the topics, judge."""
+    """Wait for inference (and annotation-sync) to catch up (the watchdog gives up after
+    ``stall_s`` without progress), read the topics (and Label Studio), judge."""
 
     async def run() -> tuple[int, list[PredictionMade], list[DeadLetter]]:
-        lag = await _settled_lag(bootstrap, settle_s)
+        lag = await _settled_lag(bootstrap, stall_s)
         predictions, letters = await _read(bootstrap, site)
         return lag, predictions, letters
 
     lag, predictions, letters = asyncio.run(run())
     failed = [f for f in faults if getattr(f, "error", None)]
     verdict = judge(offers, predictions, letters, poison_key=poison_key, faults=faults, lag=lag)
+    if annotation is not None:
+        ann_lag, samples = asyncio.run(_settled_annotation(bootstrap, annotation, site, stall_s))
+        acked = {o.image_id for o in offers if o.status == 202 and o.image_id}
+        summary, failures = judge_annotation(
+            samples, _label_studio_keys(annotation), acked, site=site, lag=ann_lag
+        )
+        verdict["summary"]["annotation"] = summary
+        verdict["failures"] += failures
+        verdict["passed"] = verdict["passed"] and not failures
     for f in failed:
         verdict["failures"].append(f"fault {f.fault} did not recover: {f.error}")
         verdict["passed"] = False

@@ -38,6 +38,7 @@ from defectloop.common.events import (
     prediction_id_for,
 )
 from defectloop.common.kafka import publish_event
+from defectloop.monitor import viewers
 from defectloop.monitor.main import build_app
 from defectloop.monitor.settings import MonitorSettings
 from defectloop.testing.http import serve
@@ -235,8 +236,30 @@ async def test_dashboard_draws_every_site_from_the_api_in_headless_chromium(
             ARTIFACTS.mkdir(exist_ok=True)
             shot = ARTIFACTS / "dashboard.png"
             await page.screenshot(path=str(shot), full_page=True)
+
+            # A viewer token of the calm site (in the URL fragment, as one would share it)
+            # asked for another site: the page shows the calm site only, and says so.
+            token = viewers.issue([calm], database_url=settings.database_url).token
+            scoped = await context.new_page()
+            scoped.on(
+                "console", lambda m: console_errors.append(m.text) if m.type == "error" else None
+            )
+            scoped.on("pageerror", lambda e: console_errors.append(str(e)))
+            scoped.on("request", lambda r: requests.append(r.url))
+            await scoped.goto(f"{url}/dashboard#token={token}&site={missing}")
+            await scoped.wait_for_function(
+                f"window.dashboard && window.dashboard.ready && window.dashboard.site === "
+                f"'{calm}' && window.dashboard.charts.performance !== undefined",
+                timeout=60_000,
+            )
+            third: dict[str, Any] = await scoped.evaluate("window.dashboard")
+            scoped_cards = await scoped.locator(".card").all_inner_texts()
+            notice = await scoped.locator("#notice").inner_text()
+            scoped_url = scoped.url
+            scoped_shot = ARTIFACTS / "dashboard-site-scoped.png"
+            await scoped.screenshot(path=str(scoped_shot), full_page=True)
             await context.close()
-    print(f"dashboard screenshot: {shot}")
+    print(f"dashboard screenshots: {shot} {scoped_shot}")
 
     assert console_errors == []
     assert first["errors"] == []
@@ -251,3 +274,11 @@ async def test_dashboard_draws_every_site_from_the_api_in_headless_chromium(
     assert charts["drift"]["points"] > 0
     assert second["charts"]["quality"]["points"] > 0
     assert second["charts"]["quality"]["marks"] >= 2  # the deployment and cam-3's incident
+
+    assert third["errors"] == []
+    assert third["sites"] == [calm]
+    assert len(scoped_cards) == 1
+    assert calm in scoped_cards[0]
+    assert f"site {missing} is not among the sites" in notice
+    assert third["charts"]["performance"]["points"] > 0
+    assert "token=" not in scoped_url  # taken out of the address bar (kept for the tab only)

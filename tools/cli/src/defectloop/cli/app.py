@@ -22,6 +22,7 @@ from defectloop.cli import (
     stack,
     trace_cmd,
     training,
+    viewer_cmd,
 )
 from defectloop.cli.errors import run_cli
 
@@ -46,6 +47,7 @@ def build_cli() -> typer.Typer:
         bench,
         monitor_cmd,
         trace_cmd,
+        viewer_cmd,
     ):
         module.register(app)
     return app

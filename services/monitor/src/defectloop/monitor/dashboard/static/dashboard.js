@@ -3,7 +3,7 @@
 // test reads the page's state instead of parsing its HTML.
 "use strict";
 
-const state = { ready: false, site: null, sites: [], charts: {}, errors: [] };
+const state = { ready: false, site: null, sites: [], charts: {}, errors: [], denied: null };
 window.dashboard = state;
 const plots = {};
 const COLORS = ["#1d6fd1", "#d33a2c", "#2e9e5b", "#e08a00", "#7d4cc2", "#0097a7", "#6b7785"];
@@ -11,10 +11,44 @@ const COLORS = ["#1d6fd1", "#d33a2c", "#2e9e5b", "#e08a00", "#7d4cc2", "#0097a7"
 window.addEventListener("error", (e) => state.errors.push(String(e.message)));
 window.addEventListener("unhandledrejection", (e) => state.errors.push(String(e.reason)));
 
+// A viewer token (defectloop viewer-token) comes in the URL fragment, #token=dlv_...: the
+// fragment never reaches a server or a log. It is kept for this tab (sessionStorage) and taken
+// out of the address bar; every /v1 request carries it, and the monitor answers only the sites
+// it may see (403 forbidden_site for the others).
+const TOKEN_KEY = "defectloop.viewer_token";
+(function takeToken() {
+  const m = /(?:^#|&)token=([^&]+)/.exec(location.hash);
+  if (!m) return;
+  sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(m[1]));
+  const rest = location.hash.replace(/(^#|&)token=[^&]+/, "$1").replace(/^#&/, "#");
+  history.replaceState(null, "", location.pathname + location.search + (rest === "#" ? "" : rest));
+})();
+
+class ApiError extends Error {
+  constructor(path, status, body) {
+    super(`${path}: HTTP ${status}` + (body && body.error ? ` ${body.error}` : ""));
+    this.status = status;
+    this.body = body || {};
+  }
+}
+
 async function getJSON(path) {
-  const resp = await fetch(path, { headers: { Accept: "application/json" } });
-  if (!resp.ok) throw new Error(`${path}: HTTP ${resp.status}`);
+  const headers = { Accept: "application/json" };
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const resp = await fetch(path, { headers });
+  if (!resp.ok) {
+    let body = null;
+    try { body = await resp.json(); } catch (_) { /* not the JSON error body */ }
+    throw new ApiError(path, resp.status, body);
+  }
   return resp.json();
+}
+
+function showNotice(text) {
+  const box = document.getElementById("notice");
+  box.textContent = text;
+  box.hidden = !text;
 }
 
 function el(tag, attrs = {}, ...children) {
@@ -300,12 +334,27 @@ async function refresh() {
     state.sites = sites.map((s) => s.site_id);
     const worst = { degraded: 3, recovering: 2, pending: 1, ok: 0 };
     sites.sort((a, b) => (worst[b.state] - worst[a.state]) || a.site_id.localeCompare(b.site_id));
-    const chosen = siteFromHash() || state.site || (sites[0] && sites[0].site_id);
+    const asked = siteFromHash();
+    // A site outside the viewer's token is not asked for at all (it would be a 403): the page
+    // says so and shows the sites the token may see.
+    const chosen = asked && state.sites.includes(asked) ? asked
+      : (state.sites.includes(state.site) ? state.site : (sites[0] && sites[0].site_id));
+    showNotice(asked && !state.sites.includes(asked)
+      ? `site ${asked} is not among the sites this page may show` : "");
     renderOverview(sites, chosen);
-    if (chosen && state.sites.includes(chosen)) await renderSite(chosen);
+    if (chosen) await renderSite(chosen);
+    else document.getElementById("site").hidden = true;
     document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
+    state.denied = null;
     state.ready = true;
   } catch (err) {
+    if (err instanceof ApiError && (err.status === 401 || err.status === 403)) {
+      // An expected answer, not a page error: say what the monitor said, and how to fix it.
+      state.denied = err.body;
+      showNotice(`${err.body.detail || err.message}` + (err.body.hint ? ` (${err.body.hint})` : ""));
+      state.ready = true;
+      return;
+    }
     state.errors.push(String(err));
     console.error("dashboard refresh failed:", err);
   }

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -48,9 +49,8 @@ def register(app: typer.Typer) -> None:
         """Measure raw images/s, pipeline images/s, efficiency, p50/p99 at 50%/90% load."""
         from defectloop.cli import pipeline_bench
 
-        bundle = _bundle_or_bootstrap(bundle)
-        cfg = pipeline_bench.BenchConfig(
-            bundle=bundle,
+        config = partial(
+            pipeline_bench.BenchConfig,
             duration_s=duration,
             max_batch=max_batch,
             max_wait_ms=max_wait_ms,
@@ -60,7 +60,7 @@ def register(app: typer.Typer) -> None:
             image_size=image_size,
             bootstrap=bootstrap,
         )
-        _measure(pipeline_bench.run, pipeline_bench.markdown, cfg, workdir, report)
+        _measure(config, pipeline_bench.run, pipeline_bench.markdown, bundle, workdir, report)
 
     @bench.command("e2e")
     def e2e(
@@ -79,9 +79,8 @@ def register(app: typer.Typer) -> None:
         """Whole path: POST -> prediction.made latency, CPU and RSS per service; naive baseline."""
         from defectloop.cli import e2e_bench
 
-        bundle = _bundle_or_bootstrap(bundle)
-        cfg = e2e_bench.E2EConfig(
-            bundle=bundle,
+        config = partial(
+            e2e_bench.E2EConfig,
             rate=rate,
             seconds=seconds,
             image_size=image_size,
@@ -89,7 +88,7 @@ def register(app: typer.Typer) -> None:
             sites=sites,
             bootstrap=bootstrap,
         )
-        _measure(e2e_bench.run, e2e_bench.markdown, cfg, workdir, report)
+        _measure(config, e2e_bench.run, e2e_bench.markdown, bundle, workdir, report)
 
     from defectloop.cli import faults
 
@@ -98,15 +97,18 @@ def register(app: typer.Typer) -> None:
 
 
 def _measure(
+    config: Callable[[Path], C],
     run: Callable[[C, Callable[[str], None], Path | None], dict[str, Any]],
     markdown: Callable[[dict[str, Any]], str],
-    cfg: C,
+    bundle: Path | None,
     workdir: Path | None,
     report: Path,
 ) -> None:
-    """Run a benchmark with a status line, write its JSON report and print its table."""
+    """Run the benchmark ``config(bundle)`` (the bootstrap model without ``bundle``) with a
+    status line, write its JSON report and print its table."""
     from defectloop.cli.pipeline_bench import write_report
 
+    cfg = config(_bundle_or_bootstrap(bundle))
     with console.status("benchmarking...") as status:
         result = run(cfg, lambda msg: status.update(msg), workdir)
     write_report(result, report)

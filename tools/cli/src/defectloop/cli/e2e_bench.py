@@ -28,9 +28,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-import platform
 import resource
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,9 +38,9 @@ import httpx
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from pydantic import ValidationError
 
-from defectloop.cli import kafka_local, supervisor
+from defectloop.cli import supervisor
+from defectloop.cli.bench_common import Progress, report_head, run_in_workdir, stop_all
 from defectloop.cli.pipeline_bench import (
-    Progress,
     _Arrivals,
     _cpu_seconds,
     _percentile,
@@ -316,30 +314,15 @@ async def run_e2e(cfg: E2EConfig, workdir: Path, say: Progress) -> dict[str, Any
         say(f"whole path: p50 {p50:.0f} ms, p99 {p99:.0f} ms")
         naive = await _naive(cfg, bootstrap, store, set(sites), len(sites) + accepted, say)
         return {
-            "command": "defectloop bench e2e",
-            "config": {k: str(v) if isinstance(v, Path) else v for k, v in cfg.__dict__.items()},
-            "machine": {
-                "cpus": os.cpu_count(),
-                "platform": platform.platform(),
-                "loadavg": round(os.getloadavg()[0], 2),
-            },
-            "model": {
-                "name": manifest.name,
-                "version": manifest.version,
-                "input_size": list(manifest.preprocessing.input_size),
-            },
+            **report_head(
+                "defectloop bench e2e", cfg, manifest, loadavg=round(os.getloadavg()[0], 2)
+            ),
             "whole_path": whole,
             "fleet": fleet,
             "naive_baseline": naive,
         }
     finally:
-        if follower is not None:
-            await follower.stop()
-        await producer.stop()
-        for spec in (ingest, inference):
-            await asyncio.to_thread(supervisor.stop_service, spec, 30.0, workdir)
-        if layout is not None:
-            await asyncio.to_thread(kafka_local.stop, layout)
+        await stop_all(workdir, layout, follower, producer, ingest, inference)
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -366,8 +349,4 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def run(cfg: E2EConfig, say: Progress, workdir: Path | None = None) -> dict[str, Any]:
-    if workdir is None:
-        with tempfile.TemporaryDirectory(prefix="defectloop-e2e-") as tmp:
-            return asyncio.run(run_e2e(cfg, Path(tmp), say))
-    workdir.mkdir(parents=True, exist_ok=True)
-    return asyncio.run(run_e2e(cfg, workdir, say))
+    return run_in_workdir(run_e2e, cfg, say, workdir, prefix="defectloop-e2e-")

@@ -23,7 +23,6 @@ import dataclasses
 import json
 import os
 import platform
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from aiokafka import ConsumerRecord
 from faststream.kafka import KafkaBroker
 
 from defectloop.cli import kafka_local, supervisor
+from defectloop.cli.bench_common import Progress, report_head, run_in_workdir, stop_all
 from defectloop.cli.processes import free_port
 from defectloop.common import topics
 from defectloop.common.blobstore import LocalBlobStore
@@ -55,8 +55,6 @@ from defectloop.common.kafka_read import TopicFollower
 
 if TYPE_CHECKING:
     from defectloop.vision.manifest import BundleManifest
-
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -343,18 +341,9 @@ async def run_bench(cfg: BenchConfig, workdir: Path, say: Progress) -> dict[str,
             resp = await client.get(f"http://127.0.0.1:{service.port}/v1/models", timeout=10)
         stats = resp.json().get("stats", {})
         return {
-            "command": "defectloop bench pipeline",
-            "config": {k: str(v) if isinstance(v, Path) else v for k, v in cfg.__dict__.items()},
-            "machine": {
-                "cpus": os.cpu_count(),
-                "platform": platform.platform(),
-                "python": platform.python_version(),
-            },
-            "model": {
-                "name": manifest.name,
-                "version": manifest.version,
-                "input_size": list(manifest.preprocessing.input_size),
-            },
+            **report_head(
+                "defectloop bench pipeline", cfg, manifest, python=platform.python_version()
+            ),
             "image_size": [cfg.image_size, cfg.image_size],
             "raw_images_per_s": round(raw_rate, 2),
             "pipeline_images_per_s": round(pipeline_rate, 2),
@@ -366,12 +355,7 @@ async def run_bench(cfg: BenchConfig, workdir: Path, say: Progress) -> dict[str,
             "batch_size_histogram": stats.get("batch_sizes", {}),
         }
     finally:
-        if follower is not None:
-            await follower.stop()
-        await producer.stop()
-        await asyncio.to_thread(supervisor.stop_service, service, 30.0, workdir)
-        if layout is not None:
-            await asyncio.to_thread(kafka_local.stop, layout)
+        await stop_all(workdir, layout, follower, producer, service)
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -397,11 +381,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def run(cfg: BenchConfig, say: Progress, workdir: Path | None = None) -> dict[str, Any]:
-    if workdir is None:
-        with tempfile.TemporaryDirectory(prefix="defectloop-bench-") as tmp:
-            return asyncio.run(run_bench(cfg, Path(tmp), say))
-    workdir.mkdir(parents=True, exist_ok=True)
-    return asyncio.run(run_bench(cfg, workdir, say))
+    return run_in_workdir(run_bench, cfg, say, workdir, prefix="defectloop-bench-")
 
 
 def write_report(report: dict[str, Any], path: Path) -> None:

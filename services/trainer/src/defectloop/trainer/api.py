@@ -11,7 +11,7 @@ use; :func:`open_governance` (approve, promote, rollback, the audit log) is the 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,8 +103,12 @@ def deploy(
     role: ModelRole,
     bootstrap: str,
     reason: str = "manual deploy",
+    training_data: Sequence[Path] = (),
 ) -> ModelDeployed:
-    """Register the bundle (verified by sha256), record the deployment, publish ``model.deployed``."""
+    """Register the bundle (verified by sha256), record the deployment, publish ``model.deployed``.
+
+    ``training_data``: the dataset dirs it was trained on (verified against its lineage, kept in
+    the blob store so that its retrains replay them)."""
     from defectloop.trainer.deploy import deploy_bundle
     from defectloop.trainer.pipeline import current_author
 
@@ -117,6 +121,7 @@ def deploy(
             bootstrap=bootstrap,
             requested_by=current_author(),
             reason=reason,
+            training_data=training_data,
         )
 
 

@@ -8,8 +8,10 @@ when, which version, approved by whom): :meth:`defectloop.trainer.governance.Gov
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
+from defectloop.common.blobstore import BlobStore
 from defectloop.common.errors import ForbiddenError, IntegrityMismatchError, InvalidInputError
 from defectloop.common.events import ModelDeployed, ModelRole
 from defectloop.common.kafka import build_broker, publish_events
@@ -76,13 +78,17 @@ def deploy_bundle(
     requested_by: str,
     reason: str = "manual deploy",
     approved_by: str | None = None,
+    training_data: Sequence[Path] = (),
+    blobs: BlobStore | None = None,
 ) -> ModelDeployed:
     """Register ``bundle_dir`` and make it ``role`` at ``site`` (published, recorded, audited).
 
     A shadow or challenger has no approver. A champion needs ``approved_by``, someone other than
     the model's author, except the first model of a site (nothing to replace: recorded as
     approved by ``policy:first-model``) and a re-deployment of the current champion. A version
-    whose gates failed is refused.
+    whose gates failed is refused. ``training_data``: the dataset dirs the model was trained
+    on, verified against its lineage and kept in the blob store (``blobs``, default: the
+    stack's) for retrains to replay.
     """
     from defectloop.trainer.governance import FIRST_MODEL_APPROVER, Governance, PromotionPolicy
 
@@ -92,6 +98,13 @@ def deploy_bundle(
             hint="a bundle is a directory with model.onnx and model.json",
         )
     model = register_bundle(registry, bundle_dir, site=site, author=requested_by)
+    if training_data:
+        from defectloop.common.blobstore import open_blob_store
+        from defectloop.trainer.settings import TrainerSettings
+        from defectloop.trainer.training_data import store_training_data
+
+        store = blobs if blobs is not None else open_blob_store(TrainerSettings().blob_url)
+        store_training_data(registry, model, training_data, store)
     governance = Governance(
         registry, bootstrap=bootstrap, policy=PromotionPolicy(require_gates=False)
     )

@@ -123,6 +123,18 @@ class RunProvenance(SQLModel, table=True):
     snapshot_sha256: str | None = Field(default=None, max_length=64)
 
 
+class DatasetSnapshot(SQLModel, table=True):
+    """A dataset version whose images and boxes are in the blob store, listed by a snapshot
+    manifest (:mod:`defectloop.trainer.training_data`): what a retrain replays of a model
+    trained elsewhere. A table of its own, so older registries need no migration."""
+
+    __tablename__ = "dataset_snapshots"
+
+    dataset_version: str = Field(primary_key=True, max_length=64)
+    snapshot_sha256: str = Field(max_length=64)
+    created_at: datetime = Field(default_factory=_now)
+
+
 class ModelVersion(SQLModel, table=True):
     __tablename__ = "model_versions"
 
@@ -220,6 +232,7 @@ class Registry:
                         DatasetVersion,
                         TrainingRun,
                         RunProvenance,
+                        DatasetSnapshot,
                         ModelVersion,
                         Deployment,
                         AuditRecord,
@@ -378,6 +391,26 @@ class Registry:
         if ds is None:
             raise NotFoundError(f"dataset version {version} not found")
         return ds
+
+    def run_provenance(self, run_id: int) -> RunProvenance | None:
+        with self.session() as s:
+            return s.get(RunProvenance, run_id)
+
+    def dataset_snapshot(self, dataset_version: str) -> str | None:
+        """The snapshot digest of ``dataset_version``'s stored images, if they were stored."""
+        with self.session() as s:
+            row = s.get(DatasetSnapshot, dataset_version)
+        return None if row is None else row.snapshot_sha256
+
+    def set_dataset_snapshot(self, dataset_version: str, snapshot_sha256: str) -> None:
+        with self.session() as s:
+            if s.get(DatasetSnapshot, dataset_version) is None:
+                s.add(
+                    DatasetSnapshot(
+                        dataset_version=dataset_version, snapshot_sha256=snapshot_sha256
+                    )
+                )
+                s.commit()
 
     def add_deployment(self, deployment: Deployment) -> Deployment:
         if deployment.role not in ROLES:

@@ -40,6 +40,7 @@ from defectloop.trainer.jobs import (
     Job,
     JobState,
     JobStore,
+    LabelledImage,
     RetrainPolicy,
     enough,
     fresh_counts,
@@ -363,6 +364,7 @@ class Retrainer:
             labels=labels,
             replay_share=policy.replay_share,
             seed=self.settings.train_seed,
+            earlier=self._champion_training_data(job.site_id),
         )
         digest = store_manifest(manifest, self.blobs)
         log.info("snapshot_stored", job_id=job.job_id, snapshot=digest, **manifest.counts())
@@ -386,6 +388,20 @@ class Retrainer:
             parent_bundle=self._parent_bundle(job),
             database_url=self.settings.resolved_database_url(),
         )
+
+    def _champion_training_data(self, site_id: str) -> list[LabelledImage]:
+        """What the champion was trained on (replayed against forgetting), if stored."""
+        champion = self.store.champion(site_id)
+        if champion is None:
+            return []
+        from defectloop.trainer.registry import Registry
+        from defectloop.trainer.training_data import earlier_training_images
+
+        registry = Registry(self.settings.resolved_database_url())
+        try:
+            return earlier_training_images(registry, champion.model_version, self.blobs)
+        finally:
+            registry.dispose()
 
     def _parent_bundle(self, job: Job) -> str | None:
         """The champion's registered bundle (its checkpoint is verified when training loads it)."""

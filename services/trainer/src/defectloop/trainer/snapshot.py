@@ -140,12 +140,16 @@ def build_manifest(
     labels: Sequence[str],
     replay_share: float,
     seed: int,
+    earlier: Sequence[LabelledImage] = (),
 ) -> SnapshotManifest:
     """Fresh = the site's images captured since the change point; the rest is the replay pool.
 
     Every eval-assigned image of every site goes into the ``eval`` split (frozen sets the gates
     score champion and candidate on); only non-eval images are ever trained on. A label naming a
     class the model does not have is left out (and listed), not allowed to fail the whole run.
+    ``earlier``: more replay candidates that are never fresh nor eval (the champion's own
+    training data, :mod:`defectloop.trainer.training_data`); an image also labelled here counts
+    once, with the label given here.
     """
     known = set(labels)
     excluded = sorted(
@@ -163,6 +167,14 @@ def build_manifest(
             fresh_train.append(image)
         else:
             pool.append(image)
+    seen = {i.image_id for i in labelled} | {i.sha256 for i in labelled}
+    pool.extend(
+        i
+        for i in earlier
+        if i.image_id not in seen
+        and i.sha256 not in seen
+        and all(str(b["label"]) in known for b in i.boxes)  # an older label set: skip the image
+    )
     if not fresh_train:
         raise InvalidInputError(
             f"no fresh training image of site {site_id} since {change_point_at.isoformat()}",

@@ -53,6 +53,11 @@ def bootstrap_bundle(site: str, *, say: Callable[[str], None] = print) -> Path:
     return _signed(bundle)
 
 
+def bootstrap_data(bundle: Path) -> Path:
+    """The simulated dataset a bootstrap bundle was trained on (next to it in the cache)."""
+    return bundle.parent / "data"
+
+
 def _signed(bundle: Path) -> Path:
     """Trained here by this project, so signed with the project key: inference loads only signed
     bundles, and a benchmark deploys this one without a registry (the trainer re-signs it when

@@ -22,6 +22,13 @@ def models_deploy(
     bootstrap: Annotated[
         str | None, typer.Option(help="Kafka bootstrap (default: the local broker).")
     ] = None,
+    training_data: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="COCO dataset dir the model was trained on (repeatable): verified against its "
+            "lineage and kept in the blob store, so that its retrains replay it."
+        ),
+    ] = None,
 ) -> None:
     """Register the bundle (verified by sha256) and publish model.deployed for the site."""
     from defectloop.cli import kafka_local
@@ -42,6 +49,7 @@ def models_deploy(
         site=site,
         role=model_role,
         bootstrap=bootstrap or kafka_local.default_layout().bootstrap,
+        training_data=training_data or (),
     )
     console.print(
         f"deployed {event.model_name} {event.model_version} as {event.role.value} of site {site} "

@@ -57,7 +57,7 @@ def ensure_models(
 ) -> None:
     """A site with no champion gets its bootstrap model (trained once, cached) deployed
     (``login``: who publishes ``model.deployed`` on a secured broker, the trainer)."""
-    from defectloop.cli.bootstrap import bootstrap_bundle
+    from defectloop.cli.bootstrap import bootstrap_bundle, bootstrap_data
     from defectloop.cli.errors import require_trainer
     from defectloop.common.events import ModelRole
 
@@ -77,6 +77,8 @@ def ensure_models(
                 role=ModelRole.CHAMPION,
                 bootstrap=bootstrap,
                 reason="bootstrap model: the site had none",
+                # Its simulated training images, kept so that a retrain replays them.
+                training_data=[bootstrap_data(bundle)],
             )
         console.print(
             f"[green]✓[/green] site {site}: deployed bootstrap model {event.model_version}"

@@ -28,12 +28,32 @@ from defectloop.common.events import (
     prediction_id_for,
 )
 from defectloop.monitor.evaluate import Evaluator
+from defectloop.monitor.performance import LabelledPrediction
 from defectloop.monitor.settings import MonitorSettings
 from defectloop.monitor.store import MonitorStore
 
 T0 = datetime(2026, 6, 1, 8, 0, tzinfo=UTC)
 SHA = "0" * 64
 DEFECT = Box(label="scratch", x=10, y=10, w=20, h=20)
+
+LABELLED = LabelledPrediction(
+    site_id="A",
+    camera_id="cam-1",
+    model_version="v1",
+    role=ModelRole.CHAMPION,
+    image_id="img-0",
+    truth_defective=False,
+    predicted_defective=False,
+    decision_score=0.1,
+    truth_boxes=(),
+    predicted_boxes=(),
+    sampling_reason="random",
+    captured_at=datetime(2026, 6, 1, tzinfo=UTC),
+    labelled_at=datetime(2026, 6, 1, 1, tzinfo=UTC),
+    annotator="ann-1",
+)
+"""A good part the champion called good, labelled an hour after capture (random stratum): the
+row the performance and scorecard tests vary with ``dataclasses.replace``."""
 
 
 @pytest.fixture

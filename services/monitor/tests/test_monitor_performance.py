@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from scipy.stats import bootstrap as scipy_bootstrap
 from statsmodels.stats.proportion import proportion_confint
 
-from defectloop.common.events import Box, DegradationKind, ModelRole, ScoredBox
+from defectloop.common.events import Box, DegradationKind, ScoredBox
 from defectloop.monitor.performance import (
     LabelledPrediction,
     PerformancePolicy,
@@ -29,25 +29,12 @@ from defectloop.monitor.performance import (
 from defectloop.monitor.signals import Signal
 from defectloop.vision.metrics import decision_metrics
 
+from .conftest import LABELLED
+
 pytestmark = pytest.mark.unit
 
-T0 = datetime(2026, 6, 1, tzinfo=UTC)
-BASE = LabelledPrediction(
-    site_id="A",
-    camera_id="cam-1",
-    model_version="v1",
-    role=ModelRole.CHAMPION,
-    image_id="img-0",
-    truth_defective=False,
-    predicted_defective=False,
-    decision_score=0.1,
-    truth_boxes=(),
-    predicted_boxes=(),
-    sampling_reason="random",
-    captured_at=T0,
-    labelled_at=T0 + timedelta(hours=1),
-    annotator="ann-1",
-)
+BASE = LABELLED
+T0 = BASE.captured_at
 
 
 def rows_from(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -12,29 +11,15 @@ from scipy.stats import bootstrap as scipy_bootstrap
 
 from defectloop.common.errors import InvalidInputError
 from defectloop.common.events import ModelRole
-from defectloop.monitor.performance import LabelledPrediction
 from defectloop.monitor.scorecard import Pair, Verdict, scorecard
 from defectloop.monitor.stats import PairedCounts, paired_difference_interval
 
+from .conftest import LABELLED
+
 pytestmark = pytest.mark.unit
 
-T0 = datetime(2026, 6, 1, tzinfo=UTC)
-CHAMPION = LabelledPrediction(
-    site_id="A",
-    camera_id="cam-1",
-    model_version="v1",
-    role=ModelRole.CHAMPION,
-    image_id="",
-    truth_defective=False,
-    predicted_defective=False,
-    decision_score=0.0,
-    truth_boxes=(),
-    predicted_boxes=(),
-    sampling_reason="random",
-    captured_at=T0,
-    labelled_at=T0,
-    annotator="ann-1",
-)
+T0 = LABELLED.captured_at
+CHAMPION = replace(LABELLED, image_id="", decision_score=0.0, labelled_at=T0)
 CANDIDATE = replace(CHAMPION, model_version="v2", role=ModelRole.SHADOW)
 
 

@@ -11,7 +11,6 @@ own state (``window.dashboard``), not from its HTML. The screenshot lands in ``.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -41,22 +40,16 @@ from defectloop.common.kafka import publish_event
 from defectloop.monitor import viewers
 from defectloop.monitor.main import build_app
 from defectloop.monitor.settings import MonitorSettings
+from defectloop.testing.browser import CHROMIUM_ARGS, system_chromium
 from defectloop.testing.http import serve
 from defectloop.testing.kafka import started_broker
 from defectloop.testing.net import free_port, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-CHROMIUM = shutil.which("chromium")
+CHROMIUM = system_chromium()
 ARTIFACTS = Path(__file__).resolve().parents[2] / ".artifacts"
-BROWSER_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+BROWSER_ARGS = list(CHROMIUM_ARGS)
 DEFECT = Box(label="scratch", x=10, y=10, w=20, h=20)
 FRAMES = 220  # per camera; drift from frame 150
 CAMERAS = ("cam-1", "cam-2", "cam-3")

@@ -4,6 +4,7 @@ prediction.made, every span in the image's own trace with the right parent."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,8 @@ from defectloop.testing.net import wait_until
 from .conftest import frame
 
 pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def _image_trace(zipkin: Any, image_id: str) -> list[list[dict[str, Any]]]:
@@ -145,6 +148,28 @@ async def test_an_uploaded_image_is_one_trace_from_the_request_to_its_prediction
     assert f"by model {p.model_version}" in told.output
     assert "annotation: sampled (random)" in told.output
     assert f"site {p.site} is served now by model {p.model_version}" in told.output
+
+    # The trace as ops see it in the Zipkin UI, kept as an artifact (headless Debian Chromium,
+    # the dashboard test's driver; skipped where chromium is not installed).
+    if shutil.which("chromium"):
+        shot = await asyncio.to_thread(
+            subprocess.run,
+            [
+                sys.executable,
+                str(ROOT / "scripts" / "zipkin_screenshot.py"),
+                "--zipkin",
+                zipkin.url,
+                "--trace",
+                own[0][0]["traceId"],
+                "--out",
+                str(ROOT / ".artifacts" / "zipkin-trace.png"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert shot.returncode == 0, shot.stderr
+        print(f"zipkin screenshot: {shot.stdout.strip()}")
 
 
 async def test_trace_of_an_unknown_image_is_one_line_with_a_hint(zipkin: Any) -> None:

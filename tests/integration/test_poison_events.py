@@ -46,16 +46,14 @@ from defectloop.common.events import (
     MetricDegraded,
     ModelDeployed,
     ModelRole,
-    PredictionMade,
     QualityMetrics,
     RejectReason,
     image_id_for,
-    prediction_id_for,
 )
 from defectloop.testing.kafka import collect
 from defectloop.testing.net import wait_until
 
-from .conftest import Pipeline, frame
+from .conftest import Pipeline, decision, frame
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -95,25 +93,8 @@ def valid_event(topic: str, site: str) -> Event:
             **camera, sha256=SHA, reason=RejectReason.TOO_DARK, detail="mean brightness 3"
         )
     if topic == topics.PREDICTION_MADE:
-        return PredictionMade(
-            **camera,
-            prediction_id=prediction_id_for(image_id, "v1", "champion"),
-            image_id=image_id,
-            sha256=SHA,
-            blob_uri="file:///nowhere/ab.png",
-            width=64,
-            height=64,
-            boxes=(),
-            defective=False,
-            decision_score=0.1,
-            decision_threshold=0.5,
-            model_name="poison-test",
-            model_version="v1",
-            outlier_score=0.0,
-            outlier=False,
-            captured_at=now,
-            queue_latency_ms=1.0,
-            inference_latency_ms=1.0,
+        return decision(
+            site, SHA, model_name="poison-test", blob_uri="file:///nowhere/ab.png", captured_at=now
         )
     if topic == topics.ANNOTATION_COMPLETED:
         return AnnotationCompleted(

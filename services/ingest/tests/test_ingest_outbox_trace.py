@@ -19,6 +19,7 @@ import pytest
 from anyio import to_thread
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from sqlalchemy import Engine, inspect, text
 
 from defectloop.common import topics, tracing
 from defectloop.common.events import ImageCaptured, QualityMetrics, image_id_for, sha256_hex
@@ -180,3 +181,26 @@ def test_a_database_from_before_the_trace_columns_still_opens(tmp_path: Path) ->
     store.insert(new)
     assert [r.image_id for r in store.unpublished()] == [old.image_id, new.image_id]
     assert store.get(new.image_id).traceparent == new.traceparent  # type: ignore[union-attr]
+
+
+@pytest.mark.integration
+def test_a_postgresql_database_from_before_the_trace_columns_gets_them(
+    postgres_schema_engine: Engine,
+) -> None:
+    url = postgres_schema_engine.url.render_as_string(hide_password=False)
+    open_database(url).dispose()
+    with postgres_schema_engine.begin() as conn:
+        conn.execute(text("ALTER TABLE ingest_image DROP COLUMN traceparent"))
+        conn.execute(text("ALTER TABLE ingest_image DROP COLUMN tracestate"))
+
+    engine = open_database(url)
+    try:
+        columns = {c["name"] for c in inspect(engine).get_columns("ingest_image")}
+        assert {"traceparent", "tracestate"} <= columns
+        record = _record("pg", traceparent="00-" + "3" * 32 + "-" + "4" * 16 + "-01")
+        ImageStore(engine).insert(record)
+        stored = ImageStore(engine).get(record.image_id)
+        assert stored is not None
+        assert stored.traceparent == record.traceparent
+    finally:
+        engine.dispose()

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,8 +20,8 @@ from defectloop.common.events import (
     PredictionMade,
     ScoredBox,
     image_id_for,
-    prediction_id_for,
 )
+from defectloop.testing.events import prediction
 from defectloop.testing.net import free_port, wait_until
 
 if TYPE_CHECKING:
@@ -62,28 +62,18 @@ def decision(
     """The decision of model ``version`` in ``role`` on the 64x64 image ``sha`` of camera
     ``cam-1`` of ``site`` (captured now unless ``captured_at``): a defective one has one box
     scored 0.9, a good one none (score 0.1)."""
-    image_id = image_id_for(site, "cam-1", sha)
-    return PredictionMade(
-        site_id=site,
-        camera_id="cam-1",
-        prediction_id=prediction_id_for(image_id, version, role.value),
-        image_id=image_id,
+    return prediction(
+        site,
+        image_id_for(site, "cam-1", sha),
+        version=version,
+        role=role,
         sha256=sha,
-        blob_uri=blob_uri,
-        width=64,
-        height=64,
         boxes=(ScoredBox(label="scratch", x=1, y=2, w=3, h=4, score=0.9),) if defective else (),
         defective=defective,
         decision_score=0.9 if defective else 0.1,
-        decision_threshold=0.5,
         model_name=model_name,
-        model_version=version,
-        role=role,
-        outlier_score=0.0,
-        outlier=False,
-        captured_at=captured_at or datetime.now(UTC),
-        queue_latency_ms=1.0,
-        inference_latency_ms=1.0,
+        blob_uri=blob_uri,
+        captured_at=captured_at,
     )
 
 

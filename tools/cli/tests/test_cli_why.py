@@ -26,12 +26,11 @@ from defectloop.common.events import (
     MetricDegraded,
     ModelDeployed,
     ModelRole,
-    PredictionMade,
     QualityMetrics,
-    prediction_id_for,
     sha256_hex,
 )
 from defectloop.common.http_errors import install_error_handlers
+from defectloop.testing.events import prediction
 from defectloop.testing.http import serve_in_thread
 from defectloop.testing.net import free_port
 from defectloop.testing.state import isolate_state
@@ -315,26 +314,14 @@ def _monitor_events(version: str) -> list[object]:
         image_id = f"mon-{i}"
         at = T0 + timedelta(minutes=10, seconds=i)
         out.append(
-            PredictionMade(
-                site_id=SITE,
-                camera_id="cam-1",
-                prediction_id=prediction_id_for(image_id, version, "champion"),
-                image_id=image_id,
-                sha256="0" * 64,
-                blob_uri="file:///x.png",
-                width=64,
-                height=64,
-                boxes=(),
+            prediction(
+                SITE,
+                image_id,
+                version=version,
                 defective=defective and i % 10 != 0,
                 decision_score=0.9 if defective else 0.1,
-                decision_threshold=0.5,
                 model_name="detector",
-                model_version=version,
-                outlier_score=0.0,
-                outlier=False,
                 captured_at=at,
-                queue_latency_ms=1,
-                inference_latency_ms=1,
             )
         )
         for who in ("ann1", "ann2") if i < 10 else ("ann1",):

@@ -192,6 +192,7 @@ def test_the_checker_passes_redeliveries_and_fails_loss_doubles_stray_letters_an
     )
     assert s["dlq"] == {"poison": 1, "other": {"image.captured:schema_violation": 1}}
     assert (faults[0].lost, faults[0].duplicates) == (1, 0)  # i2 was acknowledged after it
+    assert faults[0].ack_gap_s == 3.0  # no 202 from the fault (2 s) until i2's (5 s)
     assert len(bad["failures"]) == 5
 
 

@@ -138,6 +138,9 @@ class FaultOutcome:
     error: str | None = None
     lost: int = 0
     duplicates: int = 0
+    ack_gap_s: float | None = None
+    """The longest time without a 202 from the fault until the next one (its outage as the
+    gateways saw it)."""
 
 
 @dataclass
@@ -497,13 +500,14 @@ def run_faults(cfg: FaultsConfig, say: Progress) -> dict[str, Any]:
 def markdown(report: dict[str, Any]) -> str:
     """The report as a short Markdown table (fault, when, recovery, lost, duplicates)."""
     lines = [
-        "| fault | at (s) | recovery (s) | lost | duplicate decisions |",
-        "|---|---|---|---|---|",
+        "| fault | at (s) | recovery (s) | longest time without a 202 (s) | lost "
+        "| duplicate decisions |",
+        "|---|---|---|---|---|---|",
     ]
     for f in report["faults"]:
         rec = f["recovery_s"] if f["recovery_s"] is not None else f"failed: {f['error']}"
         lines.append(
-            f"| {f['fault']} | {f['at_s']} | {rec} | {f.get('lost', 0)} | "
+            f"| {f['fault']} | {f['at_s']} | {rec} | {f.get('ack_gap_s') or '-'} | {f.get('lost', 0)} | "
             f"{f.get('duplicates', 0)} |"
         )
     s = report["summary"]
@@ -512,7 +516,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"offered {s['offered']}, acknowledged {s['acknowledged']}, rejected {s['rejected']}, "
         f"unanswered {s['unanswered']}; lost {s['lost']}, duplicate champion decisions after "
         f"dedupe {s['duplicates_after_dedupe']}, raw redeliveries {s['raw_redeliveries']}; "
-        f"DLQ {json.dumps(s['dlq'])}; lag after {s['lag_after']}; "
+        f"DLQ {json.dumps(s['dlq'])}; lag after {s['lag_after']} "
+        f"(zero {s.get('zero_lag_after_s')} s after the last answer); "
         + (_annotation_line(s["annotation"]) if s.get("annotation") else "")
         + f"peak RSS (MiB) {json.dumps(report.get('peak_rss_mib', {}))}; "
         f"verdict **{'pass' if report['passed'] else 'FAIL'}**"
@@ -525,7 +530,8 @@ def _annotation_line(a: dict[str, Any]) -> str:
     return (
         f"annotation-sync: {a['samples']} sampled, {a['unpushed']} unpushed, "
         f"{a['tasks']} Label Studio tasks, missing {a['missing']}, pushed twice "
-        f"{a['duplicated']}, unknown {a['unknown']}, lag after {a['lag_after']}; "
+        f"{a['duplicated']}, unknown {a['unknown']}, lag after {a['lag_after']} "
+        f"(all pushed {a.get('all_pushed_after_s')} s after inference caught up); "
     )
 
 

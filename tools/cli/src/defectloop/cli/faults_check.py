@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import sqlite3
 import time
 from collections import Counter, defaultdict
@@ -58,6 +59,7 @@ class FaultLike(Protocol):
     at_s: float
     lost: int
     duplicates: int
+    ack_gap_s: float | None
 
 
 async def _lag(bootstrap: str, topic: str, group: str) -> int:
@@ -201,6 +203,15 @@ async def _read(bootstrap: str, site: str) -> tuple[list[PredictionMade], list[D
     return predictions, letters
 
 
+def _ack_gap(acked_at: list[float], start: float, end: float) -> float | None:
+    """The longest time without a 202 from ``start`` to the last acknowledgement before ``end``:
+    the outage as the gateways saw it (a broker restart: until the first produce succeeded)."""
+    if not acked_at:
+        return None
+    times = [start, *sorted(acked_at)]
+    return round(max(b - a for a, b in itertools.pairwise(times)), 2)
+
+
 def judge(
     offers: Sequence[OfferLike],
     predictions: list[PredictionMade],
@@ -232,6 +243,9 @@ def judge(
         ]
         fault.lost = sum(1 for i in in_window if i in set(lost))
         fault.duplicates = sum(1 for i in in_window if i in set(doubled))
+        fault.ack_gap_s = _ack_gap(
+            [acked[i].acked_at_s or 0.0 for i in in_window], windows[index], windows[index + 1]
+        )
     dlq_other = dict(Counter(f"{d.source_topic}:{d.reason}" for d in other_letters))
     summary: dict[str, Any] = {
         "offered": len(offers),
@@ -281,16 +295,21 @@ def check(
         predictions, letters = await _read(bootstrap, site)
         return lag, predictions, letters
 
+    started = time.monotonic()  # every offer answered: from here, the time to zero lag
     lag, predictions, letters = asyncio.run(run())
+    caught_up_s = round(time.monotonic() - started, 1)
     failed = [f for f in faults if getattr(f, "error", None)]
     verdict = judge(offers, predictions, letters, poison_key=poison_key, faults=faults, lag=lag)
+    verdict["summary"]["zero_lag_after_s"] = caught_up_s
     if annotation is not None:
+        started = time.monotonic()
         ann_lag, samples = asyncio.run(_settled_annotation(bootstrap, annotation, site, stall_s))
+        caught_up_s = round(time.monotonic() - started, 1)
         acked = {o.image_id for o in offers if o.status == 202 and o.image_id}
         summary, failures = judge_annotation(
             samples, _label_studio_keys(annotation), acked, site=site, lag=ann_lag
         )
-        verdict["summary"]["annotation"] = summary
+        verdict["summary"]["annotation"] = {**summary, "all_pushed_after_s": caught_up_s}
         verdict["failures"] += failures
         verdict["passed"] = verdict["passed"] and not failures
     for f in failed:

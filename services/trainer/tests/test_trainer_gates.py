@@ -229,6 +229,21 @@ def test_every_failure_is_named() -> None:
     assert "ONNX/torch parity was not measured" in reasons
 
 
+def test_a_site_with_its_own_model_is_scored_but_does_not_decide() -> None:
+    worse = _site("C", champ_recall=0.95, cand_recall=0.6, seed=3)
+    own_model = worse.model_copy(update={"binding": False})
+    report = _report(others=[_same_models("A"), own_model])
+    assert report.passed, report.reasons
+    row = next(r for r in report.non_inferiority if r.site == "C")
+    assert not row.binding and not row.passed  # kept in the evidence, with its numbers
+    assert row.delta_recall < -0.2
+    # It takes no share of the correction: the binding set is tested as if alone.
+    binding_only = non_inferiority_gate([_same_models("A")], FAST)
+    assert report.non_inferiority[0] == binding_only[0]
+    # The same set, binding (a site the champion's version serves), fails the report.
+    assert not _report(others=[_same_models("A"), worse]).passed
+
+
 def test_a_set_named_twice_is_refused() -> None:
     with pytest.raises(InvalidInputError, match="named once"):
         _report(others=[_same_models("B")])

@@ -217,6 +217,11 @@ async def test_a_candidate_that_passes_its_gates_goes_out_as_shadow(tmp_path: Pa
         f"{SITE}/pre-drift": 4,
         f"{SITE}x": 6,
     }
+    # The other site runs no version of this champion: scored, not binding; the pre-drift set is.
+    assert {r.site: r.binding for r in report.non_inferiority} == {
+        f"{SITE}/pre-drift": True,
+        f"{SITE}x": False,
+    }
     assert report.parity.max_abs_diff == PARITY
     assert report.latency.champion_ms > 0
     assert report.latency.candidate_ms > 0
@@ -232,6 +237,24 @@ async def test_a_candidate_that_passes_its_gates_goes_out_as_shadow(tmp_path: Pa
     champion = w.governance.champion(SITE)
     assert champion is not None
     assert champion.model_version == w.champion
+
+
+@pytest.mark.unit
+async def test_a_site_the_champions_version_also_serves_binds_the_gate(tmp_path: Path) -> None:
+    w = make_world(tmp_path, candidate_finds=True)
+    shared = w.registry.get_model(w.champion)
+    w.governance.activate(
+        shared, f"{SITE}x", ModelRole.CHAMPION, by="ops", approved_by="carol", reason="shared"
+    )
+
+    await w.gatekeeper()(w.job)
+
+    gate = w.governance.latest_gate(w.candidate)
+    assert gate is not None
+    assert {r.site: r.binding for r in gate.report.non_inferiority} == {
+        f"{SITE}/pre-drift": True,
+        f"{SITE}x": True,
+    }
 
 
 @pytest.mark.unit

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,8 +175,13 @@ def score_candidate(
     manifest: SnapshotManifest,
     parity: dict[str, float],
     config: GateConfig,
+    served_sites: Collection[str] = (),
 ) -> GateReport | str:
-    """The gate report of the candidate against the champion, or why none can be computed."""
+    """The gate report of the candidate against the champion, or why none can be computed.
+
+    ``served_sites``: the other sites the champion's version serves; with the degraded site's
+    pre-drift set they are the binding non-inferiority sets (:mod:`defectloop.trainer.gates`).
+    """
     degraded, others = eval_sets(eval_root, manifest)
     if degraded is None or not degraded.dataset.images:
         return (
@@ -192,7 +197,11 @@ def score_candidate(
         champion_version=champion_version,
         degraded=paired_eval(degraded.name, champion, candidate, degraded.dataset, with_map=True),
         others=[
-            paired_eval(s.name, champion, candidate, s.dataset, with_map=False)
+            paired_eval(s.name, champion, candidate, s.dataset, with_map=False).model_copy(
+                update={
+                    "binding": s.name.startswith(f"{manifest.site_id}/") or s.name in served_sites
+                }
+            )
             for s in others
             if s.dataset.images
         ],
@@ -209,7 +218,7 @@ def count_gates(site_id: str, report: GateReport) -> None:
         ("improvement", report.improvement.passed),
         ("parity", report.parity.passed),
         ("latency", report.latency.passed),
-        *(("non_inferiority", r.passed) for r in report.non_inferiority),
+        *(("non_inferiority", r.passed) for r in report.non_inferiority if r.binding),
     ]
     for gate, passed in verdicts:
         GATE_OUTCOMES.labels(site_id, gate, str(passed).lower()).inc()
@@ -243,6 +252,7 @@ def _report_summary(report: GateReport) -> dict[str, object]:
                 "recall_lower_holm": r.recall_lower_holm,
                 "precision_lower_holm": r.precision_lower_holm,
                 "passed": r.passed,
+                "binding": r.binding,
             }
             for r in report.non_inferiority
         },
@@ -323,6 +333,13 @@ class Gatekeeper:
                 manifest=load_manifest(self.blobs, job.snapshot_sha256),
                 parity=parity_of(model.metrics),
                 config=self.config,
+                served_sites={
+                    d.site
+                    for d in gov.registry.deployments()
+                    if d.model_version == champion.model_version
+                    and d.role == ModelRole.CHAMPION.value
+                    and d.status == "active"
+                },
             )
             if isinstance(outcome, str):
                 return self.store.update(job.job_id, to=JobState.GATE_FAILED, reason=outcome)

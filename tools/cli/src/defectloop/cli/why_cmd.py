@@ -149,6 +149,8 @@ def _gates(f: dict[str, Any]) -> list[str]:
     ]
     for row in f["other_sites"]:
         mark = "ok" if row["passed"] else "[red]FAIL[/]"
+        if not row.get("binding", True):  # a site with its own model: for the record
+            mark = f"{'ok' if row['passed'] else 'lower'}, own model: not binding"
         lines.append(
             f"  {row['site']}: Δrecall {row['delta_recall']:+.3f} "
             f"(lower {row['recall_lower_holm']:+.3f}, precision lower "
@@ -169,8 +171,11 @@ def _approval(f: dict[str, Any]) -> list[str]:
         lines.append(
             f"approved by {f['approved_by']}"
             + (f" at {_when(f['approved_at'])}" if f.get("approved_at") else "")
-            + (f", promoted by {f['promoted_by']} at {_when(f['promoted_at'])}"
-               if f.get("promoted_by") else "")
+            + (
+                f", promoted by {f['promoted_by']} at {_when(f['promoted_at'])}"
+                if f.get("promoted_by")
+                else ""
+            )
         )
     for r in f.get("refused", []):
         lines.append(f"[red]refused[/]: {r['by']} at {_when(r['at'])}: {escape(r['why'])}")
@@ -178,8 +183,10 @@ def _approval(f: dict[str, Any]) -> list[str]:
 
 
 def _shadow(f: dict[str, Any]) -> list[str]:
-    lines = [f"{_when(f['since'])} → {_when(f.get('until'))}"
-             + (f" ({escape(f['ended_by'])})" if f.get("ended_by") else " (still in shadow)")]
+    lines = [
+        f"{_when(f['since'])} → {_when(f.get('until'))}"
+        + (f" ({escape(f['ended_by'])})" if f.get("ended_by") else " (still in shadow)")
+    ]
     card = f.get("scorecard")
     if card:
         recall = card.get("recall") or {}
@@ -192,9 +199,14 @@ def _shadow(f: dict[str, Any]) -> list[str]:
 
 
 def _after(f: dict[str, Any]) -> list[str]:
-    lines = [f"promoted {_when(f['promoted_at'])}"
-             + (f", retired {_when(f['retired_at'])} ({escape(f['retired_why'])})"
-                if f.get("retired_at") else "")]
+    lines = [
+        f"promoted {_when(f['promoted_at'])}"
+        + (
+            f", retired {_when(f['retired_at'])} ({escape(f['retired_why'])})"
+            if f.get("retired_at")
+            else ""
+        )
+    ]
     if "recall" in f:
         lines.append(
             f"as {f['role']}: recall {_figure(f['recall'])}, precision "

@@ -1,4 +1,9 @@
-"""HTTP API of annotation-sync: signed image links, the Label Studio webhook, progress, campaigns."""
+"""HTTP API of annotation-sync: signed image links, the Label Studio webhook, progress, campaigns.
+
+Roles per site (:mod:`defectloop.common.authz`): reads need any role on the site, campaign writes
+need ``annotation_admin``; the image route is opened by its signed, expiring, site-scoped link and
+the webhook by its secret header (Label Studio holds no API token), so both are declared public.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import json
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, Header, Path, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -15,6 +20,7 @@ from defectloop.annotation_sync import signing, store
 from defectloop.annotation_sync.progress import LowAgreement, agreement_figures, progress
 from defectloop.annotation_sync.store import as_utc
 from defectloop.annotation_sync.sync import AnnotationSync
+from defectloop.common import authz
 from defectloop.common.blobstore import open_blob_store
 from defectloop.common.errors import DefectloopError, NotFoundError, PermanentError, TransientError
 from defectloop.common.events import ID_MAX_LENGTH, SITE_ID_PATTERN
@@ -69,10 +75,21 @@ def build_router(sync: AnnotationSync) -> APIRouter:
     blobs = open_blob_store(settings.blob_url)
     hook_secret = signing.webhook_secret(settings.signing_secret)
     low_agreement = LowAgreement(settings.low_agreement_kappa, settings.low_agreement_min_pairs)
+    auth = authz.Authz(sync.engine, required=settings.tokens_required)
+    # Defaults, not Annotated[...]: annotations are strings here and a local does not resolve.
+    reads = Depends(auth.require(authz.Permission.READ, site_param="site"))
+    writes = Depends(auth.require(authz.Permission.ANNOTATION_WRITE, site_param="site"))
+    signed_link = Depends(authz.public("a signed, expiring, site-scoped link"))
+    webhook_secret = Depends(authz.public("Label Studio's X-Webhook-Secret"))
+    token_errors: dict[int | str, dict[str, Any]] = {
+        401: {"model": ErrorBody, "description": "Bad token (missing/invalid/expired_token)."},
+        403: {"model": ErrorBody, "description": "forbidden_site or forbidden_role."},
+    }
 
     @router.get(
         "/v1/images/{image_id}",
         tags=["images"],
+        dependencies=[signed_link],
         response_class=Response,
         responses={
             200: {"content": {"image/png": {}}, "description": "The PNG."},
@@ -116,6 +133,7 @@ def build_router(sync: AnnotationSync) -> APIRouter:
     @router.post(
         "/v1/labelstudio/webhook",
         tags=["labelstudio"],
+        dependencies=[webhook_secret],
         responses={
             400: {"model": ErrorBody, "description": "The body is not JSON (malformed_payload)."},
             401: {"model": ErrorBody, "description": "Missing or wrong X-Webhook-Secret."},
@@ -183,7 +201,12 @@ def build_router(sync: AnnotationSync) -> APIRouter:
     def label_requests(site: str) -> list[dict[str, Any]]:
         return [s.as_dict() for s in sync.request_states(site)]
 
-    @router.get("/v1/sites/{site}/annotation/progress", tags=["progress"])
+    @router.get(
+        "/v1/sites/{site}/annotation/progress",
+        tags=["progress"],
+        dependencies=[reads],
+        responses=token_errors,
+    )
     def site_progress(site: SiteParam) -> dict[str, Any]:
         """Per annotator per day (annotated, skipped), per day, campaign vs target, agreement
         (per site and per annotator pair), and the monitor's label requests."""
@@ -200,13 +223,23 @@ def build_router(sync: AnnotationSync) -> APIRouter:
         body["label_requests"] = label_requests(site)
         return body
 
-    @router.get("/v1/sites/{site}/annotation/agreement", tags=["progress"])
+    @router.get(
+        "/v1/sites/{site}/annotation/agreement",
+        tags=["progress"],
+        dependencies=[reads],
+        responses=token_errors,
+    )
     def site_agreement(site: SiteParam) -> dict[str, Any]:
         """Inter-annotator agreement of the site's overlap images: overall and per pair."""
         records = store.current_annotations(sync.engine, site)
         return {"site": site, **agreement_figures(records, low_agreement)}
 
-    @router.get("/v1/sites/{site}/campaigns", tags=["progress"])
+    @router.get(
+        "/v1/sites/{site}/campaigns",
+        tags=["progress"],
+        dependencies=[reads],
+        responses=token_errors,
+    )
     def get_campaign(site: SiteParam) -> dict[str, Any]:
         """The campaign target, and the monitor's label requests (active or not) with progress."""
         c = store.get_campaign(sync.engine, site, settings.default_campaign_target)
@@ -221,7 +254,11 @@ def build_router(sync: AnnotationSync) -> APIRouter:
     @router.put(
         "/v1/sites/{site}/campaigns",
         tags=["progress"],
-        responses={400: {"model": ErrorBody, "description": "The body is not JSON."}},
+        dependencies=[writes],
+        responses={
+            400: {"model": ErrorBody, "description": "The body is not JSON."},
+            **token_errors,
+        },
     )
     def put_campaign(site: SiteParam, body: CampaignBody) -> dict[str, Any]:
         c = store.put_campaign(sync.engine, site, body.target, body.name, body.restart)

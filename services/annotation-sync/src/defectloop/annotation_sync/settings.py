@@ -24,6 +24,15 @@ class AnnotationSyncSettings(ServiceSettings):
     service_name: str = "annotation-sync"
     port: int = 8083
 
+    tokens_required: bool = Field(
+        False,
+        description=(
+            "Every /v1 request needs an API token (defectloop api-token: a role per site). Off "
+            "(the local profile): a request without one may do anything; a token presented is "
+            "checked and scopes either way. ON in production."
+        ),
+    )
+
     # --- Label Studio ---------------------------------------------------------------------
     label_studio_url: str | None = Field(
         None, description="URL of the shared Label Studio (sites without their own instance)."

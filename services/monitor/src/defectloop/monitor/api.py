@@ -25,6 +25,8 @@
 
 Site-scoped (``viewers.py``): a viewer token (``Authorization: Bearer dlv_...``) sees only its
 sites: ``/v1/sites`` lists those, any other ``/v1/sites/{site}...`` answers 403 ``forbidden_site``.
+An API token (``dla_...``, :mod:`defectloop.common.authz`) of any role may read its sites: every
+route here declares ``Permission.READ``.
 
 Handlers are plain functions: FastAPI runs them in its thread pool, so database reads and the
 statistics never block the event loop that consumes Kafka.
@@ -38,8 +40,9 @@ from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Path, Query
 
+from defectloop.common import authz
 from defectloop.common.errors import NotFoundError
 from defectloop.common.events import ID_MAX_LENGTH, SITE_ID_PATTERN, DegradationKind, ModelRole
 from defectloop.common.http_errors import ErrorBody
@@ -332,33 +335,29 @@ class MonitorApi:
 
 def build_router(store: MonitorStore, settings: MonitorSettings) -> APIRouter:
     viewers.create_table(store.engine)
-    current_viewer = viewers.viewer_dependency(
-        store.engine, required=settings.viewer_tokens_required
+    # API tokens (dla_, a role per site) and the monitor's own viewer tokens (dlv_: role viewer).
+    auth = authz.Authz(
+        store.engine,
+        required=settings.viewer_tokens_required,
+        others={viewers.TOKEN_PREFIX: viewers.principal_authenticator(store.engine)},
     )
     # A default, not Annotated[...]: annotations are strings here and a local does not resolve.
-    seen_by = Depends(current_viewer)  # resolved once per request, however many ask
-
-    def in_scope(request: Request, viewer: viewers.Viewer = seen_by) -> None:
-        # Before the route looks the site up: a token of A learns nothing of B, not even
-        # whether the monitor knows it (403 either way, never 404).
-        site_id = request.path_params.get("site_id")
-        if site_id is not None:
-            viewers.check_site(viewer, site_id)
+    reads = Depends(auth.require(authz.Permission.READ, site_param="site_id"))
 
     router = APIRouter(
         prefix="/v1",
         tags=["monitor"],
-        dependencies=[Depends(in_scope)],
+        dependencies=[reads],  # every route reads one site (or lists those in scope)
         responses={
-            401: {"model": ErrorBody, "description": "Bad viewer token (invalid_token)."},
-            403: {"model": ErrorBody, "description": "Site outside the token (forbidden_site)."},
+            401: {"model": ErrorBody, "description": "Bad token (missing/invalid/expired_token)."},
+            403: {"model": ErrorBody, "description": "forbidden_site or forbidden_role."},
             404: {"model": ErrorBody, "description": "No data for this site (not_found)."},
         },
     )
     api = MonitorApi(store, settings)
 
     @router.get("/sites")
-    def sites(viewer: viewers.Viewer = seen_by) -> dict[str, Any]:
+    def sites(viewer: authz.Principal = reads) -> dict[str, Any]:
         """Every site the monitor has data for (those the viewer token may see), with its state,
         models and open incidents."""
         return {"sites": [api.summary(s) for s in viewer.visible(store.sites())]}

@@ -29,7 +29,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel, select
 
-from defectloop.common import tokens
+from defectloop.common import authz, tokens
 from defectloop.common.db import make_engine
 from defectloop.common.errors import (
     ForbiddenError,
@@ -155,6 +155,22 @@ def viewer_dependency(engine: Engine, *, required: bool) -> Callable[..., Viewer
     return current_viewer
 
 
+def principal_authenticator(engine: Engine) -> Callable[[str], authz.Principal]:
+    """Viewer tokens as API-token principals of role viewer (the API's checks are
+    :mod:`defectloop.common.authz`'s; a viewer token is the monitor-only form of one)."""
+
+    def principal(token: str) -> authz.Principal:
+        viewer = authenticate(engine, token)
+        return authz.Principal(
+            token_id=viewer.token_id,
+            user=f"viewer-token:{viewer.token_id}",
+            role=authz.Role.VIEWER,
+            sites=viewer.sites,
+        )
+
+    return principal
+
+
 def check_site(viewer: Viewer, site_id: str) -> None:
     """403 unless ``site_id`` is in the viewer's scope."""
     if not viewer.may_see(site_id):
@@ -244,6 +260,7 @@ __all__ = [
     "check_site",
     "issue",
     "list_tokens",
+    "principal_authenticator",
     "revoke",
     "viewer_dependency",
 ]

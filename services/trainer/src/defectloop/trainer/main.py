@@ -101,7 +101,7 @@ def build_app(
         on_shutdown=[on_shutdown],
     )
     app.state.retrainer = retrainer
-    routes.install(app, retrainer.store)
+    routes.install(app, retrainer.store, tokens_required=settings.tokens_required)
     return app
 
 

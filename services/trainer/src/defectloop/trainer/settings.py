@@ -19,6 +19,15 @@ class TrainerSettings(ServiceSettings):
 
     service_name: str = "trainer"
     port: int = 8085
+    tokens_required: bool = Field(
+        False,
+        description=(
+            "Every /v1 request needs an API token (defectloop api-token: a role per site). Off "
+            "(the local profile): a request without one may do anything; a token presented is "
+            "checked and scopes either way. ON in production."
+        ),
+    )
+
     # compose.yaml sets DATABASE_URL like every service; DB_URL is the registry's older name.
     database_url: str | None = Field(
         None,

@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from defectloop.common.blobstore import BlobStore
+from defectloop.common.blobstore import BlobStore, S3BlobStore, open_blob_store
 from defectloop.common.errors import ForbiddenError, IntegrityMismatchError, InvalidInputError
-from defectloop.common.events import ModelDeployed, ModelRole
+from defectloop.common.events import ModelDeployed, ModelRole, sha256_hex
 from defectloop.common.kafka import build_broker, publish_events
 from defectloop.trainer.registry import (
     DatasetVersion,
@@ -21,6 +22,9 @@ from defectloop.trainer.registry import (
     Registry,
     model_version_from_manifest,
 )
+
+if TYPE_CHECKING:
+    from defectloop.trainer.governance import Publisher
 
 
 def register_bundle(
@@ -59,6 +63,45 @@ def register_bundle(
     )
 
 
+def upload_bundle(store: S3BlobStore, bundle_dir: Path) -> str:
+    """Copy what inference loads of ``bundle_dir`` (signed manifest, model, signature) to S3
+    under a content-addressed prefix ``bundles/<sha256 of the files' digests>/``; return its
+    ``s3://`` URI (what ``model.deployed.artifact_uri`` carries in the production profile)."""
+    from defectloop.common.signing import SIGNATURE_FILE, SIGNED_FILE
+    from defectloop.vision.manifest import MODEL_FILE
+
+    files = {
+        name: (bundle_dir / name).read_bytes()
+        for name in (SIGNED_FILE, MODEL_FILE, SIGNATURE_FILE)
+        if (bundle_dir / name).is_file()  # unsigned: inference refuses it, with its reason
+    }
+    digest = sha256_hex("".join(f"{n}:{sha256_hex(d)};" for n, d in files.items()).encode())
+    uri = ""
+    for name, data in files.items():
+        uri = store.put_object(f"bundles/{digest}/{name}", data).rsplit("/", 1)[0]
+    return uri
+
+
+def s3_publisher(bootstrap: str, store: S3BlobStore) -> Publisher:
+    """Publish deployments whose local bundle is first uploaded to ``store``: the event names
+    the ``s3://`` copy, so inference needs no volume shared with the trainer."""
+
+    from defectloop.trainer.governance import kafka_publisher
+
+    def publish(events: Sequence[ModelDeployed]) -> None:
+        uploaded = [
+            event.model_copy(
+                update={"artifact_uri": upload_bundle(store, Path(event.artifact_uri))}
+            )
+            if Path(event.artifact_uri).is_dir()
+            else event
+            for event in events
+        ]
+        kafka_publisher(bootstrap)(uploaded)
+
+    return publish
+
+
 async def publish_deployment(bootstrap: str, *events: ModelDeployed) -> None:
     broker = build_broker(bootstrap, client_id="defectloop-deploy")
     await broker.start()
@@ -91,6 +134,7 @@ def deploy_bundle(
     stack's) for retrains to replay.
     """
     from defectloop.trainer.governance import FIRST_MODEL_APPROVER, Governance, PromotionPolicy
+    from defectloop.trainer.settings import TrainerSettings
 
     if not (bundle_dir / "model.onnx").is_file():
         raise InvalidInputError(
@@ -98,15 +142,18 @@ def deploy_bundle(
             hint="a bundle is a directory with model.onnx and model.json",
         )
     model = register_bundle(registry, bundle_dir, site=site, author=requested_by)
+    store = blobs if blobs is not None else open_blob_store(TrainerSettings().blob_url)
     if training_data:
-        from defectloop.common.blobstore import open_blob_store
-        from defectloop.trainer.settings import TrainerSettings
         from defectloop.trainer.training_data import store_training_data
 
-        store = blobs if blobs is not None else open_blob_store(TrainerSettings().blob_url)
         store_training_data(registry, model, training_data, store)
+    # An S3 blob store (the production profile): the bundle is served from S3 too.
+    publish = s3_publisher(bootstrap, store) if isinstance(store, S3BlobStore) else None
     governance = Governance(
-        registry, bootstrap=bootstrap, policy=PromotionPolicy(require_gates=False)
+        registry,
+        publish=publish,
+        bootstrap=bootstrap,
+        policy=PromotionPolicy(require_gates=False),
     )
     governance.check_gate(model, site)
     if role is not ModelRole.CHAMPION:

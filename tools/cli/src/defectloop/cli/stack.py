@@ -8,12 +8,21 @@ import os
 import signal
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from defectloop.cli import kafka_acls, kafka_local, labelstudio_local, supervisor, zipkin_local
+from defectloop.cli import (
+    kafka_acls,
+    kafka_local,
+    labelstudio_local,
+    postgres_local,
+    s3proxy_local,
+    supervisor,
+    zipkin_local,
+)
 from defectloop.common.kafka_admin import ensure_topics
 from defectloop.common.kafka_auth import ENV_PASSWORD, ENV_USERNAME, ScramCredentials, logged_in_as
 from defectloop.common.paths import state_home
@@ -85,25 +94,78 @@ def ensure_models(
         )
 
 
+Profile = Literal["local", "production"]
+BUCKET = "defectloop"
+"""The production profile's S3 bucket: images and training data under ``blobs/``, bundles
+under ``blobs/bundles/<digest>/``."""
+
+
+def production_env_file() -> Path:
+    """Where ``up --profile production`` writes the stores' settings for later CLI calls
+    (``defectloop simulate run``, ``gateway-token``): ``set -a; . <file>; set +a``."""
+    return state_home() / "production.env"
+
+
+def start_production_stores(
+    specs: tuple[supervisor.ServiceSpec, ...], sites: list[str]
+) -> dict[str, dict[str, str]]:
+    """PostgreSQL (a schema per service) and S3Proxy (the bucket made), and the secured bus's
+    settings in this process's environment; return each service's settings: its PostgreSQL
+    URL, ``s3://`` blob URL and S3 credentials. This process gets them too (it deploys the
+    bootstrap models into the trainer's registry), and they are written to
+    :func:`production_env_file` (mode 0600: it holds the S3 secret)."""
+    os.environ["DEFECTLOOP_KAFKA_PROFILE"] = "production"
+    os.environ.setdefault("DEFECTLOOP_KAFKA_SITES", ",".join(sites))
+    postgres = postgres_local.default_layout()
+    with console.status("starting PostgreSQL..."):
+        postgres_local.start(postgres)
+    console.print(
+        f"[green]✓[/green] postgresql 127.0.0.1:{postgres.port}/{postgres_local.DATABASE}"
+    )
+    s3 = s3proxy_local.default_layout()
+    with console.status("starting S3Proxy (first run fetches its jar)..."):
+        s3proxy_local.start(s3)
+    client = s3proxy_local.client(s3)
+    if BUCKET not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
+        client.create_bucket(Bucket=BUCKET)
+    console.print(f"[green]✓[/green] s3 {s3.endpoint}/{BUCKET}")
+    shared = {**s3proxy_local.client_env(s3), "DEFECTLOOP_BLOB_URL": f"s3://{BUCKET}/blobs"}
+    databases = {f"{spec.env_prefix}DATABASE_URL": postgres.url(spec.name) for spec in specs}
+    everything = {**shared, **databases, "DEFECTLOOP_KAFKA_PROFILE": "production"}
+    os.environ.update(everything)
+    path = production_env_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text("".join(f"{k}={v}\n" for k, v in sorted(everything.items())))
+    return {
+        spec.name: {**shared, f"{spec.env_prefix}DATABASE_URL": postgres.url(spec.name)}
+        for spec in specs
+    }
+
+
 def stack_up(
     sites: list[str] | None = None,
     *,
     services: tuple[supervisor.ServiceSpec, ...] | None = None,
     service_env: Mapping[str, Mapping[str, str]] | None = None,
     decisions_router: bool | None = None,
+    profile: Profile = "local",
 ) -> None:
     """Start Kafka, Label Studio and the services (``services``: other ports; ``service_env``:
     extra settings per service name, e.g. the demo's short windows), then deploy the models.
 
     On a secured broker (``DEFECTLOOP_KAFKA_PROFILE=production``) each service logs in as its
     own principal. ``decisions_router``: also run the decision router (default: when the
-    services are on their default ports, i.e. ``defectloop up``)."""
+    services are on their default ports, i.e. ``defectloop up``). ``profile="production"``:
+    PostgreSQL, S3 (S3Proxy) and the secured bus (docs/security.md)."""
+    specs = services or supervisor.SERVICES
+    site_list = sites or stack_sites()
+    stores = start_production_stores(specs, site_list) if profile == "production" else {}
     layout = kafka_local.default_layout()
     with console.status("starting Kafka..."):
         kafka_local.start(layout)
     console.print(f"[green]✓[/green] kafka {layout.bootstrap}")
     logins = bus_logins(layout)
-    site_list = sites or stack_sites()
     with_router = services is None if decisions_router is None else decisions_router
     zipkin = zipkin_local.default_layout()
     with console.status("starting Zipkin (the trace UI; first run fetches its jar)..."):
@@ -115,11 +177,11 @@ def stack_up(
     ):
         labelstudio_local.start(studio)
     console.print(f"[green]✓[/green] label-studio {studio.url}")
-    specs = services or supervisor.SERVICES
     for spec in specs:
         # The broker's address travels with every service: DEFECTLOOP_KAFKA_PORT may move it.
         env = {"DEFECTLOOP_KAFKA_BOOTSTRAP": layout.bootstrap, **zipkin_local.services_env(zipkin)}
         env.update(login_env(logins.get(spec.name)))  # its own principal on a secured broker
+        env.update(stores.get(spec.name, {}))  # production: its PostgreSQL schema, S3
         if spec.name == "annotation-sync":  # one Label Studio project per site, made at start
             env["DEFECTLOOP_ANNOTATION_SYNC_SITES"] = json.dumps(site_list)
             env.update(labelstudio_local.annotation_sync_env(studio, site_list))
@@ -168,6 +230,11 @@ def stack_down(services: tuple[supervisor.ServiceSpec, ...] | None = None) -> No
         console.print("stopped zipkin")
     if kafka_local.stop(kafka_local.default_layout()):
         console.print("stopped kafka")
+    # The production profile's stores (nothing to do on the local profile).
+    if s3proxy_local.stop(s3proxy_local.default_layout()):
+        console.print("stopped s3proxy")
+    if postgres_local.stop(postgres_local.default_layout()):
+        console.print("stopped postgresql")
 
 
 def stop_training_runs(root: Path) -> list[int]:
@@ -239,9 +306,16 @@ def register(app: typer.Typer) -> None:
         sites: str | None = typer.Option(
             None, help="Sites to serve (default: $DEFECTLOOP_SITES or A)."
         ),
+        profile: str = typer.Option(
+            "local",
+            help="local: SQLite files, blobs on disk, an open bus; production: PostgreSQL, "
+            "S3 (S3Proxy) and Kafka with SASL/SCRAM + ACLs (README: production profile).",
+        ),
     ) -> None:
         """Start Kafka, Label Studio and the five services in the background; deploy models."""
-        stack_up(stack_sites(sites))
+        if profile not in ("local", "production"):
+            raise typer.BadParameter(f"unknown profile {profile!r}: use local or production")
+        stack_up(stack_sites(sites), profile="production" if profile == "production" else "local")
 
     @app.command("down")
     def down() -> None:

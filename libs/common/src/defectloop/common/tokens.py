@@ -1,6 +1,7 @@
 """The one bearer-token scheme of defectloop's HTTP services: ``<prefix>_<token id>_<secret>``.
 
-Ingest's gateway tokens (``dlg_``) and the monitor's viewer tokens (``dlv_``) are both this: the
+Ingest's gateway tokens (``dlg_``), the monitor's viewer tokens (``dlv_``) and the human API
+tokens with a role per site (``dla_``, :mod:`defectloop.common.authz`) are all this: the
 token id is public (logged, used for lookup), the secret is 256 random bits
 (``secrets.token_urlsafe(32)``) that is never stored or logged (only the SHA-256 of the whole
 token is), and a presented token is compared in constant time. Each service keeps its own table

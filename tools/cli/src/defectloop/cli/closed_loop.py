@@ -116,6 +116,9 @@ class DemoConfig:
     # small daily budget (enough for their frozen gate sets), the drifted site the rest.
     quiet_site_budget: int = 40
     train_preset: str = "quick"
+    # A fine-tune starts from the champion's weights: half the preset's epochs (quick: 32) is
+    # enough on its few dozen images, and the demo's own stack leaves training one core at best.
+    finetune_epochs: int | None = 16
     seed: int = 1
     drifts: tuple[DemoDrift, ...] = ()
 
@@ -203,6 +206,11 @@ class DemoConfig:
                 "DEFECTLOOP_TRAINER_DEFAULT_PROMOTION_POLICY": "auto",
                 "DEFECTLOOP_TRAINER_RETRAIN_POLICY": json.dumps(policy),
                 "DEFECTLOOP_TRAINER_TRAIN_PRESET": self.train_preset,
+                "DEFECTLOOP_TRAINER_TRAIN_OVERRIDES": json.dumps(
+                    {}
+                    if self.finetune_epochs is None
+                    else {"train": {"epochs": self.finetune_epochs}}
+                ),
                 "DEFECTLOOP_TRAINER_MONITOR_URL": monitor_url,
                 "DEFECTLOOP_TRAINER_SCORECARD_POLL_S": "3",
                 "DEFECTLOOP_TRAINER_JOB_TICK_S": "1",

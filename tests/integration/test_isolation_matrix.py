@@ -117,6 +117,13 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Ser
         engine = make_engine(url, create_tables=False)
         engines.append(engine)
         objects: dict[str, dict[str, str]] = {}
+        if name == "monitor":  # both sites known to the monitor: reads of A answer 200
+            from defectloop.monitor.store import MonitorStore
+            from defectloop.testing.events import prediction
+
+            monitor = MonitorStore(engine)
+            for site in SITES:
+                monitor.record(prediction(site, f"img-{site}", defective=True))
         if name == "trainer":
             with Session(engine) as session:
                 for site in SITES:
@@ -227,7 +234,7 @@ def test_the_isolation_matrix(
         for name, s in services.items()
         for role in authz.Role
     }
-    cross_site = cross_site_refused = role_refused = allowed = lists = 0
+    cross_site = cross_site_refused = role_refused = allowed = answered = lists = 0
     failures: list[str] = []
     for case in cases:
         service = services[case.service]
@@ -240,6 +247,7 @@ def test_the_isolation_matrix(
                 resp = _call(service, case, _url(service, case, None), token)
                 if permitted:
                     allowed += 1
+                    answered += resp.status_code == 200
                     seen = _sites_in(resp.json()) if resp.status_code == 200 else set()
                     if resp.status_code in (401, 403) or seen - {OWN}:
                         failures.append(f"{case} {role}: {resp.status_code} saw {seen}")
@@ -260,6 +268,7 @@ def test_the_isolation_matrix(
                         failures.append(f"{case} {role} other site: {resp.status_code} {error}")
                 elif permitted:
                     allowed += 1
+                    answered += resp.status_code == 200
                     if resp.status_code in (401, 403):
                         failures.append(f"{case} {role} own site refused: {resp.text}")
                 elif resp.status_code == 403 and error == "forbidden_role":
@@ -274,7 +283,7 @@ def test_the_isolation_matrix(
         print(
             f"\nisolation matrix: {len(cases)} routes x {len(authz.Role)} roles; "
             f"{cross_site} cross-site attempts made, {cross_site_refused} refused; "
-            f"{allowed} allowed on the own site; {role_refused} refused for the role; "
+            f"{allowed} allowed on the own site ({answered} answered 200); {role_refused} refused for the role; "
             f"{lists} list requests"
         )
 

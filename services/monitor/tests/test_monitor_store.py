@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 
 from defectloop.common.events import AnnotationStatus, DegradationKind, ModelRole
+from defectloop.monitor.performance import image_metrics
 from defectloop.monitor.records import key_from_text, key_text
 from defectloop.monitor.signals import Signal, SignalKey
 from defectloop.monitor.store import MonitorStore
@@ -235,3 +236,43 @@ def test_one_batch_with_redeliveries_and_a_correction(
     ]
     assert [a.annotation_id for a in store.annotations(site.site_id)] == ["b1c"]
     assert len(store.annotations(site.site_id, include_superseded=True)) == 2
+
+
+def test_a_champion_decision_redelivered_by_a_new_model_counts_once(
+    store: MonitorStore, site: EventFactory
+) -> None:
+    # Inference crashed after publishing image 1's prediction (v1) and a switch to v2 came before
+    # the redelivery: the topic holds two champion predictions of image 1, one decision_id.
+    first = site.prediction(1, defective=True, version="v1")
+    again = site.prediction(1, defective=False, version="v2")
+    assert first.decision_id == again.decision_id
+    assert first.prediction_id != again.prediction_id
+    store.record_many([first, site.prediction(2, defective=True, version="v1")])
+    store.record(again)  # a later batch
+    store.record_many([site.prediction(3, defective=False, version="v2")] * 2)
+    store.record_many(
+        [
+            site.prediction(4, defective=True, version="v2"),
+            site.prediction(4, defective=False, version="v1"),
+        ]
+    )  # same batch
+    store.record(site.prediction(1, defective=False, version="v2", role=ModelRole.SHADOW))
+    for i, defective in [(1, True), (2, True), (3, True), (4, True)]:
+        store.record(site.annotation(i, defective=defective))
+
+    rows = store.labelled(site.site_id, role=ModelRole.CHAMPION)
+    metrics = image_metrics(rows)
+
+    # One joined row per image, the first decision seen (what the MES acted on).
+    assert [(r.image_id, r.model_version) for r in rows] == [
+        (site.image_id(1), "v1"),
+        (site.image_id(2), "v1"),
+        (site.image_id(3), "v2"),
+        (site.image_id(4), "v2"),
+    ]
+    assert (metrics.tp, metrics.fn, metrics.fp) == (3, 1, 0)
+    assert metrics.recall.value == pytest.approx(0.75)
+    assert store.count_labelled(site.site_id) == 4
+    assert store.count_predictions(site.site_id) == 4
+    # The shadow's prediction of image 1 is another decision (role is part of the id): kept.
+    assert len(store.predictions(site.site_id, role=ModelRole.SHADOW)) == 1

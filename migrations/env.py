@@ -21,8 +21,13 @@ target_metadata = service_metadata(config.get_main_option("service") or "")
 
 
 def run_migrations_online() -> None:
+    section = config.get_section(config.config_ini_section, {})
+    # `-x url=...`: the URL from the command line (the stack's PostgreSQL), else the config's.
+    url = context.get_x_argument(as_dictionary=True).get("url")
+    if url:
+        section["sqlalchemy.url"] = url
     connectable = engine_from_config(
-        config.get_section(config.config_ini_section, {}),
+        section,
         prefix="sqlalchemy.",
         poolclass=pool.NullPool,
     )

@@ -48,14 +48,10 @@ def service_metadata(service: str) -> MetaData:
 
 
 def alembic_config(service: str, url: str) -> Config:
-    """The Alembic config of ``service``'s history on ``url`` (its schema: the URL's
-    ``search_path``, where its ``alembic_version`` table lives too)."""
-    config = Config()
-    config.set_main_option("script_location", str(ROOT / "migrations"))
-    versions = ROOT / "services" / service / "alembic" / "versions"
-    config.set_main_option("version_locations", str(versions))
-    config.set_main_option("service", service)
-    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))  # configparser escapes
+    """The Alembic config of ``service``'s history (its section of alembic.ini) on ``url`` (its
+    schema: the URL's ``search_path``, where its ``alembic_version`` table lives too)."""
+    config = Config(str(ROOT / "migrations" / "alembic.ini"), ini_section=service)
+    config.set_section_option(service, "sqlalchemy.url", url.replace("%", "%%"))
     return config
 
 

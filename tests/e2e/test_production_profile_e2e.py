@@ -124,6 +124,18 @@ def test_up_production_simulate_down(production_home: Path) -> None:
         schemas = {str(schema) for schema, _ in tables}
         assert {"ingest", "annotation_sync", "monitor", "trainer"} <= schemas
         assert "public" not in schemas
+        # Made by Alembic before the services started (each schema has its version table).
+        migrated = _rows(
+            postgres,
+            "SELECT table_schema FROM information_schema.tables "
+            "WHERE table_name = 'alembic_version'",
+        )
+        assert {schema for (schema,) in migrated} == {
+            "ingest",
+            "annotation_sync",
+            "monitor",
+            "trainer",
+        }
 
         # The bucket holds the images and the bundle inference loaded.
         keys = [

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import configparser
 import json
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -23,6 +26,8 @@ from defectloop.cli import (
     supervisor,
     zipkin_local,
 )
+from defectloop.cli.processes import pid_from_file
+from defectloop.common.errors import ComponentError
 from defectloop.common.kafka_admin import ensure_topics
 from defectloop.common.kafka_auth import ENV_PASSWORD, ENV_USERNAME, ScramCredentials, logged_in_as
 from defectloop.common.paths import state_home
@@ -122,6 +127,8 @@ def start_production_stores(
     console.print(
         f"[green]✓[/green] postgresql 127.0.0.1:{postgres.port}/{postgres_local.DATABASE}"
     )
+    with console.status("migrating each service's schema (Alembic)..."):
+        migrate_schemas(postgres, specs)
     s3 = s3proxy_local.default_layout()
     with console.status("starting S3Proxy (first run fetches its jar)..."):
         s3proxy_local.start(s3)
@@ -141,6 +148,40 @@ def start_production_stores(
         spec.name: {**shared, f"{spec.env_prefix}DATABASE_URL": postgres.url(spec.name)}
         for spec in specs
     }
+
+
+def migrate_schemas(
+    postgres: postgres_local.PostgresLayout, specs: tuple[supervisor.ServiceSpec, ...]
+) -> None:
+    """Each service's schema at its Alembic head (``migrations/alembic.ini``, a section per
+    service with tables), before the services start: their ``create_all`` then finds every
+    table made. Outside a checkout (no ``migrations/``) the services create their tables."""
+    ini = Path(__file__).resolve().parents[5] / "migrations" / "alembic.ini"
+    if not ini.is_file():
+        console.print("[yellow]no migrations/ here: the services create their tables[/yellow]")
+        return
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(ini)
+    for spec in specs:
+        if not parser.has_section(spec.name):
+            continue  # a service without tables (inference)
+        url = postgres.url(spec.name)
+        proc = subprocess.run(
+            [
+                *(sys.executable, "-m", "alembic", "-c", str(ini), "-n", spec.name),
+                *("-x", f"url={url}", "upgrade", "head"),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            tail = " / ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
+            raise ComponentError(
+                f"migrating {spec.name}'s schema failed: {tail}",
+                hint="`make setup` installs Alembic; see migrations/alembic.ini",
+            )
+    console.print("[green]✓[/green] schemas migrated (Alembic head)")
 
 
 def stack_up(
@@ -285,6 +326,21 @@ def status_table() -> tuple[Table, bool]:
         str(labelstudio_local.read_pid(studio) or "-"),
         studio.url,
         "up" if studio_up else "down",
+    )
+    # The production profile's stores: shown, not required (the local profile has none).
+    postgres = postgres_local.default_layout()
+    table.add_row(
+        "postgresql",
+        str(postgres_local.read_pid(postgres) or "-"),
+        f"127.0.0.1:{postgres.port}",
+        "up" if postgres_local.is_running(postgres) else "down",
+    )
+    s3 = s3proxy_local.default_layout()
+    table.add_row(
+        "s3proxy",
+        str(pid_from_file(s3.pid_file) or "-"),
+        s3.endpoint,
+        "up" if s3proxy_local.is_running(s3) else "down",
     )
     for spec in (*supervisor.SERVICES, supervisor.DECISIONS_ROUTER):
         body = supervisor.health(spec)

@@ -61,10 +61,10 @@ def client(tmp_path: Path) -> Iterator[tuple[TestClient, AnnotationSync, str]]:
         s.commit()
     app = FastAPI()
     install(app, sync)
-    return TestClient(app), sync, uri
+    yield TestClient(app), sync, uri
 
 
-def _hook(client: TestClient, body: bytes | str, secret: str | None = None) -> tuple[int, dict]:
+def _hook(client: TestClient, body: bytes | str, secret: str | None = None) -> tuple[int, dict[str, str]]:
     headers = {"X-Webhook-Secret": secret or signing.webhook_secret(SECRET)}
     r = client.post("/v1/labelstudio/webhook?site=A", content=body, headers=headers)
     return r.status_code, r.json()
@@ -73,6 +73,19 @@ def _hook(client: TestClient, body: bytes | str, secret: str | None = None) -> t
 def test_webhook_without_the_secret_is_401(client: tuple[TestClient, AnnotationSync, str]) -> None:
     code, body = _hook(client[0], "{}", secret="wrong")
     assert (code, body["error"]) == (401, "bad_secret")
+
+
+@pytest.mark.parametrize("secret", ["sécret-ünicode", "\u2603" * 64])
+def test_webhook_with_a_non_ascii_secret_is_401_not_500(
+    client: tuple[TestClient, AnnotationSync, str], secret: str
+) -> None:
+    # Raw bytes on the wire: the server reads them as latin-1 text, non-ASCII.
+    r = client[0].post(
+        "/v1/labelstudio/webhook?site=A",
+        content="{}",
+        headers={"X-Webhook-Secret": secret.encode()},
+    )
+    assert (r.status_code, r.json()["error"]) == (401, "bad_secret")
 
 
 def test_webhook_that_is_not_json_is_400(client: tuple[TestClient, AnnotationSync, str]) -> None:

@@ -145,7 +145,9 @@ def build_router(sync: AnnotationSync) -> APIRouter:
         x_webhook_secret: Annotated[str | None, Header()] = None,
     ) -> JSONResponse:
         """Label Studio annotation events (fire-and-forget: the poll reconciles what is lost)."""
-        if x_webhook_secret is None or not hmac.compare_digest(x_webhook_secret, hook_secret):
+        # Bytes: compare_digest raises TypeError on a non-ASCII str (a header is latin-1 text).
+        given = None if x_webhook_secret is None else x_webhook_secret.encode()
+        if given is None or not hmac.compare_digest(given, hook_secret.encode()):
             log.warning("webhook_refused", site_id=site, reason="bad_secret")
             return error_response(
                 401,

@@ -395,6 +395,26 @@ class ModelDeployed(Event):
         return f"{self.site_id}/{self.role.value}".encode()
 
 
+class ModelRefused(Event):
+    """A deployed bundle an inference instance refused to load (tampered, unsigned, missing...):
+    the previous model keeps serving. The trainer appends it to its audit chain (bundle_refused);
+    only inference sees a bundle edited after registration, so only it can report one."""
+
+    topic: ClassVar[str] = topics.MODEL_REFUSED
+
+    instance: str = Field(..., description="The inference instance that refused (who).")
+    role: ModelRole = Field(..., description="The role it was deployed to.")
+    model_name: str = Field(..., description="Model name of the refused deployment.")
+    model_version: str = Field(..., description="Model version of the refused deployment.")
+    artifact_uri: str = Field(..., description="Bundle location it was loaded from.")
+    sha256: Sha256 = Field(..., description="SHA-256 of model.onnx named by model.deployed.")
+    reason: str = Field(
+        ..., description="Why (reason code).", examples=["integrity_mismatch", "bundle_unsigned"]
+    )
+    error: str = Field(..., max_length=2000, description="What the check found (evidence).")
+    still_serving: str | None = Field(None, description="The version that keeps serving.")
+
+
 class DeadLetter(BaseModel):
     """What a consumer could not process, published to ``<topic>.dlq`` with exactly one reason."""
 
@@ -438,6 +458,7 @@ EVENT_MODELS: tuple[type[Event], ...] = (
     MetricRecovered,
     LabelsRequested,
     ModelDeployed,
+    ModelRefused,
 )
 
 

@@ -16,6 +16,7 @@ METRIC_DEGRADED: Final = "metric.degraded"
 METRIC_RECOVERED: Final = "metric.recovered"
 LABELS_REQUESTED: Final = "labels.requested"
 MODEL_DEPLOYED: Final = "model.deployed"
+MODEL_REFUSED: Final = "model.refused"
 
 EVENT_TOPICS: Final = (
     IMAGE_CAPTURED,
@@ -26,6 +27,7 @@ EVENT_TOPICS: Final = (
     METRIC_RECOVERED,
     LABELS_REQUESTED,
     MODEL_DEPLOYED,
+    MODEL_REFUSED,
 )
 
 DLQ_SUFFIX: Final = ".dlq"

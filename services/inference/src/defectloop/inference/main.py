@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
@@ -11,7 +12,8 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from defectloop.common.blobstore import BlobStore, open_blob_store
-from defectloop.common.kafka import DeadLetterPublisher
+from defectloop.common.events import ModelDeployed, ModelRefused, deterministic_id
+from defectloop.common.kafka import DeadLetterPublisher, publish_event
 from defectloop.common.service import broker_from_settings, build_service_app, serve
 from defectloop.inference.bundles import SignaturePolicy, load_deployed
 from defectloop.inference.handlers import AssignmentTracker, Stats, register_handlers
@@ -28,6 +30,30 @@ def build_app(settings: InferenceSettings, *, store: BlobStore | None = None) ->
         decode_workers=settings.decode_workers, inference_workers=settings.inference_workers
     )
     loaders = ThreadPoolExecutor(settings.model_loaders, thread_name_prefix="model-load")
+    instance = f"{settings.service_name}@{socket.gethostname()}"
+
+    async def report_refusal(
+        event: ModelDeployed, reason: str, error: str, still_serving: str | None
+    ) -> None:
+        # The trainer appends it to the audit chain; the id is stable for the same refusal by the
+        # same instance, so a redelivery or a restart refusing again adds one record only.
+        refused = ModelRefused(
+            event_id=deterministic_id(
+                "refused", instance, event.event_id, event.sha256, event.artifact_uri, reason
+            ),
+            site_id=event.site_id,
+            instance=instance,
+            role=event.role,
+            model_name=event.model_name,
+            model_version=event.model_version,
+            artifact_uri=event.artifact_uri,
+            sha256=event.sha256,
+            reason=reason,
+            error=error,
+            still_serving=still_serving,
+        )
+        await publish_event(broker, refused)
+
     router = ModelRouter(
         partial(
             load_deployed,
@@ -37,6 +63,7 @@ def build_app(settings: InferenceSettings, *, store: BlobStore | None = None) ->
             inter_op_threads=settings.inter_op_threads,
         ),
         loaders,
+        on_refused=report_refusal,
     )
     follower = deployments_follower(
         settings.kafka_bootstrap,

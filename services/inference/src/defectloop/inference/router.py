@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +33,8 @@ log = get_logger(__name__)
 
 Key = tuple[str, ModelRole]
 Loader = Callable[[ModelDeployed], Detector]
+# Told of each refusal (the deployment, reason, error, version still serving): reports it.
+OnRefused = Callable[[ModelDeployed, str, str, str | None], Awaitable[None]]
 
 _ROLE_ORDER = {ModelRole.CHAMPION: 0, ModelRole.CHALLENGER: 1, ModelRole.SHADOW: 2}
 
@@ -65,8 +67,12 @@ class _KeyState:
 class ModelRouter:
     """The latest deployment per (site, role), background loading, and atomic table swaps."""
 
-    def __init__(self, loader: Loader, executor: ThreadPoolExecutor) -> None:
+    def __init__(
+        self, loader: Loader, executor: ThreadPoolExecutor, *, on_refused: OnRefused | None = None
+    ) -> None:
         self._loader = loader
+        self._on_refused = on_refused
+        self._reports: set[asyncio.Task[None]] = set()
         self._executor = executor
         self._table = ModelTable()
         self._state: dict[Key, _KeyState] = {}
@@ -237,6 +243,12 @@ class ModelRouter:
                 still_serving=serving.version if serving else None,
             )
             await self._notify()
+            if self._on_refused is not None:
+                # Its own task: a slow broker must not hold the router's readiness or loads.
+                report = self._report_refusal(event, reason, str(exc)[:500], serving)
+                task = asyncio.get_running_loop().create_task(report)
+                self._reports.add(task)
+                task.add_done_callback(self._reports.discard)
             return
         if state.wanted is not event:
             state.loading = None
@@ -272,6 +284,20 @@ class ModelRouter:
         )
         await self._notify()
 
+    async def _report_refusal(
+        self, event: ModelDeployed, reason: str, error: str, serving: ServedModel | None
+    ) -> None:
+        assert self._on_refused is not None
+        try:
+            await self._on_refused(event, reason, error, serving.version if serving else None)
+        except Exception as exc:  # reporting must never stop the previous model serving
+            log.error(
+                "model_refusal_not_reported",
+                site_id=event.site_id,
+                model_version=event.model_version,
+                error=str(exc)[:500],
+            )
+
     async def become_ready(self) -> None:
         """Mark the router ready once the loads in progress (the backlog's) have finished."""
         await self.wait_idle()
@@ -279,9 +305,9 @@ class ModelRouter:
         log.info("model_router_ready", serving=len(self._table.models))
 
     async def aclose(self) -> None:
-        for task in list(self._tasks):
+        for task in [*self._tasks, *self._reports]:
             task.cancel()
-        for task in list(self._tasks):
+        for task in [*self._tasks, *self._reports]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 

@@ -39,6 +39,7 @@ class AuditAction(StrEnum):
     ROLLED_BACK = "rolled_back"
     APPROVAL_REFUSED = "approval_refused"
     APPROVED = "approved"
+    BUNDLE_REFUSED = "bundle_refused"  # an inference instance refused a deployed bundle
 
 
 class AuditRecord(SQLModel, table=True):

@@ -1,4 +1,5 @@
-"""Kafka adapters: incidents open jobs, captures and labels are recorded, deployments followed.
+"""Kafka adapters: incidents open jobs, captures and labels are recorded, deployments followed,
+bundles refused by inference go into the audit chain.
 
 Each handler records what it needs (idempotent on the event's natural key) and wakes the
 retraining loop (:mod:`defectloop.trainer.retrain`); none of them trains, snapshots or waits.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 
 from faststream.kafka import KafkaBroker
+from sqlmodel import col, select
 
 from defectloop.common import topics
 from defectloop.common.events import (
@@ -17,9 +19,12 @@ from defectloop.common.events import (
     LabelsRequested,
     MetricDegraded,
     ModelDeployed,
+    ModelRefused,
 )
 from defectloop.common.kafka import DeadLetterPublisher, event_subscriber, publish_event
 from defectloop.common.kafka_table import CompactedTableFollower
+from defectloop.trainer.audit import AuditAction, AuditRecord, append_record, canonical_json
+from defectloop.trainer.registry import Registry
 from defectloop.trainer.retrain import PublishLabelsRequest, Retrainer
 
 
@@ -30,7 +35,48 @@ def labels_request_publisher(broker: KafkaBroker) -> PublishLabelsRequest:
     return publish
 
 
-def subscribe(broker: KafkaBroker, retrainer: Retrainer, *, group_id: str) -> None:
+def record_refusal(registry: Registry, event: ModelRefused) -> bool:
+    """Append a ``bundle_refused`` record for ``event`` unless its event id is in the chain
+    already (a redelivery); True when appended."""
+    # The evidence is canonical JSON (sorted keys, no spaces): the event id is found verbatim.
+    marker = canonical_json({"event_id": event.event_id})[1:-1]
+    with registry.session() as s:
+        seen = s.exec(
+            select(AuditRecord.seq).where(
+                AuditRecord.action == AuditAction.BUNDLE_REFUSED.value,
+                col(AuditRecord.evidence_json).contains(marker),
+            )
+        ).first()
+        if seen is not None:
+            return False
+        append_record(
+            s,
+            action=AuditAction.BUNDLE_REFUSED,
+            actor=event.instance,
+            model_version=event.model_version,
+            site=event.site_id,
+            reason=event.reason,
+            evidence={
+                "event_id": event.event_id,
+                "role": event.role.value,
+                "artifact_uri": event.artifact_uri,
+                "deployed_sha256": event.sha256,
+                "error": event.error,
+                "still_serving": event.still_serving,
+            },
+            at=event.occurred_at,
+        )
+        s.commit()
+    return True
+
+
+def subscribe(
+    broker: KafkaBroker,
+    retrainer: Retrainer,
+    *,
+    group_id: str,
+    audit: Registry | None = None,
+) -> None:
     settings = retrainer.settings
     service = settings.service_name
     store = retrainer.store
@@ -44,6 +90,13 @@ def subscribe(broker: KafkaBroker, retrainer: Retrainer, *, group_id: str) -> No
     async def on_image_captured(event: ImageCaptured) -> None:
         if settings.handles(event.site_id) and await asyncio.to_thread(store.record_image, event):
             retrainer.wake()
+
+    if audit is not None:
+
+        @event_subscriber(broker, topics.MODEL_REFUSED, group_id=group_id, service=service)
+        async def on_model_refused(event: ModelRefused) -> None:
+            if settings.handles(event.site_id):
+                await asyncio.to_thread(record_refusal, audit, event)
 
     @event_subscriber(broker, topics.ANNOTATION_COMPLETED, group_id=group_id, service=service)
     async def on_annotation_completed(event: AnnotationCompleted) -> None:

@@ -76,7 +76,9 @@ def build_app(
         on_trained=on_trained,
         on_shadow=on_shadow,
     )
-    handlers.subscribe(kafka, retrainer, group_id=group_id or settings.consumer_group)
+    # The audit chain lives in the registry's database: refusals by inference are appended to it.
+    audit = registry if registry is not None else Registry(settings.resolved_database_url())
+    handlers.subscribe(kafka, retrainer, group_id=group_id or settings.consumer_group, audit=audit)
     deployments = handlers.deployments_follower(kafka, retrainer)
     background: list[asyncio.Task[None]] = []
 
@@ -89,8 +91,7 @@ def build_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await deployments.stop()
-        if registry is not None:
-            registry.dispose()
+        audit.dispose()
 
     app = build_service_app(
         settings,

@@ -84,7 +84,9 @@ def service_principals() -> list[BusPrincipal]:
     return [
         BusPrincipal("ingest", writes=(t.IMAGE_CAPTURED, t.IMAGE_REJECTED)),
         BusPrincipal(
-            "inference", reads=(t.IMAGE_CAPTURED, t.MODEL_DEPLOYED), writes=(t.PREDICTION_MADE,)
+            "inference",
+            reads=(t.IMAGE_CAPTURED, t.MODEL_DEPLOYED),
+            writes=(t.PREDICTION_MADE, t.MODEL_REFUSED),
         ),
         BusPrincipal(
             "annotation-sync",
@@ -104,7 +106,13 @@ def service_principals() -> list[BusPrincipal]:
         ),
         BusPrincipal(
             "trainer",
-            reads=(t.IMAGE_CAPTURED, t.ANNOTATION_COMPLETED, t.METRIC_DEGRADED, t.MODEL_DEPLOYED),
+            reads=(
+                t.IMAGE_CAPTURED,
+                t.ANNOTATION_COMPLETED,
+                t.METRIC_DEGRADED,
+                t.MODEL_DEPLOYED,
+                t.MODEL_REFUSED,
+            ),
             writes=(t.MODEL_DEPLOYED, t.LABELS_REQUESTED),
         ),
         BusPrincipal(

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from defectloop.cli.faults import Fault, FaultOutcome
-from defectloop.cli.faults_check import judge, judge_annotation
+from defectloop.cli.faults_check import judge, judge_annotation, judge_monitor, judge_trainer
 from defectloop.common.errors import InvalidInputError
 from defectloop.common.events import DeadLetter, PredictionMade, prediction_id_for
 
@@ -110,6 +110,27 @@ def test_freeze_scale_out_and_annotation_faults_lose_nothing_and_push_each_sampl
     assert annotation["tasks"] == annotation["samples"]
     assert (annotation["duplicated"], annotation["missing"], annotation["unpushed"]) == (0, 0, 0)
     assert set(result["peak_rss_mib"]) == {"ingest", "inference", "inference-2", "annotation-sync"}
+
+
+MONITOR_TRAINER = ("inference:kill:4", "monitor:kill:8", "trainer:kill:14")
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_monitor_and_trainer_kills_lose_or_double_nothing_in_the_monitor(tmp_path: Path) -> None:
+    """The monitor and the trainer run too, each ``kill -9``-ed once (inference too, for
+    redeliveries) while gateways post 100 images over 30 s: the monitor stores one champion
+    prediction per decision on the topic, the trainer no incident twice."""
+    args = ["--images", "100", "--duration", "30"]
+    for fault in MONITOR_TRAINER:
+        args += ["--fault", fault]
+    result = run_bench(tmp_path, *args)
+    assert [f["fault"] for f in result["faults"]] == list(MONITOR_TRAINER)
+    monitor = result["summary"]["monitor"]
+    assert monitor["champion_predictions"] == monitor["unique_decisions"] == 100
+    assert monitor["lag_after"] == 0
+    assert result["summary"]["trainer"]["lag_after"] == 0
+    assert {"monitor", "trainer"} <= set(result["peak_rss_mib"])
 
 
 @dataclass
@@ -204,9 +225,12 @@ def test_a_fault_is_parsed_or_refused_with_a_hint() -> None:
     assert str(Fault.parse("labelstudio:down:30:20")) == "labelstudio:down:30:20"
     assert Fault.parse("inference:scale:40").for_s is None
     assert Fault.parse("annotation-sync:kill:5").target == "annotation-sync"
+    assert str(Fault.parse("monitor:kill:8")) == "monitor:kill:8"
+    assert Fault.parse("trainer:kill:14").target == "trainer"
     for bad in (
         "inference:kill",
-        "monitor:kill:3",
+        "monitor:scale:3",
+        "trainer:down:3:5",
         "inference:pause:3",
         "ingest:kill:soon",
         "inference:stop:20",  # a freeze needs its duration
@@ -218,6 +242,22 @@ def test_a_fault_is_parsed_or_refused_with_a_hint() -> None:
         with pytest.raises(InvalidInputError) as caught:
             Fault.parse(bad)
         assert caught.value.hint
+
+
+@pytest.mark.unit
+def test_the_monitor_and_trainer_checks_fail_a_lost_or_doubled_row_and_a_twice_opened_incident() -> (
+    None
+):
+    # Image a redelivered and predicted again by v2 after a switch: one decision.
+    topic = [champion("a", "v1"), champion("a", "v1"), champion("a", "v2"), champion("b", "v1")]
+    fine, failures = judge_monitor(2, topic, lag=0)
+    assert (fine["unique_decisions"], failures) == (2, [])
+    assert judge_monitor(1, topic, lag=0)[1]  # one lost
+    assert judge_monitor(3, topic, lag=0)[1]  # one doubled
+    assert judge_monitor(2, topic, lag=5)[1]  # not caught up
+    ok, failures = judge_trainer([["i1"], ["i2", "i3"]], lag=0)
+    assert ((ok["jobs"], ok["incidents"]), failures) == ((2, 3), [])
+    assert judge_trainer([["i1"], ["i1", "i2"]], lag=0)[1] == ["incident i1 is in 2 jobs"]
 
 
 @pytest.mark.unit

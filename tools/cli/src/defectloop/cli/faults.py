@@ -13,9 +13,10 @@ at the start (what the DLQ must hold, and only that). Each service's peak RSS is
 Afterwards the checker (:mod:`defectloop.cli.faults_check`) reads the topics with its own client
 and judges: every acknowledged image has exactly one champion decision (one ``decision_id``),
 none is lost, the DLQs hold only the injected poison, the consumer groups' lag is back to 0, and
-every image annotation-sync sampled is exactly one Label Studio task.
-
-Not covered yet (docs/reliability.md): the monitor and the trainer under faults.
+every image annotation-sync sampled is exactly one Label Studio task. A schedule naming the
+monitor or the trainer also runs that service (``monitor:kill:T``, ``trainer:kill:T``); the checker
+then compares the monitor's stored champion predictions with the topic's unique decisions, and
+checks that the trainer never opened two jobs for one incident.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     "inference": ("kill", "restart", "stop", "scale"),
     "ingest": ("kill", "restart", "stop"),
     "annotation-sync": ("kill", "restart", "stop"),
+    "monitor": ("kill", "restart", "stop"),
+    "trainer": ("kill", "restart", "stop"),
     "kafka": ("kill", "restart", "stop"),
     "labelstudio": ("down",),
 }
@@ -58,6 +61,8 @@ TIMED = ("stop", "down")
 """Actions that last: ``target:action:at:for`` (the others are ``target:action:at``)."""
 ANNOTATION_TARGETS = ("annotation-sync", "labelstudio")
 """A schedule naming one of these also runs annotation-sync and a Label Studio."""
+OPTIONAL_SERVICES = ("monitor", "trainer")
+"""A schedule naming one of these also runs it (they do not run otherwise)."""
 POISON_KEY = "faultbench/poison"
 CAMERAS = 4
 
@@ -179,14 +184,22 @@ class Stack:
     """An isolated broker, the ingest + inference processes of one run and, when the schedule
     needs them, annotation-sync and a Label Studio of its own."""
 
-    def __init__(self, workdir: Path, say: Progress, *, site: str, annotation: bool) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        say: Progress,
+        *,
+        site: str,
+        annotation: bool,
+        extra: tuple[str, ...] = (),
+    ) -> None:
         self.workdir = workdir
         self.home = workdir / "state"
         self.say = say
         self.layout = kafka_local.KafkaLayout(
             workdir / "kafka", port=free_port(), controller_port=free_port()
         )
-        names = ("ingest", "inference", *(("annotation-sync",) if annotation else ()))
+        names = ("ingest", "inference", *(("annotation-sync",) if annotation else ()), *extra)
         self.specs = {
             s.name: s
             for s in supervisor.stack_services({name: free_port() for name in names})
@@ -194,6 +207,8 @@ class Stack:
         }
         self.ingest_db = f"sqlite:///{workdir / 'ingest.db'}"
         self.annotation_db = workdir / "annotation-sync.db"
+        self.monitor_db = workdir / "monitor.db"
+        self.trainer_db = workdir / "trainer.db"
         self.env = {
             "DEFECTLOOP_KAFKA_BOOTSTRAP": self.layout.bootstrap,
             "DEFECTLOOP_BLOB_URL": (workdir / "blobs").as_uri(),
@@ -202,7 +217,14 @@ class Stack:
             "DEFECTLOOP_INFERENCE_PROVIDERS": "cpu",
             "DEFECTLOOP_INGEST_RATE_LIMIT_PER_TOKEN": "100000/second",
             "DEFECTLOOP_INGEST_RATE_LIMIT_PER_SITE": "100000/second",
+            "DEFECTLOOP_MONITOR_DATABASE_URL": f"sqlite:///{self.monitor_db}",
+            "DEFECTLOOP_TRAINER_DATABASE_URL": f"sqlite:///{self.trainer_db}",
+            "DEFECTLOOP_TRAINER_WORK_DIR": str(workdir / "trainer-jobs"),
         }
+        if "monitor" in self.specs:
+            self.env["DEFECTLOOP_TRAINER_MONITOR_URL"] = (
+                f"http://127.0.0.1:{self.specs['monitor'].port}"
+            )
         self.service_env: dict[str, dict[str, str]] = {}
         self.studio: labelstudio_local.LabelStudioLayout | None = None
         if annotation:
@@ -442,7 +464,8 @@ def run_faults(cfg: FaultsConfig, say: Progress) -> dict[str, Any]:
     cfg.workdir.mkdir(parents=True, exist_ok=True)
     site = "faults" + uuid.uuid4().hex[:6]
     annotation = any(f.target in ANNOTATION_TARGETS for f in cfg.faults)
-    stack = Stack(cfg.workdir, say, site=site, annotation=annotation)
+    extra = tuple(name for name in OPTIONAL_SERVICES if any(f.target == name for f in cfg.faults))
+    stack = Stack(cfg.workdir, say, site=site, annotation=annotation, extra=extra)
     offers = [Offer(i, f"cam-{i % CAMERAS}") for i in range(cfg.images)]
     outcomes = [FaultOutcome(str(f), f.at_s) for f in sorted(cfg.faults, key=lambda f: f.at_s)]
     try:
@@ -482,6 +505,8 @@ def run_faults(cfg: FaultsConfig, say: Progress) -> dict[str, Any]:
             )
             if stack.studio is not None
             else None,
+            monitor_db=stack.monitor_db if "monitor" in stack.specs else None,
+            trainer_db=stack.trainer_db if "trainer" in stack.specs else None,
         )
         peak_rss = {name: round(kib / 1024, 1) for name, kib in stack.peak_rss_kib.items()}
     finally:
@@ -519,6 +544,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"DLQ {json.dumps(s['dlq'])}; lag after {s['lag_after']} "
         f"(zero {s.get('zero_lag_after_s')} s after the last answer); "
         + (_annotation_line(s["annotation"]) if s.get("annotation") else "")
+        + (_monitor_line(s["monitor"]) if s.get("monitor") else "")
+        + (_trainer_line(s["trainer"]) if s.get("trainer") else "")
         + f"peak RSS (MiB) {json.dumps(report.get('peak_rss_mib', {}))}; "
         f"verdict **{'pass' if report['passed'] else 'FAIL'}**"
         + ("" if report["passed"] else f" ({'; '.join(report['failures'])})"),
@@ -533,6 +560,17 @@ def _annotation_line(a: dict[str, Any]) -> str:
         f"{a['duplicated']}, unknown {a['unknown']}, lag after {a['lag_after']} "
         f"(all pushed {a.get('all_pushed_after_s')} s after inference caught up); "
     )
+
+
+def _monitor_line(m: dict[str, Any]) -> str:
+    return (
+        f"monitor: {m['champion_predictions']} champion predictions stored for "
+        f"{m['unique_decisions']} decisions on the topic, lag after {m['lag_after']}; "
+    )
+
+
+def _trainer_line(t: dict[str, Any]) -> str:
+    return f"trainer: {t['jobs']} jobs for {t['incidents']} incidents, lag after {t['lag_after']}; "
 
 
 def register(bench: typer.Typer) -> None:

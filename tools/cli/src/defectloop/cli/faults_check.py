@@ -12,7 +12,11 @@ Judged (Jepsen-style: lost / duplicated / unexpected), for the run's site:
 - **annotation-sync** (when the run has it): every image it sampled is pushed, and is **exactly
   one** task in Label Studio (read through Label Studio's own API, keyed by
   ``data.defectloop_key``); no task of an image it did not sample; its group's lag on
-  ``prediction.made`` is 0.
+  ``prediction.made`` is 0;
+- **monitor** (when the run has it): once its group caught up on ``prediction.made``, its count of
+  the site's champion predictions equals the unique champion ``decision_id``s on the topic
+  (nothing lost or doubled across its restarts);
+- **trainer** (when the run has it): no incident is in two jobs.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import sqlite3
 import time
 from collections import Counter, defaultdict
@@ -38,6 +43,8 @@ from defectloop.common.kafka_read import read_events
 
 INFERENCE_GROUP = "inference"
 ANNOTATION_GROUP = "annotation-sync"
+MONITOR_GROUP = "monitor"
+TRAINER_GROUP = "trainer"
 
 
 @dataclass(frozen=True)
@@ -105,6 +112,54 @@ def _samples(database: Path, site: str) -> dict[str, int | None]:
             "SELECT key, task_id FROM annsync_sample WHERE site_id = ?", (site,)
         ).fetchall()
     return {str(key): task for key, task in rows}
+
+
+def _monitor_champions(database: Path, site: str) -> int:
+    """The monitor's stored champion predictions of ``site`` (one per decision since it dedupes
+    on decision_id)."""
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        (count,) = db.execute(
+            "SELECT COUNT(*) FROM monitor_prediction WHERE site_id = ? AND role = ?",
+            (site, ModelRole.CHAMPION.value),
+        ).fetchone()
+    return int(count)
+
+
+def _trainer_jobs(database: Path, site: str) -> list[list[str]]:
+    """The incident ids of each of the trainer's jobs of ``site`` (none if it never opened one)."""
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        try:
+            rows = db.execute(
+                "SELECT incident_ids_json FROM trainer_job WHERE site_id = ?", (site,)
+            ).fetchall()
+        except sqlite3.OperationalError:  # no table: the trainer never stored a job
+            return []
+    return [list(json.loads(text)) for (text,) in rows]
+
+
+def judge_monitor(
+    stored: int, predictions: list[PredictionMade], *, lag: int
+) -> tuple[dict[str, Any], list[str]]:
+    """The monitor's count against the topic's unique champion decisions."""
+    unique = len({p.decision_id for p in predictions if p.role == ModelRole.CHAMPION})
+    summary = {"champion_predictions": stored, "unique_decisions": unique, "lag_after": lag}
+    failures = []
+    if stored != unique:
+        failures.append(f"monitor stored {stored} champion predictions for {unique} decisions")
+    if lag:
+        failures.append(f"monitor lag still {lag}")
+    return summary, failures
+
+
+def judge_trainer(jobs: list[list[str]], *, lag: int) -> tuple[dict[str, Any], list[str]]:
+    """No incident opened (or joined) two jobs."""
+    per_incident = Counter(i for incidents in jobs for i in set(incidents))
+    twice = sorted(i for i, n in per_incident.items() if n > 1)
+    summary = {"jobs": len(jobs), "incidents": len(per_incident), "lag_after": lag}
+    failures = [f"incident {i} is in {per_incident[i]} jobs" for i in twice]
+    if lag:
+        failures.append(f"trainer lag still {lag}")
+    return summary, failures
 
 
 def _label_studio_keys(side: AnnotationSide) -> Counter[str]:
@@ -286,6 +341,8 @@ def check(
     poison_key: str,
     stall_s: float,
     annotation: AnnotationSide | None = None,
+    monitor_db: Path | None = None,
+    trainer_db: Path | None = None,
 ) -> dict[str, Any]:
     """Wait for inference (and annotation-sync) to catch up (the watchdog gives up after
     ``stall_s`` without progress), read the topics (and Label Studio), judge."""
@@ -310,6 +367,25 @@ def check(
             samples, _label_studio_keys(annotation), acked, site=site, lag=ann_lag
         )
         verdict["summary"]["annotation"] = {**summary, "all_pushed_after_s": caught_up_s}
+        verdict["failures"] += failures
+        verdict["passed"] = verdict["passed"] and not failures
+    if monitor_db is not None:
+        mon_lag = asyncio.run(
+            _settled_lag(bootstrap, stall_s, topics.PREDICTION_MADE, MONITOR_GROUP)
+        )
+        summary, failures = judge_monitor(
+            _monitor_champions(monitor_db, site), predictions, lag=mon_lag
+        )
+        verdict["summary"]["monitor"] = summary
+        verdict["failures"] += failures
+        verdict["passed"] = verdict["passed"] and not failures
+    if trainer_db is not None:
+        # The trainer opens jobs from metric.degraded: caught up there, its jobs are final.
+        tr_lag = asyncio.run(
+            _settled_lag(bootstrap, stall_s, topics.METRIC_DEGRADED, TRAINER_GROUP)
+        )
+        summary, failures = judge_trainer(_trainer_jobs(trainer_db, site), lag=tr_lag)
+        verdict["summary"]["trainer"] = summary
         verdict["failures"] += failures
         verdict["passed"] = verdict["passed"] and not failures
     for f in failed:

@@ -177,3 +177,29 @@ def test_an_earlier_image_with_a_class_the_model_lacks_is_not_replayed() -> None
         earlier=[odd, _labelled("e-ok", "B", IMPORTED_AT, True)],
     )
     assert [i.image_id for i in manifest.items if i.origin == "replay"] == ["e-ok"]
+
+
+def test_the_champions_share_of_the_replay_comes_from_its_training_data() -> None:
+    change = datetime(2026, 12, 1, tzinfo=UTC)
+    fresh = [_labelled(f"f{i}", "B", change + timedelta(minutes=i), i % 2 == 0) for i in range(10)]
+    others = [_labelled(f"o{i}", "A", change - timedelta(days=1), i % 2 == 0) for i in range(20)]
+    earlier = [_labelled(f"e{i}", "B", IMPORTED_AT, i % 2 == 0) for i in range(40)]
+
+    def replayed(share: float, pool: list[LabelledImage]) -> list[str]:
+        manifest = build_manifest(
+            site_id="B",
+            job_id="job",
+            change_point_at=change,
+            labelled=[*fresh, *pool],
+            eval_ids=set(),
+            labels=["scratch"],
+            replay_share=0.5,
+            seed=1,
+            earlier=earlier,
+            earlier_share=share,
+        )
+        return [i.image_id[0] for i in manifest.items if i.origin == "replay"]
+
+    assert sorted(replayed(0.7, others)) == ["e"] * 7 + ["o"] * 3
+    assert sorted(replayed(0.0, others)) == ["o"] * 10
+    assert sorted(replayed(0.7, others[:1])) == ["e"] * 9 + ["o"]  # the pool's shortfall

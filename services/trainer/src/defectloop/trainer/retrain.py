@@ -365,6 +365,7 @@ class Retrainer:
             replay_share=policy.replay_share,
             seed=self.settings.train_seed,
             earlier=self._champion_training_data(job.site_id),
+            earlier_share=policy.champion_replay_share,
         )
         digest = store_manifest(manifest, self.blobs)
         log.info("snapshot_stored", job_id=job.job_id, snapshot=digest, **manifest.counts())

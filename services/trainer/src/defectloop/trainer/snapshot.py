@@ -141,6 +141,7 @@ def build_manifest(
     replay_share: float,
     seed: int,
     earlier: Sequence[LabelledImage] = (),
+    earlier_share: float = 0.0,
 ) -> SnapshotManifest:
     """Fresh = the site's images captured since the change point; the rest is the replay pool.
 
@@ -149,7 +150,8 @@ def build_manifest(
     class the model does not have is left out (and listed), not allowed to fail the whole run.
     ``earlier``: more replay candidates that are never fresh nor eval (the champion's own
     training data, :mod:`defectloop.trainer.training_data`); an image also labelled here counts
-    once, with the label given here.
+    once, with the label given here. ``earlier_share`` of the replay is drawn from them (as far
+    as they go), the rest from the other earlier labels (as far as they go, then ``earlier``).
     """
     known = set(labels)
     excluded = sorted(
@@ -168,19 +170,23 @@ def build_manifest(
         else:
             pool.append(image)
     seen = {i.image_id for i in labelled} | {i.sha256 for i in labelled}
-    pool.extend(
+    champion_data = [
         i
         for i in earlier
         if i.image_id not in seen
         and i.sha256 not in seen
         and all(str(b["label"]) in known for b in i.boxes)  # an older label set: skip the image
-    )
+    ]
     if not fresh_train:
         raise InvalidInputError(
             f"no fresh training image of site {site_id} since {change_point_at.isoformat()}",
             reason="no_fresh_labels",
         )
-    replay = replay_sample(pool, replay_count(len(fresh_train), replay_share), seed=seed)
+    n_replay = replay_count(len(fresh_train), replay_share)
+    n_champion = min(len(champion_data), round(n_replay * earlier_share))
+    others = replay_sample(pool, n_replay - n_champion, seed=seed)
+    n_champion = min(len(champion_data), n_replay - len(others))  # fill what the pool lacks
+    replay = [*others, *replay_sample(champion_data, n_champion, seed=seed)]
     items = [
         *(_item(i, "train", "fresh") for i in fresh_train),
         *(_item(i, "train", "replay") for i in replay),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
@@ -26,7 +25,7 @@ SECRET = "unit-test-secret"
 
 
 @pytest.fixture
-def client(tmp_path: Path) -> Iterator[tuple[TestClient, AnnotationSync, str]]:
+def client(tmp_path: Path) -> tuple[TestClient, AnnotationSync, str]:
     settings = AnnotationSyncSettings(
         database_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
         blob_url=(tmp_path / "blobs").as_uri(),
@@ -61,10 +60,12 @@ def client(tmp_path: Path) -> Iterator[tuple[TestClient, AnnotationSync, str]]:
         s.commit()
     app = FastAPI()
     install(app, sync)
-    yield TestClient(app), sync, uri
+    return TestClient(app), sync, uri
 
 
-def _hook(client: TestClient, body: bytes | str, secret: str | None = None) -> tuple[int, dict[str, str]]:
+def _hook(
+    client: TestClient, body: bytes | str, secret: str | None = None
+) -> tuple[int, dict[str, str]]:
     headers = {"X-Webhook-Secret": secret or signing.webhook_secret(SECRET)}
     r = client.post("/v1/labelstudio/webhook?site=A", content=body, headers=headers)
     return r.status_code, r.json()

@@ -120,6 +120,24 @@ def test_open_blob_store_reads_the_s3_server_from_the_environment(
     assert store.get(uri) == b"from env"
 
 
+def test_each_store_signs_with_the_credentials_the_environment_has_now(
+    s3proxy: s3proxy_local.S3ProxyLayout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # boto3's default session keeps the first credentials it resolves for the whole process: a
+    # store opened later (another test's S3 server, rotated keys) signed with stale ones.
+    for name, value in s3proxy_local.client_env(s3proxy).items():
+        monkeypatch.setenv(name, value)
+    assert (
+        open_blob_store(f"s3://{BUCKET}/env-rotation").get(
+            open_blob_store(f"s3://{BUCKET}/env-rotation").put(b"first keys")
+        )
+        == b"first keys"
+    )
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    with pytest.raises(ConfigError):
+        open_blob_store(f"s3://{BUCKET}/env-rotation").put(b"stale keys would pass")
+
+
 def test_bundles_in_s3_are_fetched_verified_and_loaded(
     store: S3BlobStore, client: Any, tmp_path: Path
 ) -> None:

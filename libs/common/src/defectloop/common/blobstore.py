@@ -117,7 +117,10 @@ def s3_client(
             "the S3 blob store needs boto3", hint="install defectloop-common[s3]"
         ) from exc
     endpoint = endpoint or os.environ.get(S3_ENDPOINT_ENV) or None
-    return boto3.client(
+    # A session of its own: boto3's default session resolves credentials once per process and
+    # keeps them, so a later store would sign with whatever AWS_* said at the first one (CI: a
+    # test's S3 server after another test's stopped one answered 403).
+    return boto3.session.Session().client(
         "s3",
         endpoint_url=endpoint,
         aws_access_key_id=access_key,

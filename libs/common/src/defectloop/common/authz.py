@@ -339,6 +339,24 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(**{unit: int(found.group(1))})
 
 
+def site_scope(sites: list[str] | None, *, what: str = "a token") -> list[str]:
+    """The stored scope of a token for ``sites`` (``None``: every site), validated."""
+    if sites is None:
+        return [ALL_SITES]
+    if not sites:
+        raise InvalidInputError(
+            f"{what} needs at least one site", hint="pass --site S or --all-sites"
+        )
+    for site in sites:
+        if len(site) > ID_MAX_LENGTH or not re.fullmatch(SITE_ID_PATTERN, site):
+            raise InvalidInputError(
+                f"invalid site id {site!r}",
+                reason="invalid_site",
+                hint="use at most 64 letters, digits, - and _",
+            )
+    return sorted(set(sites))
+
+
 def new_token(
     role: str, sites: list[str] | None, user: str, expires_in: timedelta | None = None
 ) -> tuple[IssuedToken, ApiToken]:
@@ -357,20 +375,8 @@ def new_token(
             reason="invalid_user",
             hint="pass --user NAME",
         )
-    if sites is not None:
-        if not sites:
-            raise InvalidInputError(
-                "a token needs at least one site", hint="pass --site S or --all-sites"
-            )
-        for site in sites:
-            if len(site) > ID_MAX_LENGTH or not re.fullmatch(SITE_ID_PATTERN, site):
-                raise InvalidInputError(
-                    f"invalid site id {site!r}",
-                    reason="invalid_site",
-                    hint="use at most 64 letters, digits, - and _",
-                )
+    scope = site_scope(sites)
     token_id, token = tokens.new_token(TOKEN_PREFIX)
-    scope = sorted(set(sites)) if sites is not None else [ALL_SITES]
     now = utc_now()
     expires_at = now + expires_in if expires_in is not None else None
     row = ApiToken(

@@ -17,7 +17,6 @@ never open the monitor's tables themselves.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,11 +32,10 @@ from defectloop.common import authz, tokens
 from defectloop.common.db import make_engine
 from defectloop.common.errors import (
     ForbiddenError,
-    InvalidInputError,
     NotFoundError,
     UnauthenticatedError,
 )
-from defectloop.common.events import ID_MAX_LENGTH, SITE_ID_PATTERN, utc_now
+from defectloop.common.events import utc_now
 from defectloop.common.translate import sqlalchemy_errors
 
 TOKEN_PREFIX = "dlv"
@@ -199,20 +197,8 @@ def _database(database_url: str | None) -> Iterator[Engine]:
 
 def issue(sites: list[str] | None, *, database_url: str | None = None) -> IssuedViewerToken:
     """A new viewer token for ``sites`` (``None``: every site); the only time it is seen."""
-    if sites is not None:
-        if not sites:
-            raise InvalidInputError(
-                "a viewer token needs at least one site", hint="pass --site S or --all-sites"
-            )
-        for site in sites:
-            if len(site) > ID_MAX_LENGTH or not re.fullmatch(SITE_ID_PATTERN, site):
-                raise InvalidInputError(
-                    f"invalid site id {site!r}",
-                    reason="invalid_site",
-                    hint="use at most 64 letters, digits, - and _",
-                )
+    scope = authz.site_scope(sites, what="a viewer token")
     token_id, token = tokens.new_token(TOKEN_PREFIX)
-    scope = sorted(set(sites)) if sites is not None else [ALL_SITES]
     with _database(database_url) as engine, sqlalchemy_errors(_WHAT), Session(engine) as session:
         session.add(
             ViewerToken(

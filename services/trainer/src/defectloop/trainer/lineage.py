@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,32 @@ def dataset_manifest(ds: Dataset, *, site: str | None = None) -> dict[str, Any]:
         "num_val": len(ds.val),
         "images": images,
     }
+
+
+def verified_dataset(
+    dirs: Sequence[Path],
+    labels: Sequence[str],
+    *,
+    site: str | None,
+    val_fraction: float,
+    expected: str,
+    what: str,
+    reason: str,
+    hint: str,
+) -> Dataset:
+    """``dirs`` loaded as training loads them, refused unless they hash to ``expected``."""
+    from defectloop.common.errors import IntegrityMismatchError
+    from defectloop.trainer.data import load_datasets
+
+    ds = load_datasets(list(dirs), labels, site=site, val_fraction=val_fraction)
+    found = dataset_version(dataset_manifest(ds, site=site))
+    if found != expected:
+        raise IntegrityMismatchError(
+            f"{what}: it hashes to {found[:12]}…, recorded {expected[:12]}…",
+            reason=reason,
+            hint=hint,
+        )
+    return ds
 
 
 def canonical_json(obj: Any) -> str:

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from defectloop.common.errors import IntegrityMismatchError, NotFoundError
+from defectloop.common.errors import NotFoundError
 from defectloop.trainer.config import TrainerConfig, resolve_config, validate_config
 from defectloop.trainer.registry import (
     DatasetVersion,
@@ -202,8 +202,7 @@ def reproduce(
     progress: ProgressSink | None = None,
 ) -> ReproduceReport:
     """Retrain a registered version from its recorded dataset, config, seed and parent."""
-    from defectloop.trainer.data import load_datasets
-    from defectloop.trainer.lineage import dataset_manifest, dataset_version
+    from defectloop.trainer.lineage import verified_dataset
     from defectloop.trainer.train import train
 
     registry = registry or Registry()
@@ -219,16 +218,17 @@ def reproduce(
             f"dataset dir(s) of {version} no longer exist: {', '.join(missing)}",
             hint="restore the dataset from its snapshot; its version is " + model.dataset_version,
         )
-    ds = load_datasets(dirs, cfg.labels, site=run.site, val_fraction=cfg.train.val_fraction)
-    found = dataset_version(dataset_manifest(ds, site=run.site))
-    if found != model.dataset_version:
-        raise IntegrityMismatchError(
-            f"the dataset of {version} changed: it hashes to {found[:12]}…, "
-            f"recorded {model.dataset_version[:12]}…",
-            reason="dataset_changed",
-            hint="an image or an annotation was added, removed or modified since training; "
-            "restore the original dataset to reproduce",
-        )
+    verified_dataset(
+        dirs,
+        cfg.labels,
+        site=run.site,
+        val_fraction=cfg.train.val_fraction,
+        expected=model.dataset_version,
+        what=f"the dataset of {version} changed",
+        reason="dataset_changed",
+        hint="an image or an annotation was added, removed or modified since training; "
+        "restore the original dataset to reproduce",
+    )
     parent_bundle = None
     if run.parent_version is not None:
         parent_bundle = Path(registry.get_model(run.parent_version).bundle_path)

@@ -49,8 +49,7 @@ def store_training_data(
     Idempotent: a dataset version already stored is verified, not stored again.
     """
     from defectloop.trainer.config import validate_config
-    from defectloop.trainer.data import load_datasets
-    from defectloop.trainer.lineage import dataset_manifest, dataset_version
+    from defectloop.trainer.lineage import verified_dataset
     from defectloop.vision.manifest import load_manifest as load_bundle_manifest
 
     lineage = load_bundle_manifest(Path(model.bundle_path)).lineage
@@ -61,15 +60,16 @@ def store_training_data(
             f"training data dir(s) not found: {', '.join(missing)}",
             hint="give the COCO dataset dirs the model was trained on",
         )
-    ds = load_datasets(list(dirs), cfg.labels, site=model.site, val_fraction=cfg.train.val_fraction)
-    found = dataset_version(dataset_manifest(ds, site=model.site))
-    if found != model.dataset_version:
-        raise IntegrityMismatchError(
-            f"these dirs are not the training data of {model.version}: they hash to "
-            f"{found[:12]}…, its lineage says {model.dataset_version[:12]}…",
-            reason="dataset_mismatch",
-            hint="give exactly the dataset dirs (and site) the model was trained on",
-        )
+    ds = verified_dataset(
+        dirs,
+        cfg.labels,
+        site=model.site,
+        val_fraction=cfg.train.val_fraction,
+        expected=model.dataset_version,
+        what=f"these dirs are not the training data of {model.version}",
+        reason="dataset_mismatch",
+        hint="give exactly the dataset dirs (and site) the model was trained on",
+    )
     known = registry.dataset_snapshot(model.dataset_version)
     if known is not None:
         return known
